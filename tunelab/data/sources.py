@@ -1,0 +1,120 @@
+"""Read records (plain dicts) from the files a user has: JSONL, CSV/TSV, Parquet, text, label folders.
+
+Every read error is a `DataError` naming the file and, where there is one, the line.
+"""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+from tunelab.errors import DataError
+
+SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet", ".txt")
+
+
+def _read_text(path: Path) -> str:
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise DataError(path, f"bytes at offset {e.start} are not valid UTF-8; re-save the file as UTF-8",
+                        line) from None
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    records = []
+    for i, line in enumerate(_read_text(path).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(path, f"malformed JSON ({e.msg} at column {e.colno}); each line must be one JSON "
+                                  "object", i) from None
+        if not isinstance(obj, dict):
+            raise DataError(path, f"expected a JSON object per line, got {type(obj).__name__}", i)
+        obj["_line"] = i
+        records.append(obj)
+    return records
+
+
+def read_json(path: Path) -> list[dict]:
+    try:
+        data = json.loads(_read_text(path))
+    except json.JSONDecodeError as e:
+        raise DataError(path, f"malformed JSON ({e.msg})", e.lineno) from None
+    if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
+        raise DataError(path, "a .json file must hold a list of objects; use .jsonl for one object per line")
+    return data
+
+
+def read_csv(path: Path) -> list[dict]:
+    text = _read_text(path)
+    delimiter = "\t" if path.suffix == ".tsv" else ","
+    reader = csv.DictReader(text.splitlines(), delimiter=delimiter)
+    records = []
+    try:
+        for row in reader:
+            if None in row:
+                raise DataError(path, f"row has more fields than the header ({len(reader.fieldnames)})",
+                                reader.line_num)
+            row["_line"] = reader.line_num
+            records.append(row)
+    except csv.Error as e:
+        raise DataError(path, f"malformed CSV: {e}", reader.line_num) from None
+    return records
+
+
+def read_parquet(path: Path) -> list[dict]:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except Exception as e:  # pyarrow raises several types for a corrupt file
+        raise DataError(path, f"cannot read Parquet: {e}") from None
+    return table.to_pylist()
+
+
+def read_txt(path: Path) -> list[dict]:
+    """A plain text file: one record with the whole text (for causal LM / pretraining corpora)."""
+    return [{"text": _read_text(path)}]
+
+
+def read_label_folder(path: Path) -> list[dict]:
+    """A folder with one sub-folder per label, each holding .txt files (one example per file)."""
+    subdirs = sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not subdirs:
+        raise DataError(path, "folder has no sub-folders; expected one sub-folder of .txt files per label")
+    records = []
+    for sub in subdirs:
+        for f in sorted(sub.glob("*.txt")):
+            records.append({"text": _read_text(f).strip(), "label": sub.name, "_file": str(f)})
+    return records
+
+
+READERS = {".jsonl": read_jsonl, ".json": read_json, ".csv": read_csv, ".tsv": read_csv,
+           ".parquet": read_parquet, ".txt": read_txt}
+
+
+def load_records(ref: str) -> list[dict]:
+    """Load a data reference (builtin:NAME, a file or a folder) into a list of dict records."""
+    if ref.startswith("builtin:"):
+        from tunelab.data.builtin import load_builtin
+
+        records = load_builtin(ref.removeprefix("builtin:"))
+    else:
+        path = Path(ref).expanduser()
+        if not path.exists():
+            raise DataError(path, "does not exist; check the path (or use builtin:bbc-news)")
+        if path.is_dir():
+            records = read_label_folder(path)
+        elif path.suffix.lower() in READERS:
+            records = READERS[path.suffix.lower()](path)
+        else:
+            raise DataError(path, f"unsupported file type {path.suffix!r}; use one of {', '.join(SUFFIXES)} "
+                                  "or a folder")
+    if not records:
+        raise DataError(ref, "contains no records; the file is empty")
+    return records

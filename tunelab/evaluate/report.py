@@ -1,0 +1,103 @@
+"""report.html: one self-contained page (figures inlined as PNG) with curves and test results."""
+from __future__ import annotations
+
+import base64
+import html
+import io
+
+
+
+def _png(fig) -> str:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return f'<img src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def curves_figure(history: list[dict], metric: str) -> str:
+    """Training loss, validation loss and the validation metric against optimizer steps."""
+    plt = _plt()
+    train = [(h["step"], h["loss"]) for h in history if h["kind"] == "train" and "loss" in h]
+    evals = [h for h in history if h["kind"] == "eval"]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
+    if train:
+        axes[0].plot(*zip(*train), label="train loss")
+    val_loss = [(h["step"], h["loss"]) for h in evals if "loss" in h]
+    if val_loss:
+        axes[0].plot(*zip(*val_loss), "o-", label="validation loss")
+    axes[0].set_xlabel("step"), axes[0].set_title("loss"), axes[0].legend()
+    val_metric = [(h["step"], h[metric]) for h in evals if metric in h]
+    if val_metric:
+        axes[1].plot(*zip(*val_metric), "o-", color="tab:green")
+    axes[1].set_xlabel("step"), axes[1].set_title(f"validation {metric}")
+    return _png(fig)
+
+
+def confusion_figure(matrix: list[list[int]], labels: list[str]) -> str:
+    plt = _plt()
+    n = len(labels)
+    fig, ax = plt.subplots(figsize=(1.2 + 0.7 * n, 1.0 + 0.6 * n))
+    ax.imshow(matrix, cmap="Blues")
+    ax.set_xticks(range(n), labels, rotation=45, ha="right"), ax.set_yticks(range(n), labels)
+    ax.set_xlabel("predicted"), ax.set_ylabel("true")
+    top = max(max(r) for r in matrix) or 1
+    for i in range(n):
+        for j in range(n):
+            ax.text(j, i, matrix[i][j], ha="center", va="center",
+                    color="white" if matrix[i][j] > top / 2 else "black")
+    return _png(fig)
+
+
+def roc_figure(curves: dict[str, tuple[list, list, float]]) -> str:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5, 4.2))
+    for label, (fpr, tpr, auc) in curves.items():
+        ax.plot(fpr, tpr, label=f"{label} (AUC {auc:.3f})")
+    ax.plot([0, 1], [0, 1], "k--", lw=0.8)
+    ax.set_xlabel("false positive rate"), ax.set_ylabel("true positive rate"), ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def _metrics_table(metrics: dict) -> str:
+    rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{v:.4f}</td></tr>" if isinstance(v, float) else
+                   f"<tr><td>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>"
+                   for k, v in metrics.items() if isinstance(v, (int, float, str)) or v is None)
+    per_class = metrics.get("per_class")
+    if per_class:
+        rows += "<tr><th colspan=2>per class</th></tr>" + "".join(
+            f"<tr><td>{html.escape(lab)}</td><td>P {m['precision']:.3f} · R {m['recall']:.3f} · "
+            f"F1 {m['f1']:.3f} · n {m['support']}</td></tr>" for lab, m in per_class.items())
+    return f"<table>{rows}</table>"
+
+
+def write_report(path, *, title: str, config_text: str, history: list[dict], metric: str, test_metrics: dict,
+                 sections: list[tuple[str, str]], notes: list[str]) -> None:
+    """Write the report page atomically."""
+    from tunelab.io import atomic_write_text
+
+    body = [f"<h1>{html.escape(title)}</h1>",
+            "".join(f"<p>{html.escape(n)}</p>" for n in notes),
+            "<h2>Training curves</h2>", curves_figure(history, metric),
+            "<h2>Test metrics</h2>", _metrics_table(test_metrics) if test_metrics else "<p>no test split</p>"]
+    for heading, content in sections:
+        body += [f"<h2>{html.escape(heading)}</h2>", content]
+    body += ["<h2>Config</h2>", f"<pre>{html.escape(config_text)}</pre>"]
+    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
+             "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}"
+             "img{max-width:100%}pre{background:#f5f5f5;padding:1em}")
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{style}</style></head><body>{''.join(body)}</body></html>")
+    atomic_write_text(path, page)
+
+

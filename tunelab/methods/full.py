@@ -1,0 +1,10 @@
+"""Full fine-tuning: every parameter trains."""
+from __future__ import annotations
+
+from torch import nn
+
+
+def apply(model: nn.Module, head: set[str], **_: object) -> nn.Module:
+    for p in model.parameters():
+        p.requires_grad = True
+    return model

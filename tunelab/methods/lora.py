@@ -1,0 +1,22 @@
+"""LoRA through peft: low-rank adapters on the chosen linear layers; the task head trains in full."""
+from __future__ import annotations
+
+from torch import nn
+
+# Attention projections per architecture when target_modules is "auto" (peft's own defaults agree).
+AUTO_TARGETS = {"bert": ["query", "value"], "llama": ["q_proj", "v_proj"], "distilbert": ["q_lin", "v_lin"]}
+
+
+def apply(model: nn.Module, head: set[str], r: int = 8, alpha: float = 16.0, dropout: float = 0.05,
+          target_modules: str | list[str] = "auto", task_type: str = "SEQ_CLS", **_: object) -> nn.Module:
+    from peft import LoraConfig, get_peft_model
+
+    if target_modules == "auto":
+        model_type = getattr(model.config, "model_type", "")
+        targets: str | list[str] | None = AUTO_TARGETS.get(model_type)  # None -> peft's default table
+    else:
+        targets = target_modules
+    head_modules = sorted({name.rsplit(".", 1)[0] for name in head})
+    cfg = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets,
+                     task_type=task_type, modules_to_save=head_modules or None)
+    return get_peft_model(model, cfg)

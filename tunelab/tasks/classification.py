@@ -1,0 +1,279 @@
+"""Text classification: records -> token ids + label ids, the sequence-classification model, loss, metrics.
+
+A record is any dict with a text field and (for training/evaluation) a label field, named by
+`data.text_field` / `data.label_field`. The label set comes from the training split, sorted, and is saved
+with the model as `id2label`.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from tunelab.data.batching import length_grouped_batches, pad_batch
+from tunelab.errors import DataError
+from tunelab.evaluate.metrics import classification_metrics, roc_curves
+
+
+@dataclass
+class Examples:
+    """One tokenised split. `labels` is empty for unlabelled data (prediction)."""
+    ids: list[list[int]]
+    labels: list[int]
+    records: list[dict]
+    source: str
+    truncated: int = 0
+    real_tokens: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.real_tokens = sum(len(x) for x in self.ids)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def where(record: dict, source: str) -> tuple[str, int | None]:
+    """File and line a record came from, for error messages."""
+    return record.get("_file", source), record.get("_line")
+
+
+def texts_of(records: list[dict], text_field: str, source: str) -> list[str]:
+    texts = []
+    for i, r in enumerate(records):
+        value = r.get(text_field)
+        if not isinstance(value, str) or not value.strip():
+            path, line = where(r, source)
+            what = "missing" if text_field not in r else f"not a non-empty string ({value!r:.40})"
+            raise DataError(path, f"record {i + 1}: text field '{text_field}' is {what}; set data.text_field "
+                                  f"to the field holding the text (fields here: {', '.join(k for k in r if not k.startswith('_'))})",
+                            line)
+        texts.append(value)
+    return texts
+
+
+def raw_labels(records: list[dict], label_field: str, source: str) -> list[str]:
+    """Labels as strings (ints and strings both allowed; '3' and 3 are the same label)."""
+    out = []
+    for i, r in enumerate(records):
+        value = r.get(label_field)
+        if value is None or (isinstance(value, str) and not value.strip()) or isinstance(value, (list, dict)):
+            path, line = where(r, source)
+            raise DataError(path, f"record {i + 1}: label field '{label_field}' is missing or empty; set "
+                                  "data.label_field to the field holding the label", line)
+        out.append(str(int(value)) if isinstance(value, float) and value.is_integer() else str(value))
+    return out
+
+
+def label_set(labels: list[str]) -> list[str]:
+    """Sorted label names; numerically when every label is an integer."""
+    uniq = set(labels)
+    if all(s.lstrip("-").isdigit() for s in uniq):
+        return sorted(uniq, key=int)
+    return sorted(uniq)
+
+
+def label_ids(records: list[dict], labels: list[str], label2id: dict[str, int], source: str) -> list[int]:
+    ids = []
+    for r, lab in zip(records, labels):
+        if lab not in label2id:
+            path, line = where(r, source)
+            raise DataError(path, f"label {lab!r} does not occur in the training data (known: "
+                                  f"{', '.join(label2id)}); fix the label or add training examples for it", line)
+        ids.append(label2id[lab])
+    return ids
+
+
+def encode(tokenizer, texts: list[str], max_length: int) -> tuple[list[list[int]], int]:
+    """Token ids (with special tokens), truncated to max_length; returns (ids, how many were truncated).
+
+    One tokenizer pass: overflowing chunks are requested only to learn which texts were cut.
+    """
+    enc = tokenizer(texts, truncation=True, max_length=max_length, return_overflowing_tokens=True)
+    ids: list[list[int]] = []
+    seen = -1
+    for row, sample in zip(enc["input_ids"], enc["overflow_to_sample_mapping"]):
+        if sample != seen:  # the first chunk of each text is the truncated text itself
+            ids.append(row)
+            seen = sample
+    chunks = enc["overflow_to_sample_mapping"]
+    truncated = len({s for s, nxt in zip(chunks, chunks[1:]) if s == nxt})
+    return ids, truncated
+
+
+def make_examples(tokenizer, records: list[dict], *, text_field: str, label_field: str | None,
+                  label2id: dict[str, int] | None, max_length: int, source: str) -> Examples:
+    texts = texts_of(records, text_field, source)
+    labels: list[int] = []
+    if label_field is not None and label2id is not None:
+        labels = label_ids(records, raw_labels(records, label_field, source), label2id, source)
+    ids, truncated = encode(tokenizer, texts, max_length)
+    return Examples(ids, labels, records, source, truncated)
+
+
+def batches(ex: Examples, batch_size: int, pad_id: int, seed: int = 0, shuffle: bool = True):
+    """Yield (indices, tensors) for length-grouped, dynamically padded batches."""
+    for idx in length_grouped_batches([len(x) for x in ex.ids], batch_size, seed, shuffle=shuffle):
+        extra = {"labels": [ex.labels[i] for i in idx]} if ex.labels else None
+        yield idx, pad_batch([ex.ids[i] for i in idx], pad_id, extra)
+
+
+def loss_sum(model, batch: dict[str, torch.Tensor], label_smoothing: float = 0.0) -> tuple[torch.Tensor, int]:
+    """Summed cross-entropy over the batch and the number of examples (the loop normalises)."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # (B, C)
+    loss = F.cross_entropy(logits.float(), batch["labels"], reduction="sum", label_smoothing=label_smoothing)
+    return loss, batch["labels"].numel()
+
+
+@torch.no_grad()
+def predict_proba(model, ex: Examples, batch_size: int, pad_id: int, device: torch.device) -> torch.Tensor:
+    """Class probabilities (N, C) in the original order of `ex`."""
+    model.eval()
+    out: list[torch.Tensor | None] = [None] * len(ex)
+    for idx, batch in batches(ex, batch_size, pad_id, shuffle=False):
+        logits = model(input_ids=batch["input_ids"].to(device),
+                       attention_mask=batch["attention_mask"].to(device)).logits.float()
+        for i, p in zip(idx, torch.softmax(logits, -1).cpu()):
+            out[i] = p
+    return torch.stack(out)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------------------------------
+# The classification job: what `tunelab train` runs for `task: classification`
+
+METRICS = ("accuracy", "f1_macro", "f1_weighted", "precision_macro", "recall_macro", "roc_auc_ovr", "loss")
+
+
+def split_records(cfg, log) -> dict[str, tuple[list[dict], str]]:
+    """train/validation/test records: given files, or stratified seeded splits carved out of train."""
+    from tunelab.data.sources import load_records
+    from tunelab.data.splits import stratified_split, stratified_subset
+
+    d, seed = cfg.data, cfg.train.seed
+    train = load_records(d.train)
+    keys = raw_labels(train, d.label_field, d.train)
+    splits: dict[str, tuple[list[dict], str]] = {}
+    for name, given, fraction in (("test", d.test, d.test_fraction), ("validation", d.validation, d.val_fraction)):
+        if given:
+            splits[name] = (load_records(given), given)
+        elif fraction > 0:
+            # the fraction is of the whole file, so carve test first, then validation from the rest
+            frac = fraction / (1.0 - d.test_fraction) if name == "validation" and not d.test else fraction
+            rest, held = stratified_split(keys, frac, seed)
+            splits[name] = ([train[i] for i in held], f"{d.train} ({name} split)")
+            train, keys = [train[i] for i in rest], [keys[i] for i in rest]
+    if d.limit is not None and d.limit < len(train):
+        keep = stratified_subset(keys, d.limit, seed)
+        train = [train[i] for i in keep]
+        log(f"data.limit: using {len(train)} training records")
+    splits["train"] = (train, d.train)
+    return splits
+
+
+class ClassificationJob:
+    default_metric = "f1_macro"
+    metric_names = METRICS
+
+    def __init__(self, cfg, device: torch.device, log):
+        self.cfg, self.device, self.log = cfg, device, log
+        self.eval_batch_size = cfg.train.eval_batch_size or 2 * cfg.train.batch_size
+
+    def prepare(self) -> None:
+        from tunelab.methods import apply_method
+        from tunelab.methods.common import count_parameters
+        from tunelab.models.build import load_classifier_and_tokenizer
+
+        cfg = self.cfg
+        splits = split_records(cfg, self.log)
+        train_records, _ = splits["train"]
+        self.labels = label_set(raw_labels(train_records, cfg.data.label_field, cfg.data.train))
+        if len(self.labels) < 2:
+            raise DataError(cfg.data.train, f"only one label ({self.labels[0]!r}) in the training data; "
+                                            "classification needs at least two")
+        label2id = {lab: i for i, lab in enumerate(self.labels)}
+        model, self.tokenizer, head = load_classifier_and_tokenizer(cfg.model, self.labels)
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        self.examples = {
+            name: make_examples(self.tokenizer, recs, text_field=cfg.data.text_field,
+                                label_field=cfg.data.label_field, label2id=label2id,
+                                max_length=cfg.model.max_length, source=src)
+            for name, (recs, src) in splits.items()}
+        for name, ex in self.examples.items():
+            note = f", {ex.truncated} truncated to {cfg.model.max_length} tokens" if ex.truncated else ""
+            self.log(f"{name}: {len(ex)} examples, {ex.real_tokens} tokens{note}")
+        m = cfg.method
+        self.model = apply_method(m.name, model, head, trainable_layers=m.trainable_layers, r=m.r,
+                                  alpha=m.alpha, dropout=m.dropout, target_modules=m.target_modules,
+                                  task_type="SEQ_CLS").to(self.device)
+        trainable, total = count_parameters(self.model)
+        self.log(f"method {m.name}: {trainable:,} trainable of {total:,} parameters "
+                 f"({100 * trainable / total:.2f}%)")
+
+    def micro_batches_per_epoch(self) -> int:
+        return math.ceil(len(self.examples["train"]) / self.cfg.train.batch_size)
+
+    def epoch_batches(self, epoch: int):
+        for _, batch in batches(self.examples["train"], self.cfg.train.batch_size, self.pad_id,
+                                seed=self.cfg.train.seed + epoch):
+            yield batch
+
+    def loss(self, model, batch):
+        return loss_sum(model, batch, self.cfg.train.label_smoothing)
+
+    def _metrics(self, model, ex: Examples) -> tuple[dict, np.ndarray]:
+        probs = predict_proba(model, ex, self.eval_batch_size, self.pad_id, self.device)
+        y = torch.tensor(ex.labels)
+        metrics = classification_metrics(ex.labels, probs.numpy(), self.labels)
+        metrics["loss"] = float(F.nll_loss(torch.log(probs.clamp_min(1e-12)), y))
+        return metrics, probs.numpy()
+
+    def validate(self, model) -> dict | None:
+        ex = self.examples.get("validation")
+        if ex is None or len(ex) == 0:
+            return None
+        return self._metrics(model, ex)[0]
+
+    def test(self) -> dict:
+        ex = self.examples.get("test")
+        if ex is None or len(ex) == 0:
+            return {}
+        metrics, self._test_probs = self._metrics(self.model, ex)
+        return metrics
+
+    def save(self, model_dir: Path, run_dir: Path) -> None:
+        from tunelab.models.build import save_model
+
+        save_model(self.model, self.tokenizer, model_dir, run_dir, self.cfg, self.labels)
+
+    def finish(self, run_dir: Path) -> dict:
+        """After testing: with `method.merge`, write RUN_DIR/merged and check it against the adapter."""
+        from tunelab.models.build import is_peft, write_merged
+
+        if not (self.cfg.method.merge and is_peft(self.model)):
+            return {}
+        ex = self.examples.get("test") or self.examples["train"]
+        _, batch = next(batches(ex, 8, self.pad_id, shuffle=False))
+        sample = {k: batch[k].to(self.device) for k in ("input_ids", "attention_mask")}
+        diff = write_merged(self.model, self.tokenizer, run_dir / "merged", sample)
+        self.log(f"merged model written to {run_dir / 'merged'}; max |logit difference| vs adapter: {diff:.2e}")
+        return {"merge_max_abs_logit_diff": diff}
+
+    def report_sections(self, test_metrics: dict) -> list[tuple[str, str]]:
+        from tunelab.evaluate.report import confusion_figure, roc_figure
+
+        if not test_metrics:
+            return []
+        ex = self.examples["test"]
+        return [("Confusion matrix (test)", confusion_figure(test_metrics["confusion_matrix"], self.labels)),
+                ("ROC curves, one-vs-rest (test)", roc_figure(roc_curves(ex.labels, self._test_probs,
+                                                                          self.labels)))]
+
+    def summary(self, m: dict) -> str:
+        if not m:
+            return "no test split (data.test_fraction is 0 and no data.test file)"
+        auc = f"{m['roc_auc_ovr']:.4f}" if m.get("roc_auc_ovr") is not None else "n/a"
+        return (f"test: accuracy {m['accuracy']:.4f}  f1_macro {m['f1_macro']:.4f}  "
+                f"f1_weighted {m['f1_weighted']:.4f}  roc_auc {auc}  (n={m['n']})")
