@@ -130,12 +130,14 @@ def _run_direction(cell: _Cell, x: Tensor, valid: Tensor, state: State, reverse:
     """Run one cell over x (B, T, I), skipping padded steps; returns (outputs (B, T, H), final state)."""
     xw = cell.input_projection(x)  # (B, T, G*H): the input half of every gate, all steps in one matmul
     steps = range(x.size(1) - 1, -1, -1) if reverse else range(x.size(1))
-    outputs: list[Tensor] = [x.new_empty(0)] * x.size(1)
+    outputs = []
     for t in steps:
         real = valid[:, t, None]  # (B, 1)
         new = cell.step(xw[:, t], state)
         state = tuple(torch.where(real, n, s) for n, s in zip(new, state))  # padding leaves the state alone
-        outputs[t] = new[0].masked_fill(~real, 0.0)  # (B, H); zeros at padding, like pad_packed_sequence
+        outputs.append(new[0].masked_fill(~real, 0.0))  # (B, H); zeros at padding, like pad_packed_sequence
+    if reverse:
+        outputs.reverse()  # back to time order
     return torch.stack(outputs, dim=1), state
 
 
@@ -159,8 +161,8 @@ class _RecurrentStack(nn.Module):
     torch's `weight_ih_l{l}` (d = 0) or `weight_ih_l{l}_reverse` (d = 1), and likewise for the others.
     """
 
-    def __init__(self, make_cell: Callable[[int], _Cell], input_size: int, hidden_size: int, num_layers: int, dropout: float,
-                 bidirectional: bool):
+    def __init__(self, make_cell: Callable[[int], _Cell], input_size: int, hidden_size: int, num_layers: int,
+                 dropout: float, bidirectional: bool):
         super().__init__()
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
         self.num_directions, self.dropout = 2 if bidirectional else 1, dropout
@@ -168,10 +170,6 @@ class _RecurrentStack(nn.Module):
             nn.ModuleList(make_cell(input_size if layer == 0 else hidden_size * self.num_directions)
                           for _ in range(self.num_directions))
             for layer in range(num_layers))
-
-    def _initial_state(self, hx: State | None, index: int, x: Tensor) -> State:
-        cell = self.layers[0][0]
-        return cell.zero_state(x.size(0), x) if hx is None else tuple(h[index] for h in hx)
 
     def _run(self, x: Tensor, hx: State | None, lengths: Tensor | None,
              mask: Tensor | None) -> tuple[Tensor, State]:
@@ -183,8 +181,9 @@ class _RecurrentStack(nn.Module):
                 x = F.dropout(x, self.dropout, self.training)
             outputs = []
             for direction, cell in enumerate(cells):
-                index = layer * self.num_directions + direction
-                out, final = _run_direction(cell, x, valid, self._initial_state(hx, index, x), direction == 1)
+                index = layer * self.num_directions + direction  # torch's h_n order
+                state = cell.zero_state(x.size(0), x) if hx is None else tuple(h[index] for h in hx)
+                out, final = _run_direction(cell, x, valid, state, reverse=direction == 1)
                 outputs.append(out)
                 finals.append(final)
             x = torch.cat(outputs, dim=-1)  # (B, T, D*H)
