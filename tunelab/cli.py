@@ -26,7 +26,7 @@ def cmd_train(args) -> int:
 
     overrides = list(args.overrides)
     if args.output_dir:
-        overrides.append(f"output_dir={args.output_dir}")
+        overrides.append(f"output_dir={json.dumps(args.output_dir, ensure_ascii=False)}")  # quoted: a path, never a number
     cfg = load_config(args.config, overrides)
     train(cfg, overwrite=args.overwrite, show_progress=not args.no_progress)
     return 0

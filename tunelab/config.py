@@ -228,7 +228,7 @@ def _build(cls: type, data: Any, prefix: str, problems: list[str]) -> Any:
     for key, value in data.items():
         full = f"{prefix}.{key}" if prefix else str(key)
         if key not in hints:
-            problems.append(f"unknown key '{full}'; allowed: {', '.join(names)}")
+            problems.append(f"unknown key '{full}' (got {value!r}); allowed: {', '.join(names)}")
             continue
         kwargs[key] = _convert(value, hints[key], full, problems)
     return cls(**kwargs)
@@ -266,7 +266,12 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if "=" not in text:
         raise ConfigError([f"override {text!r} is not KEY=VALUE (e.g. train.lr=1e-4)"])
     key, raw = text.split("=", 1)
-    return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else None
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as e:
+        raise ConfigError([f"override {text!r}: the value is not valid YAML ({getattr(e, 'problem', e)}); "
+                           "quote it, e.g. key='value'"]) from None
+    return key.strip().split("."), value
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:

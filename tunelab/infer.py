@@ -56,7 +56,11 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, log=print) -> tup
 
     cfg, model, tokenizer, labels = load_run(run_dir)
     if data is None:
-        records, source = split_records(cfg, lambda _: None)["test"]
+        splits = split_records(cfg, lambda _: None)
+        if "test" not in splits:
+            raise TunelabError(f"{run_dir} has no test split (data.test_fraction is 0 and no data.test file); "
+                               "pass --data FILE with labelled records to evaluate on")
+        records, source = splits["test"]
         name = "test"
     else:
         records, source, name = load_records(data), data, Path(data).stem
@@ -86,3 +90,172 @@ def predict_records(run_dir: str | Path, records: list[dict], source: str) -> li
         clean["scores"] = {lab: round(v, 6) for lab, v in zip(labels, p)}
         out.append(clean)
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Causal language models (task: causal_lm)
+
+
+def is_causal_run(run_dir: str | Path) -> bool:
+    """True when RUN_DIR is a finished run of task causal_lm."""
+    path = Path(run_dir) / "config.yaml"
+    return path.is_file() and load_config(path).task == "causal_lm"
+
+
+def load_causal_model(model_dir: str | Path):
+    """(model, tokenizer) from a saved causal LM folder: a peft adapter or a full/merged model."""
+    from transformers import AutoTokenizer
+
+    model_dir = Path(model_dir)
+    if (model_dir / "adapter_config.json").exists():
+        from peft import AutoPeftModelForCausalLM
+
+        model = AutoPeftModelForCausalLM.from_pretrained(str(model_dir))
+    else:
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(str(model_dir))
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.eval()
+    return model, tokenizer
+
+
+def load_causal_run(run_dir: str | Path):
+    """(config, model, tokenizer, data format) of a finished causal_lm run, model in eval mode."""
+    from tunelab.tasks.causal_lm import DATA_INFO
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file() or not (run_dir / "model").is_dir():
+        raise TunelabError(f"{run_dir} is not a finished tunelab run (needs config.yaml and model/); "
+                           "pass the output_dir of `tunelab train`")
+    cfg = load_config(run_dir / "config.yaml")
+    if cfg.task != "causal_lm":
+        raise TunelabError(f"{run_dir} is a {cfg.task} run, not causal_lm")
+    info = json.loads((run_dir / DATA_INFO).read_text()) if (run_dir / DATA_INFO).exists() else {}
+    model, tokenizer = load_causal_model(run_dir / "model")
+    return cfg, model, tokenizer, info.get("format", cfg.data.format)
+
+
+def causal_prompts(tokenizer, records: list[dict], source: str, fmt: str, max_length: int,
+                   max_new_tokens: int) -> tuple[list[list[int]], list[str | None], list]:
+    """Prompt ids, references (None where a record has no answer) and normalised records for generation.
+
+    `fmt` "auto" detects the format from the first record's fields.
+    """
+    from tunelab.data.chat import CHAT_FORMATS, detect_format, normalise, prompt_and_reference, \
+        require_chat_template
+    from tunelab.generation import truncate_prompt
+
+    fmt = detect_format(records, source) if fmt == "auto" else fmt
+    if fmt in CHAT_FORMATS:
+        require_chat_template(tokenizer, fmt)
+    prompts, refs, norms = [], [], []
+    for i, rec in enumerate(records):
+        norm = normalise(rec, fmt, i, source, need_answer=False)
+        ids, ref = prompt_and_reference(tokenizer, norm, fmt)
+        prompts.append(truncate_prompt(ids, max_length, max_new_tokens))
+        refs.append(ref)
+        norms.append(norm)
+    return prompts, refs, norms
+
+
+def text_records(texts: list[str], fmt: str) -> list[dict]:
+    """`--text` inputs as records: a user turn for chat-trained runs, a plain prompt otherwise."""
+    if fmt in ("prompt_completion", "text"):
+        return [{"prompt": t} for t in texts]
+    return [{"messages": [{"role": "user", "content": t}]} for t in texts]
+
+
+def predict_causal_records(run_dir: str | Path, records: list[dict] | None, source: str,
+                           texts: list[str] | None = None, batch_size: int = 8) -> list[dict]:
+    """Each record plus `generated` (the model's answer), with the run's `generate:` settings."""
+    from tunelab.generation import generate_texts, settings_kwargs
+
+    cfg, model, tokenizer, fmt = load_causal_run(run_dir)
+    if texts:
+        records = text_records(texts, fmt)
+    # detected from the inputs' own fields: they may be laid out differently from the training data
+    prompts, _, _ = causal_prompts(tokenizer, records, source, "auto", cfg.model.max_length,
+                                   cfg.generate.max_new_tokens)
+    kwargs = settings_kwargs(tokenizer, model, cfg.generate)
+    generated = generate_texts(model, tokenizer, prompts, kwargs, batch_size)
+    out = []
+    for rec, text in zip(records, generated):
+        clean = {k: v for k, v in rec.items() if not k.startswith("_")}
+        clean["generated"] = text
+        out.append(clean)
+    return out
+
+
+def evaluate_causal_run(run_dir: str | Path, data: str | None = None, log=print) -> tuple[dict, Path]:
+    """Loss, perplexity and generation metrics of a causal_lm run on `data` (default: its test split).
+
+    Written to RUN_DIR/eval-<data name>.json (the run's own eval.json is left as it is).
+    """
+    from tunelab.data.chat import detect_format, encode_records
+    from tunelab.data.sources import load_records
+    from tunelab.io import atomic_write_json
+    from tunelab.tasks.causal_lm import evaluate_loss, generation_eval, split_records
+
+    cfg, model, tokenizer, fmt = load_causal_run(run_dir)
+    if data is None:
+        records, source = split_records(cfg.data, cfg.train.seed, load_records(cfg.data.train),
+                                        lambda _: None).get("test", ([], ""))
+        name = "test"
+        if not records:
+            raise TunelabError(f"{run_dir}: the run has no test split; pass --data FILE")
+    else:
+        records, source, name = load_records(data), data, Path(data).stem
+    fmt = detect_format(records, source) if data is not None or fmt == "auto" else fmt
+    encoded = encode_records(tokenizer, records, fmt, max_length=cfg.model.max_length,
+                             train_on_prompt=cfg.data.train_on_prompt, source=source)
+    log(f"{name}: {encoded.describe(cfg.model.max_length)}")
+    device = torch.device("cpu")
+    metrics = evaluate_loss(model, encoded, 16, tokenizer.pad_token_id, device)
+    metrics["n"] = len(encoded)
+    if cfg.generate.samples_in_eval > 0:
+        gen, samples = generation_eval(model, tokenizer, encoded, gen_cfg=cfg.generate,
+                                       max_length=cfg.model.max_length, batch_size=8, device=device)
+        metrics.update(gen)
+        metrics["samples"] = samples
+    out = Path(run_dir) / f"eval-{name}.json"
+    atomic_write_json(out, metrics)
+    return metrics, out
+
+
+def merge_run(run_dir: str | Path, log=print) -> tuple[Path, float]:
+    """Write RUN_DIR/merged (LoRA folded into the weights); returns it and max |logit diff| vs the adapter."""
+    from tunelab.data.chat import padded_batch
+    from tunelab.models.build import is_peft, write_merged
+
+    cfg, model, tokenizer, fmt = load_causal_run(run_dir)
+    if not is_peft(model):
+        raise TunelabError(f"{run_dir}: the model is not a LoRA adapter (method {cfg.method.name}); "
+                           "only method: lora runs can be merged")
+    sample = padded_batch(_merge_sample(cfg, tokenizer, fmt), tokenizer.pad_token_id)
+    merged_dir = Path(run_dir) / "merged"
+    diff = write_merged(model, tokenizer, merged_dir,
+                        {k: sample[k] for k in ("input_ids", "attention_mask")})
+    return merged_dir, diff
+
+
+def _merge_sample(cfg, tokenizer, fmt: str) -> list:
+    """Up to 4 encoded examples of the run's own data, or a fixed sentence when that cannot be read."""
+    from tunelab.data.chat import Encoded, encode_records
+    from tunelab.data.sources import load_records
+
+    from tunelab.data.chat import detect_format
+
+    try:
+        records = load_records(cfg.data.train)[:4]
+        fmt = detect_format(records, cfg.data.train) if fmt == "auto" else fmt
+        examples = encode_records(tokenizer, records, fmt, max_length=cfg.model.max_length,
+                                  train_on_prompt=True, source=cfg.data.train).examples
+        if examples:
+            return examples
+    except TunelabError:
+        pass
+    ids = tokenizer("The quick brown fox jumps over the lazy dog.")["input_ids"]
+    return [Encoded(ids, ids[1:] + [-100], 0)]

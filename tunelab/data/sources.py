@@ -4,7 +4,9 @@ Every read error is a `DataError` naming the file and, where there is one, the l
 """
 from __future__ import annotations
 
+import codecs
 import csv
+import io
 import json
 from pathlib import Path
 
@@ -15,17 +17,19 @@ SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet", ".txt")
 
 def _read_text(path: Path) -> str:
     raw = path.read_bytes()
+    bom = len(codecs.BOM_UTF8) if raw.startswith(codecs.BOM_UTF8) else 0  # spreadsheet exports start with one
     try:
-        return raw.decode("utf-8")
+        return raw[bom:].decode("utf-8")
     except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
-        raise DataError(path, f"bytes at offset {e.start} are not valid UTF-8; re-save the file as UTF-8",
+        line = raw[: bom + e.start].count(b"\n") + 1
+        raise DataError(path, f"bytes at offset {bom + e.start} are not valid UTF-8; re-save the file as UTF-8",
                         line) from None
 
 
 def read_jsonl(path: Path) -> list[dict]:
     records = []
-    for i, line in enumerate(_read_text(path).splitlines(), start=1):
+    # Only "\n" ends a JSON Lines record; str.splitlines() would also split at U+2028, U+0085, ... in a text.
+    for i, line in enumerate(_read_text(path).split("\n"), start=1):
         if not line.strip():
             continue
         try:
@@ -52,8 +56,9 @@ def read_json(path: Path) -> list[dict]:
 
 def read_csv(path: Path) -> list[dict]:
     text = _read_text(path)
-    delimiter = "\t" if path.suffix == ".tsv" else ","
-    reader = csv.DictReader(text.splitlines(), delimiter=delimiter)
+    delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
+    # newline="" keeps the line breaks inside quoted fields (splitlines() would drop them)
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
     records = []
     try:
         for row in reader:

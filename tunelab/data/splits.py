@@ -31,8 +31,29 @@ def stratified_split(keys: Sequence[Hashable], fraction: float, seed: int) -> tu
 
 
 def stratified_subset(keys: Sequence[Hashable], size: int, seed: int) -> list[int]:
-    """Indices of a seeded subset of `size` items keeping the key proportions (for `data.limit`)."""
+    """Indices of a seeded subset of exactly `size` items keeping the key proportions (for `data.limit`).
+
+    Per key the count is its proportional share rounded down, with every key kept at least once while
+    `size` allows; the items still missing go to the keys with the largest remainders (largest-remainder
+    apportionment), so the subset never holds more than `size` items.
+    """
     if size >= len(keys):
         return list(range(len(keys)))
-    _, subset = stratified_split(keys, size / len(keys), seed)
-    return subset
+    by_key: dict[Hashable, list[int]] = defaultdict(list)
+    for i, k in enumerate(keys):
+        by_key[k].append(i)
+    order = sorted(by_key, key=str)
+    share = {k: len(by_key[k]) * size / len(keys) for k in order}
+    count = {k: int(share[k]) for k in order}
+    for k in order:  # rare keys keep one item each (in key order) while there is room
+        if count[k] == 0 and sum(count.values()) < size:
+            count[k] = 1
+    for k in sorted(order, key=lambda k: share[k] - count[k], reverse=True)[: size - sum(count.values())]:
+        count[k] += 1
+    rng = random.Random(seed)
+    subset = []
+    for k in order:
+        idx = by_key[k][:]
+        rng.shuffle(idx)
+        subset += idx[: count[k]]
+    return sorted(subset)

@@ -10,6 +10,18 @@ def freeze_all_but(model: nn.Module, trainable: set[str]) -> None:
         p.requires_grad = name in trainable
 
 
+# Task heads transformers puts on a body: `classifier` (BERT-style encoders), `score` (decoders).
+HEAD_MODULES = ("classifier", "score")
+
+
+def head_parameters(model: nn.Module, head: set[str]) -> set[str]:
+    """The task head to train: the newly initialised parameters or, when the checkpoint already had a head
+    for these labels (e.g. continuing from a run's model/ folder), the parameters of its classifier/score."""
+    if head:
+        return set(head)
+    return {name for name, _ in model.named_parameters() if name.split(".")[0] in HEAD_MODULES}
+
+
 def layer_stack(model: nn.Module) -> tuple[str, nn.ModuleList]:
     """The model's main stack of repeated blocks (e.g. `bert.encoder.layer`, `model.layers`).
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 from torch import nn
 
 from tunelab.errors import TunelabError
-from tunelab.methods.common import freeze_all_but, layer_stack
+from tunelab.methods.common import freeze_all_but, head_parameters, layer_stack
 
 
 def apply(model: nn.Module, head: set[str], trainable_layers: int = 2, **_: object) -> nn.Module:
@@ -17,7 +17,7 @@ def apply(model: nn.Module, head: set[str], trainable_layers: int = 2, **_: obje
     after = [name for name, _ in model.named_parameters()
              if not name.startswith(stack_name) and _is_final_norm(name)]
     trainable = {name for name, _ in model.named_parameters() if name.startswith(tuple(top))}
-    freeze_all_but(model, trainable | head | set(after))
+    freeze_all_but(model, trainable | head_parameters(model, head) | set(after))
     return model
 
 

@@ -1,13 +1,16 @@
-"""Head-only ("replace the last layer"): the body is frozen; only the newly initialised head trains."""
+"""Head-only ("replace the last layer"): the body is frozen; only the task head trains."""
 from __future__ import annotations
 
 from torch import nn
 
-from tunelab.methods.common import freeze_all_but
+from tunelab.errors import TunelabError
+from tunelab.methods.common import freeze_all_but, head_parameters
 
 
 def apply(model: nn.Module, head: set[str], **_: object) -> nn.Module:
+    head = head_parameters(model, head)
     if not head:
-        raise ValueError("method 'head' found no newly initialised head parameters to train")
+        raise TunelabError(f"method.name: 'head' found no task head to train in {type(model).__name__}; "
+                           "use method full, freeze or lora")
     freeze_all_but(model, head)
     return model

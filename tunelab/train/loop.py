@@ -68,17 +68,20 @@ def train_loop(model: nn.Module, *, epoch_batches: Callable[[int], Iterable[Batc
     metric, patience = cfg.early_stopping.metric, cfg.early_stopping.patience
     sign = -1.0 if is_minimised(metric) else 1.0
     best_score, best_step, best_metrics, best_state = -math.inf, None, None, None
-    bad_evals, step, epoch, stop = 0, 0, 0, False
+    bad_evals, step, epoch, stop, last_eval = 0, 0, 0, False, -1
     tokens = run_tokens = 0
     train_time, t_log, loss_acc, items_acc = 0.0, time.perf_counter(), 0.0, 0
 
     def run_eval() -> bool:
         """Evaluate, keep the best weights; True when early stopping says stop."""
-        nonlocal best_score, best_step, best_metrics, best_state, bad_evals
-        if evaluate is None:
+        nonlocal best_score, best_step, best_metrics, best_state, bad_evals, last_eval
+        if evaluate is None or last_eval == step:
             return False
+        last_eval = step
         metrics = evaluate(model)
         model.train()
+        if metrics is None:  # no validation data: the last weights are the result
+            return False
         logger.log("eval", step, {k: v for k, v in metrics.items() if isinstance(v, (int, float))})
         if metric not in metrics:
             raise TunelabError(f"train.early_stopping.metric: {metric!r} is not a validation metric; "
@@ -111,6 +114,7 @@ def train_loop(model: nn.Module, *, epoch_batches: Callable[[int], Iterable[Batc
                         p.grad.add_(torch.sign(p.detach()), alpha=cfg.l1_penalty)
             grad_norm = (torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
                          if cfg.max_grad_norm else None)
+            lr = scheduler.get_last_lr()[0]  # the rate this step used
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
@@ -119,7 +123,7 @@ def train_loop(model: nn.Module, *, epoch_batches: Callable[[int], Iterable[Batc
             train_time += time.perf_counter() - t0
             if step % cfg.log_every == 0 or step == total:
                 elapsed = max(1e-9, time.perf_counter() - t_log)
-                values = {"loss": loss_acc / max(1, items_acc), "lr": scheduler.get_last_lr()[0],
+                values = {"loss": loss_acc / max(1, items_acc), "lr": lr,
                           "tokens_per_s": (tokens - run_tokens) / elapsed, "epoch": epoch + 1}
                 if grad_norm is not None:
                     values["grad_norm"] = float(grad_norm)

@@ -1,0 +1,176 @@
+"""The run config: defaults, `a.b=value` overrides, strict errors that name key, value and what is allowed."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tunelab.cli import main
+from tunelab.config import RunConfig, config_from_dict, load_config
+from tunelab.errors import ConfigError
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_empty_config_gives_the_defaults():
+    assert config_from_dict({}) == RunConfig()
+    assert config_from_dict(None) == RunConfig()
+
+
+def test_empty_yaml_file_gives_the_defaults(tmp_path):
+    assert load_config(write(tmp_path / "c.yaml", "")) == RunConfig()
+
+
+def test_overrides_apply_to_nested_keys(tmp_path):
+    path = write(tmp_path / "c.yaml", "train:\n  lr: 1.0e-3\nmethod:\n  name: full\n")
+    cfg = load_config(path, ["train.lr=5e-5", "method.name=lora", "model.max_length=64",
+                             "train.early_stopping.patience=null", "data.limit=100"])
+    assert cfg.train.lr == 5e-5 and isinstance(cfg.train.lr, float)
+    assert cfg.method.name == "lora"
+    assert cfg.model.max_length == 64
+    assert cfg.train.early_stopping.patience is None
+    assert cfg.data.limit == 100
+
+
+def test_yaml_exponent_without_dot_is_read_as_a_float(tmp_path):
+    # YAML 1.1 reads `5e-5` as the string "5e-5"; the config must still give the number.
+    cfg = load_config(write(tmp_path / "c.yaml", "train:\n  lr: 5e-5\n  max_grad_norm: 1e-1\n"))
+    assert cfg.train.lr == 5e-5
+    assert cfg.train.max_grad_norm == 0.1
+
+
+def test_unknown_key_names_key_value_and_allowed_keys():
+    with pytest.raises(ConfigError) as e:
+        config_from_dict({"train": {"lrr": 0.1}})
+    msg = str(e.value)
+    assert "train.lrr" in msg and "0.1" in msg
+    assert "allowed:" in msg and "lr" in msg.split("allowed:")[1] and "batch_size" in msg
+
+
+def test_unknown_top_level_section_is_an_error():
+    with pytest.raises(ConfigError, match="unknown key 'trainer'"):
+        config_from_dict({"trainer": {"lr": 0.1}})
+
+
+def test_wrong_type_names_key_value_and_expected_type():
+    with pytest.raises(ConfigError) as e:
+        config_from_dict({"train": {"batch_size": "eight"}})
+    assert str(e.value) == "train.batch_size: got 'eight'; expected int"
+
+
+@pytest.mark.parametrize("value", [True, 8.0])
+def test_int_field_rejects_bool_and_float(value):
+    with pytest.raises(ConfigError, match="train.batch_size"):
+        config_from_dict({"train": {"batch_size": value}})
+
+
+def test_bad_literal_names_key_value_and_allowed_values():
+    with pytest.raises(ConfigError) as e:
+        config_from_dict({"method": {"name": "qlora"}})
+    assert str(e.value) == "method.name: got 'qlora'; allowed: 'full' | 'head' | 'freeze' | 'lora'"
+
+
+def test_out_of_range_value_is_an_error():
+    with pytest.raises(ConfigError, match=r"train.lr: got 0.0; must be > 0"):
+        config_from_dict({"train": {"lr": 0}})
+
+
+def test_all_problems_are_reported_at_once():
+    with pytest.raises(ConfigError) as e:
+        config_from_dict({"train": {"lrr": 1, "batch_size": "x"}, "method": {"name": "qlora"}})
+    assert len(e.value.problems) == 3
+    msg = str(e.value)
+    assert msg.startswith("3 problems: ")
+    assert "train.lrr" in msg and "train.batch_size" in msg and "method.name" in msg
+
+
+def test_error_names_the_config_file(tmp_path):
+    path = write(tmp_path / "c.yaml", "train:\n  optimizer: lion\n")
+    with pytest.raises(ConfigError, match=rf"^{path}: train.optimizer: got 'lion'"):
+        load_config(path)
+
+
+def test_invalid_yaml_reports_the_line(tmp_path):
+    path = write(tmp_path / "c.yaml", "train:\n  lr: 1\n  batch_size: [8\n")
+    with pytest.raises(ConfigError, match="not valid YAML at line"):
+        load_config(path)
+
+
+def test_override_without_equals_sign_is_an_error(tmp_path):
+    with pytest.raises(ConfigError, match="not KEY=VALUE"):
+        load_config(write(tmp_path / "c.yaml", ""), ["train.lr"])
+
+
+def test_override_with_invalid_yaml_value_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match=r"override 'train.lr=\[1': the value is not valid YAML"):
+        load_config(write(tmp_path / "c.yaml", ""), ["train.lr=[1"])
+
+
+def test_override_with_unknown_key_is_an_error(tmp_path):
+    with pytest.raises(ConfigError, match="unknown key 'train.learning_rate'"):
+        load_config(write(tmp_path / "c.yaml", ""), ["train.learning_rate=1e-4"])
+
+
+def test_missing_config_file_is_an_error(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+
+
+# ---------------------------------------------------------------------------------------------
+# `tunelab validate`
+
+
+def test_validate_good_config_exits_0(tmp_path, capsys):
+    path = write(tmp_path / "c.yaml", "method:\n  name: lora\n")
+    assert main(["validate", str(path), "train.lr=5e-5", "--show"]) == 0
+    out, err = capsys.readouterr()
+    assert "OK (classification, model builtin:minilm-l6, method lora)" in out
+    assert "lr: 5.0e-05" in out
+    assert err == ""
+
+
+@pytest.mark.parametrize("text, overrides, expected", [
+    ("train:\n  batch_size: eight\n", [], "train.batch_size: got 'eight'; expected int"),
+    ("method:\n  name: qlora\n", [], "method.name: got 'qlora'"),
+    ("", ["train.lrr=1"], "unknown key 'train.lrr'"),
+    ("train:\n  lrr: 1\n  optimizer: lion\n", [], "2 problems"),
+])
+def test_validate_bad_config_exits_2_with_one_line(tmp_path, capsys, text, overrides, expected):
+    path = write(tmp_path / "c.yaml", text)
+    assert main(["validate", str(path), *overrides]) == 2
+    out, err = capsys.readouterr()
+    assert len(err.splitlines()) == 1
+    assert err.startswith("error: ") and expected in err
+    assert "Traceback" not in err + out
+
+
+def test_output_dir_option_is_always_a_path(tmp_path, monkeypatch, capsys):
+    # `--output-dir 2024` must not be read as the number 2024 (the config would reject it).
+    import tunelab.run
+
+    seen = {}
+    monkeypatch.setattr(tunelab.run, "train", lambda cfg, **_: seen.setdefault("output_dir", cfg.output_dir))
+    assert main(["train", str(write(tmp_path / "c.yaml", "")), "--output-dir", "2024"]) == 0
+    assert seen["output_dir"] == "2024"
+
+
+def test_validate_missing_file_exits_2(tmp_path, capsys):
+    assert main(["validate", str(tmp_path / "nope.yaml")]) == 2
+    assert "config file not found" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# Shipped examples
+
+
+def test_every_example_config_loads():
+    configs = sorted(EXAMPLES.glob("*.yaml"))
+    assert len(configs) == 3  # update when an example is added or removed
+    for path in configs:
+        cfg = load_config(path)
+        assert isinstance(cfg, RunConfig), path

@@ -1,0 +1,138 @@
+"""Training: pinned first losses, determinism, learning, gradient-accumulation parity, early stopping,
+best-checkpoint keeping and the learning-rate schedules."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tunelab.infer import evaluate_run
+from tunelab.train.optim import build_scheduler, lr_factor
+
+# First three logged losses of `make_config()` (tiny BERT, seed 0, batch 8, lr 1e-3, dropout 0.1), torch 2.13 CPU.
+PINNED_LOSSES = [1.0967072248458862, 1.0935828685760498, 1.099388599395752]
+
+
+def losses(helpers, run_dir) -> list[float]:
+    return [r["loss"] for r in helpers.read_metrics(run_dir, "train")]
+
+
+def test_first_losses_are_pinned(make_config, helpers):
+    run_dir = helpers.train_quietly(make_config())
+    assert losses(helpers, run_dir) == pytest.approx(PINNED_LOSSES, abs=1e-4)
+
+
+def test_same_config_twice_gives_identical_losses_and_weights(make_config, helpers):
+    first = helpers.train_quietly(make_config())
+    first_losses = losses(helpers, first)
+    first_weights = load_file(str(first / "model" / "model.safetensors"))
+    second = helpers.train_quietly(make_config(), overwrite=True)
+    assert losses(helpers, second) == first_losses
+    second_weights = load_file(str(second / "model" / "model.safetensors"))
+    assert all(torch.equal(second_weights[k], v) for k, v in first_weights.items())
+
+
+def test_loss_goes_down_on_learnable_data(make_config, helpers):
+    run_dir = helpers.train_quietly(make_config({"train.max_steps": 40, "train.lr": 1e-2, "train.log_every": 5,
+                                                 "model.dropout": 0.0}))
+    train_losses = losses(helpers, run_dir)
+    evals = [r["loss"] for r in helpers.read_metrics(run_dir, "eval")]
+    assert train_losses[0] > 1.0 and train_losses[-1] < 0.7 * train_losses[0]
+    assert evals[-1] < 0.7 * evals[0]
+
+
+@pytest.fixture
+def parity_config(make_config, data_dir, tmp_path):
+    """One SGD step on exactly 8 training records of equal token length, no dropout."""
+    def make(batch_size: int, grad_accum: int):
+        return make_config({"data.train": str(data_dir / "train8.jsonl"), "data.validation": str(data_dir / "valid.jsonl"),
+                            "data.test": str(data_dir / "test.jsonl"), "model.dropout": 0.0, "train.max_steps": 1,
+                            "train.batch_size": batch_size, "train.grad_accum": grad_accum, "train.optimizer": "sgd",
+                            "train.lr": 0.5, "train.weight_decay": 0.0,
+                            "output_dir": str(tmp_path / f"b{batch_size}x{grad_accum}")})
+    return make
+
+
+def test_batch_8_equals_batch_1_with_8_accumulation_steps(parity_config, helpers, capture_trained_model):
+    big = helpers.train_quietly(parity_config(8, 1))
+    before = capture_trained_model["before"]
+    small = helpers.train_quietly(parity_config(1, 8))
+    big_w = load_file(str(big / "model" / "model.safetensors"))
+    small_w = load_file(str(small / "model" / "model.safetensors"))
+    assert big_w.keys() == small_w.keys()
+    for key in big_w:
+        torch.testing.assert_close(small_w[key], big_w[key], atol=1e-5, rtol=0, msg=key)
+    assert not torch.equal(big_w["classifier.weight"], before["classifier.weight"])  # the step did something
+    assert losses(helpers, small) == pytest.approx(losses(helpers, big), abs=1e-6)
+
+
+def test_training_without_validation_data_keeps_the_last_weights(make_config, helpers):
+    run_dir = helpers.train_quietly(make_config({"data.val_fraction": 0.0}))
+    summary = json.loads((run_dir / "eval.json").read_text())
+    assert summary["steps"] == 3 and summary["best_step"] is None
+
+
+def test_early_stopping_stops_when_the_metric_stops_improving(make_config, helpers):
+    # lr 1e-12 cannot change any prediction: the second evaluation does not improve and patience 1 stops it.
+    run_dir = helpers.train_quietly(make_config({"train.max_steps": 20, "train.lr": 1e-12, "train.eval_every": 1,
+                                                 "train.early_stopping.patience": 1}))
+    summary = json.loads((run_dir / "eval.json").read_text())
+    assert summary["stopped_early"] is True
+    assert summary["steps"] == 2
+    assert [r["step"] for r in helpers.read_metrics(run_dir, "eval")] == [1, 2]
+    assert summary["best_step"] == 1
+
+
+def test_saved_model_is_the_best_checkpoint(make_config, helpers, data_dir):
+    # A high constant lr makes the validation loss jump around, so the best step is not the last one.
+    run_dir = helpers.train_quietly(make_config({
+        "train.max_steps": 20, "train.lr": 3e-2, "train.scheduler": "constant", "train.eval_every": 2,
+        "train.early_stopping.metric": "loss", "data.validation": str(data_dir / "valid.jsonl"),
+        "data.test": str(data_dir / "test.jsonl")}))
+    evals = helpers.read_metrics(run_dir, "eval")
+    best = min(evals, key=lambda r: r["loss"])
+    summary = json.loads((run_dir / "eval.json").read_text())
+    assert best["step"] != summary["steps"], "test needs a run whose best step is not the last"
+    assert summary["best_step"] == best["step"]
+    assert summary["best_validation"]["loss"] == pytest.approx(best["loss"], abs=1e-6)
+    metrics, _ = evaluate_run(run_dir, str(data_dir / "valid.jsonl"))
+    assert metrics["loss"] == pytest.approx(best["loss"], abs=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------
+# Learning-rate schedules: linear warmup over 2 steps, then the schedule over the remaining 8 of 10
+
+
+@pytest.mark.parametrize("kind, expected", [
+    ("constant", [0.5, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]),
+    ("linear", [0.5, 1.0, 1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.125]),
+    ("cosine", [0.5, 1.0] + [0.5 * (1 + math.cos(math.pi * k / 8)) for k in range(8)]),
+    ("exponential", [0.5, 1.0] + [0.5 ** k for k in range(8)]),
+])
+def test_schedule_factors(kind, expected):
+    assert [lr_factor(s, total=10, warmup=2, kind=kind, gamma=0.5) for s in range(10)] == pytest.approx(expected)
+
+
+def test_schedules_end_at_zero():
+    assert lr_factor(10, total=10, warmup=2, kind="linear") == 0.0
+    assert lr_factor(10, total=10, warmup=2, kind="cosine") == pytest.approx(0.0)
+
+
+def test_no_warmup_starts_at_the_full_rate():
+    assert lr_factor(0, total=10, warmup=0, kind="linear") == 1.0
+
+
+@pytest.mark.parametrize("kind", ["constant", "linear", "cosine", "exponential"])
+def test_scheduler_sets_the_optimizer_lr_of_each_step(kind):
+    param = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([param], lr=0.1)
+    scheduler = build_scheduler(optimizer, kind, total_steps=10, warmup_steps=2, gamma=0.5)
+    used = []
+    for _ in range(10):
+        used.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert used == pytest.approx([0.1 * lr_factor(s, 10, 2, kind, 0.5) for s in range(10)])
