@@ -3,7 +3,7 @@ PY := .venv/bin/python
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: venv demo test bench clean
+.PHONY: venv demo test bench docs clean
 
 venv: .venv/.installed
 
@@ -26,6 +26,9 @@ test: venv
 
 bench: venv
 	$(PY) bench/run.py
+
+docs: venv
+	$(PY) -c "from pathlib import Path; from tunelab.config import readme_with_reference as r; p = Path('README.md'); p.write_text(r(p.read_text()))"
 
 clean:
 	rm -rf .venv runs

@@ -89,6 +89,13 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def cmd_config(args) -> int:
+    from tunelab.config import reference_markdown
+
+    print(reference_markdown())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tunelab", description="Fine-tune language models on ordinary machines.")
     p.add_argument("--debug", action="store_true", help="show full tracebacks for errors")
@@ -109,6 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--show", action="store_true", help="print the resolved config")
     v.set_defaults(func=cmd_validate)
 
+    c = sub.add_parser("config", help="print every config key with its type, default and meaning")
+    c.set_defaults(func=cmd_config)
+
     m = sub.add_parser("models", help="list the built-in models and where they live")
     m.set_defaults(func=cmd_models)
 
@@ -128,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command not in ("validate",):
+    if args.command not in ("validate", "config"):
         _quiet_libraries()
     from tunelab.errors import TunelabError
 

@@ -52,9 +52,13 @@ class DataConfig:
     test: Optional[str] = None
     """Test file; null = carve `test_fraction` out of train (stratified, seeded)."""
     val_fraction: float = 0.1
+    """Share of train held out for validation when data.validation is null."""
     test_fraction: float = 0.1
+    """Share of train held out for testing when data.test is null."""
     text_field: str = "text"
+    """Field holding the text (classification, and causal_lm format text)."""
     label_field: str = "label"
+    """Field holding the label (strings or integers)."""
     limit: Optional[int] = None
     """Use at most this many training records (a stratified, seeded subset), for quick runs."""
     format: Literal["auto", "alpaca", "messages", "sharegpt", "prompt_completion", "text"] = "auto"
@@ -68,6 +72,7 @@ class DataConfig:
 @dataclass
 class MethodConfig:
     name: Literal["full", "head", "freeze", "lora"] = "full"
+    """full | head (new head only) | freeze (top layers + head) | lora (adapters + head)."""
     trainable_layers: int = 2
     """freeze: how many of the top encoder/decoder layers to train (the head is always trained)."""
     r: int = 8
@@ -93,33 +98,44 @@ class EarlyStoppingConfig:
 @dataclass
 class TrainConfig:
     epochs: float = 3
+    """Passes over the training data (fractions allowed)."""
     max_steps: Optional[int] = None
     """Optimizer steps; overrides epochs when set."""
     batch_size: int = 16
+    """Examples per micro-batch."""
     eval_batch_size: Optional[int] = None
     """null = 2 x batch_size."""
     grad_accum: int = 1
+    """Micro-batches per optimizer step (effective batch = batch_size x grad_accum)."""
     lr: float = 5.0e-5
+    """Peak learning rate."""
     optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
+    """adamw (decoupled weight decay) | adam (L2 in the gradient) | sgd (with momentum)."""
     momentum: float = 0.9
     """sgd only."""
     weight_decay: float = 0.01
+    """Applied to weight matrices only (not biases or norms)."""
     scheduler: Literal["constant", "linear", "cosine", "exponential"] = "linear"
+    """Learning-rate schedule after warmup."""
     gamma: float = 0.999
     """exponential: lr multiplier per step after warmup."""
     warmup_ratio: float = 0.06
+    """Share of the steps with linear warmup from 0."""
     warmup_steps: Optional[int] = None
     """Overrides warmup_ratio when set."""
     max_grad_norm: Optional[float] = 1.0
     """Clip the global gradient norm; null = no clipping."""
     label_smoothing: float = 0.0
+    """Classification: cross-entropy label smoothing."""
     l1_penalty: float = 0.0
     """Adds l1_penalty * sum(|w|) over trainable weights to the loss."""
     eval_every: Optional[int] = None
     """Evaluate every N optimizer steps (always at each epoch end)."""
     log_every: int = 10
+    """Log training loss, lr and tokens/s every N steps."""
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     seed: int = 42
+    """Seeds the splits, the batch order, initialisation and dropout."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """auto = cuda when available."""
     threads: Optional[int] = None
@@ -129,11 +145,15 @@ class TrainConfig:
 @dataclass
 class GenerateConfig:
     max_new_tokens: int = 128
+    """Generation: most new tokens per answer."""
     temperature: float = 0.0
     """0 = greedy."""
     top_p: float = 1.0
+    """Generation: nucleus sampling (with temperature > 0)."""
     top_k: int = 0
+    """Generation: sample from the k most likely tokens (0 = off)."""
     repetition_penalty: float = 1.0
+    """Generation: > 1 discourages repeating tokens."""
     samples_in_eval: int = 64
     """causal_lm: test examples generated for the generation metrics (null-free; 0 = skip)."""
 
@@ -330,3 +350,35 @@ def field_docs(cls: type) -> dict[str, str]:
         if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
             docs[node.target.id] = str(nxt.value.value)
     return docs
+
+
+SECTIONS = (("model", ModelConfig), ("data", DataConfig), ("method", MethodConfig), ("train", TrainConfig),
+            ("train.early_stopping", EarlyStoppingConfig), ("generate", GenerateConfig))
+
+
+def reference_markdown() -> str:
+    """Every config key with its type, default and meaning, as a Markdown table (README / `tunelab config`)."""
+    rows = ["| key | type | default | meaning |", "|---|---|---|---|",
+            "| `task` | 'classification' \\| 'causal_lm' | `classification` | what to train for |",
+            "| `output_dir` | str | `runs/run` | the run directory (`--output-dir` overrides) |"]
+    for prefix, cls in SECTIONS:
+        hints, docs, default = typing.get_type_hints(cls), field_docs(cls), cls()
+        for f in dataclasses.fields(cls):
+            if dataclasses.is_dataclass(hints[f.name]):
+                continue
+            value = getattr(default, f.name)
+            shown = "null" if value is None else value
+            kind = _type_name(hints[f.name]).replace("|", "\\|")
+            doc = docs.get(f.name, "").replace("|", "\\|").replace("\n", " ")
+            rows.append(f"| `{prefix}.{f.name}` | {kind} | `{shown}` | {doc} |")
+    return "\n".join(rows)
+
+
+README_START, README_END = "<!-- config-reference:start -->", "<!-- config-reference:end -->"
+
+
+def readme_with_reference(readme: str) -> str:
+    """The README text with the config reference block replaced by the current table."""
+    head, rest = readme.split(README_START, 1)
+    _, tail = rest.split(README_END, 1)
+    return f"{head}{README_START}\n{reference_markdown()}\n{README_END}{tail}"
