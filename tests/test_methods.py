@@ -105,3 +105,32 @@ def test_continuing_from_a_finished_run_still_trains_the_head(trained, make_conf
 def test_freeze_more_layers_than_the_model_has_is_an_error(make_config, helpers):
     with pytest.raises(TunelabError, match="method.trainable_layers: got 5; the model has only 2 layers"):
         helpers.train_quietly(make_config({"method.name": "freeze", "method.trainable_layers": 5}))
+
+
+def test_cls_only_last_layer_gives_the_same_logits_and_gradients():
+    """The speed-up that computes only [CLS] in the last layer changes no number the loss sees."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from tunelab.models.speedups import cls_only_last_layer
+
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2,
+                                                     num_attention_heads=2, intermediate_size=64,
+                                                     num_labels=3)).eval()
+    ids = torch.randint(1, 100, (4, 10))
+    mask = torch.ones_like(ids)
+    mask[1, 6:], mask[2, 3:] = 0, 0
+
+    def logits_and_grads():
+        model.zero_grad()
+        logits = model(input_ids=ids, attention_mask=mask).logits
+        logits.square().sum().backward()
+        return logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    ref_logits, ref_grads = logits_and_grads()
+    assert cls_only_last_layer(model)
+    logits, grads = logits_and_grads()
+    torch.testing.assert_close(logits, ref_logits, atol=1e-6, rtol=0)
+    assert grads.keys() == ref_grads.keys()
+    for name in grads:
+        torch.testing.assert_close(grads[name], ref_grads[name], atol=1e-6, rtol=0, msg=name)

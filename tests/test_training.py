@@ -12,8 +12,9 @@ from safetensors.torch import load_file
 from tunelab.infer import evaluate_run
 from tunelab.train.optim import build_scheduler, lr_factor
 
-# First three logged losses of `make_config()` (tiny BERT, seed 0, batch 8, lr 1e-3, dropout 0.1), torch 2.13 CPU.
-PINNED_LOSSES = [1.0967072248458862, 1.0935828685760498, 1.099388599395752]
+# First three logged losses of `make_config()` (tiny BERT, seed 0, batch 8, lr 1e-3, dropout 0.1), torch 2.13 CPU,
+# with the [CLS]-only last layer (its dropout masks are smaller, so the random stream differs from a full layer).
+PINNED_LOSSES = [1.0971752405166626, 1.0949264764785767, 1.102263331413269]
 
 
 def losses(helpers, run_dir) -> list[float]:

@@ -185,6 +185,7 @@ class ClassificationJob:
         from tunelab.methods import apply_method
         from tunelab.methods.common import count_parameters
         from tunelab.models.build import load_classifier_and_tokenizer
+        from tunelab.models.speedups import cls_only_last_layer
 
         cfg = self.cfg
         splits = split_records(cfg, self.log)
@@ -208,6 +209,8 @@ class ClassificationJob:
         self.model = apply_method(m.name, model, head, trainable_layers=m.trainable_layers, r=m.r,
                                   alpha=m.alpha, dropout=m.dropout, target_modules=m.target_modules,
                                   task_type="SEQ_CLS").to(self.device)
+        if cls_only_last_layer(self.model):
+            self.log("speed-up: the last encoder layer computes only the [CLS] position (all the head reads)")
         trainable, total = count_parameters(self.model)
         self.log(f"method {m.name}: {trainable:,} trainable of {total:,} parameters "
                  f"({100 * trainable / total:.2f}%)")
