@@ -22,7 +22,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 # One job, two implementations. MiniLM full fine-tuning on BBC News.
-JOB = dict(limit=800, max_length=256, epochs=2, batch_size=16, lr=1.0e-4, weight_decay=0.01, warmup_ratio=0.06,
+JOB = dict(limit=400, max_length=256, epochs=2, batch_size=16, lr=1.0e-4, weight_decay=0.01, warmup_ratio=0.06,
            max_grad_norm=1.0, seed=42)
 
 

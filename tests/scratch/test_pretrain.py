@@ -1,0 +1,153 @@
+"""`tunelab pretrain`: blocks, perplexity going down, the RUN_DIR, and the pretrained body fine-tuning."""
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from tunelab.errors import ConfigError, TunelabError
+from tunelab.models.scratch import GPTClassifier, build_scratch_classifier, is_scratch_dir, load_scratch
+from tunelab.pretrain import add_commands, make_blocks, pretrain, split_documents
+
+BODY_PARAM = "decoder.layers.0.self_attn.q_proj.weight"
+# Losses logged at steps 5, 10, 15 of `pretrained` (seed 0, lr 5e-3, BPE tokenizer), torch 2.13 CPU, one thread.
+PINNED_LOSSES = [5.760531320879537, 4.380998111134036, 3.6085638377292097]
+
+
+def test_blocks_predict_every_token_but_the_first_once():
+    docs = [[1, 2, 3], [4, 5], [6, 7, 8, 9]]
+    blocks = make_blocks(docs, eos_id=0, block_size=4)
+    assert blocks == [[1, 2, 3, 0], [0, 4, 5, 0], [0, 6, 7, 8], [8, 9, 0]]
+    targets = [t for b in blocks for t in b[1:]]
+    assert targets == [2, 3, 0, 4, 5, 0, 6, 7, 8, 9, 0]  # the stream without its first token
+    assert make_blocks([[5]], 0, 4) == [[5, 0]] and make_blocks([], 0, 4) == []
+
+
+def test_document_splits_are_seeded_and_disjoint():
+    parts = split_documents(20, 0.1, 0.2, seed=3)
+    assert [len(parts[n]) for n in ("train", "validation", "test")] == [14, 2, 4]
+    assert sorted(sum(parts.values(), [])) == list(range(20))
+    assert split_documents(20, 0.1, 0.2, seed=3) == parts != split_documents(20, 0.1, 0.2, seed=4)
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory, story_corpus, bpe_dir, configs, helpers):
+    """40 steps of a 2-layer GPT on the story corpus: (RUN_DIR, spy dict)."""
+    cfg = configs.pretrain(story_corpus, bpe_dir, tmp_path_factory.mktemp("pretrain") / "run")
+    with pytest.MonkeyPatch.context() as mp:
+        seen = helpers.spy_on_training(mp)
+        run_dir = pretrain(cfg, show_progress=False, log=helpers.quiet)
+    return run_dir, seen
+
+
+def test_first_losses_are_pinned(pretrained, helpers):
+    losses = [r["loss"] for r in helpers.read_metrics(pretrained[0], "train")][:3]
+    assert losses == pytest.approx(PINNED_LOSSES, abs=1e-4)
+
+
+def test_pretraining_lowers_validation_perplexity(pretrained, helpers):
+    run_dir, _ = pretrained
+    evals = helpers.read_metrics(run_dir, "eval")
+    assert {10, 20, 30, 40} <= {e["step"] for e in evals}  # eval_every 10, and at each epoch's end
+    perplexity = [e["perplexity"] for e in evals]
+    assert perplexity == sorted(perplexity, reverse=True)
+    assert perplexity[-1] < 0.2 * perplexity[0] and perplexity[-1] < 12  # 300 tokens: a uniform guess is 300
+    summary = json.loads((run_dir / "eval.json").read_text())
+    assert summary["test"]["perplexity"] < 12 and summary["test"]["tokens"] > 0
+    assert len(summary["samples"]) == 3 and all(s["generated"] for s in summary["samples"])
+
+
+def test_the_run_dir_holds_a_reloadable_scratch_gpt(pretrained):
+    run_dir, seen = pretrained
+    assert all((run_dir / f).is_file() for f in ("config.yaml", "metrics.jsonl", "eval.json", "report.html"))
+    assert is_scratch_dir(run_dir / "model") and "Samples" in (run_dir / "report.html").read_text()
+    model, tokenizer = load_scratch(run_dir / "model")
+    ids = tokenizer("the cat chases the", return_tensors="pt")["input_ids"]
+    seen["model"].eval()
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, seen["model"](ids).logits)
+
+
+def test_the_pretrained_body_fine_tunes_as_a_classifier(pretrained, scratch_data, configs, helpers, tmp_path,
+                                                       route_scratch_folders):
+    run_dir, _ = pretrained
+    saved = load_file(str(run_dir / "model" / "model.safetensors"))
+    cfg = configs.classify(str(run_dir / "model"), scratch_data / "train.jsonl", tmp_path / "clf",
+                           overrides={"model.max_length": 32, "train.max_steps": 3})
+    clf_dir, seen = helpers.train_and_capture(cfg)
+    assert isinstance(seen["model"], GPTClassifier)
+    before = seen["before"]
+    assert set(before) == {n for n in saved if n != "lm_head.weight"} | {"classifier.weight", "classifier.bias"}
+    assert all(torch.equal(before[n], saved[n]) for n in saved if n in before)  # the body was loaded, not random
+    assert not torch.equal(seen["model"].state_dict()[BODY_PARAM], saved[BODY_PARAM])  # and it trained
+    model, _ = load_scratch(clf_dir / "model")
+    assert isinstance(model, GPTClassifier) and model.config["num_labels"] == 3
+
+
+def test_freeze_trains_only_the_top_layers_of_the_pretrained_body(pretrained, scratch_data, configs, helpers,
+                                                                  route_scratch_folders,
+                                                                  tmp_path):
+    run_dir, _ = pretrained
+    cfg = configs.classify(str(run_dir / "model"), scratch_data / "train.jsonl", tmp_path / "clf",
+                           overrides={"model.max_length": 32, "train.max_steps": 2, "method.name": "freeze",
+                                      "method.trainable_layers": 1})
+    _, seen = helpers.train_and_capture(cfg)
+    moved = {n for n, p in seen["model"].named_parameters() if not torch.equal(p.detach(), seen["before"][n])}
+    assert moved and all(n.startswith(("decoder.layers.1.", "decoder.norm.", "classifier.")) for n in moved)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"model.max_length": 64}, "64 exceeds the 32 positions"),
+    ({"model.tokenizer": "builtin:minilm-l6"}, "keeps its own tokenizer; remove model.tokenizer"),
+])
+def test_a_saved_model_refuses_what_does_not_fit_it(pretrained, configs, tmp_path, overrides, message):
+    cfg = configs.classify(str(pretrained[0] / "model"), tmp_path, tmp_path, overrides=overrides)
+    with pytest.raises(TunelabError, match=message):
+        build_scratch_classifier(cfg.model, ["x", "y"])
+
+
+def test_pretraining_goes_on_from_a_saved_gpt(pretrained, story_corpus, configs, helpers, tmp_path):
+    run_dir, _ = pretrained
+    cfg = configs.pretrain(story_corpus, None, tmp_path / "more",
+                           {"model.name": str(run_dir / "model"), "train.max_steps": 1})
+    with pytest.MonkeyPatch.context() as mp:
+        seen = helpers.spy_on_training(mp)
+        pretrain(cfg, show_progress=False, log=helpers.quiet)
+    saved = load_file(str(run_dir / "model" / "model.safetensors"))
+    assert torch.equal(seen["before"][BODY_PARAM], saved[BODY_PARAM])
+
+
+def test_a_single_text_file_is_split_by_blocks(tmp_path, bpe_dir, configs, helpers):
+    (tmp_path / "one.txt").write_text(" ".join(configs.stories(30)))
+    logs = []
+    cfg = configs.pretrain(tmp_path / "one.txt", bpe_dir, tmp_path / "run", {"train.max_steps": 1})
+    run_dir = pretrain(cfg, show_progress=False, log=logs.append)
+    assert any("splitting" in m and "blocks instead" in m for m in logs)
+    assert json.loads((run_dir / "eval.json").read_text())["test"]["tokens"] > 0
+
+
+def test_config_mistakes_are_reported_together(story_corpus, configs, tmp_path):
+    cfg = configs.pretrain(story_corpus, None, tmp_path / "run",
+                           {"task": "classification", "method.name": "lora", "train.early_stopping.metric": "f1_macro"})
+    with pytest.raises(ConfigError) as err:
+        pretrain(cfg, show_progress=False)
+    assert [p.split(":")[0] for p in err.value.problems] == ["task", "method.name", "train.early_stopping.metric"]
+    assert not (tmp_path / "run").exists()
+    cfg = configs.pretrain(story_corpus, None, tmp_path / "run", {"model.name": "scratch:lstm"})
+    with pytest.raises(TunelabError, match="model.name: got 'scratch:lstm'"):
+        pretrain(cfg, show_progress=False)
+
+
+def test_the_command_line(story_corpus, bpe_dir, configs, tmp_path):
+    config = tmp_path / "pretrain.yaml"
+    config.write_text(yaml.safe_dump(configs.pretrain(story_corpus, bpe_dir, tmp_path / "unused").to_dict()))
+    parser = argparse.ArgumentParser(prog="tunelab")
+    add_commands(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["pretrain", str(config), "train.max_steps=1", "train.eval_every=null",
+                              "--output-dir", str(tmp_path / "run"), "--no-progress"])
+    assert args.func(args) == 0
+    assert is_scratch_dir(tmp_path / "run" / "model")

@@ -1,0 +1,120 @@
+"""Text generation for causal LMs: settings from `generate:`, batched generation, streaming chat turns.
+
+transformers' `generate` does the decoding (greedy or sampling, repetition penalty, stopping at EOS);
+this module only turns the config into its arguments, left-pads batches of prompts, and streams tokens
+to the terminal with `TextStreamer`.
+"""
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+
+
+def generation_kwargs(tokenizer, model, *, max_new_tokens: int = 128, temperature: float = 0.0,
+                      top_p: float = 1.0, top_k: int = 0, repetition_penalty: float = 1.0) -> dict:
+    """Arguments for `model.generate`: greedy when temperature is 0, stop at every known EOS id."""
+    eos = {tokenizer.eos_token_id}
+    model_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    eos |= set(model_eos) if isinstance(model_eos, (list, tuple)) else {model_eos}
+    eos.discard(None)
+    kwargs: dict = {"max_new_tokens": max_new_tokens, "eos_token_id": sorted(eos) or None,
+                    "pad_token_id": tokenizer.pad_token_id if tokenizer.pad_token_id is not None
+                    else tokenizer.eos_token_id, "repetition_penalty": repetition_penalty}
+    if temperature > 0:
+        kwargs.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=top_k or None)
+    else:  # say so explicitly: a model's generation_config may ask for sampling
+        kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+    return kwargs
+
+
+def settings_kwargs(tokenizer, model, gen_cfg) -> dict:
+    """`generation_kwargs` from a GenerateConfig."""
+    return generation_kwargs(tokenizer, model, max_new_tokens=gen_cfg.max_new_tokens,
+                             temperature=gen_cfg.temperature, top_p=gen_cfg.top_p, top_k=gen_cfg.top_k,
+                             repetition_penalty=gen_cfg.repetition_penalty)
+
+
+def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask), both (B, T), padded on the left so every prompt ends at column T-1."""
+    T = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), T), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), T), dtype=torch.long)
+    for b, p in enumerate(prompts):
+        ids[b, T - len(p):] = torch.tensor(p, dtype=torch.long)
+        mask[b, T - len(p):] = 1
+    return ids, mask
+
+
+@torch.no_grad()
+def generate_texts(model, tokenizer, prompts: list[list[int]], kwargs: dict, batch_size: int = 8,
+                   device: torch.device | str = "cpu") -> list[str]:
+    """The generated continuation (special tokens removed) of each prompt, in order.
+
+    Prompts are generated in batches of similar length so little compute goes to padding.
+    """
+    model.eval()
+    out: list[str | None] = [None] * len(prompts)
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        ids, mask = left_pad([prompts[i] for i in idx], kwargs["pad_token_id"])
+        gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs)
+        for i, row in zip(idx, gen[:, ids.shape[1]:].cpu()):
+            out[i] = tokenizer.decode(row, skip_special_tokens=True).strip()
+    return out  # type: ignore[return-value]
+
+
+def truncate_prompt(ids: list[int], max_length: int, max_new_tokens: int) -> list[int]:
+    """Keep the end of a prompt so that prompt + answer fit in max_length (the most recent turns matter)."""
+    keep = max(1, max_length - max_new_tokens)
+    return ids[-keep:] if len(ids) > keep else ids
+
+
+@torch.no_grad()
+def stream_reply(model, tokenizer, prompt: list[int], kwargs: dict, device: torch.device | str = "cpu") -> str:
+    """Generate one reply, printing tokens as they come; returns the reply text."""
+    from transformers import TextStreamer
+
+    model.eval()
+    streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    ids = torch.tensor([prompt], dtype=torch.long, device=device)
+    gen = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), streamer=streamer, **kwargs)
+    return tokenizer.decode(gen[0, ids.shape[1]:], skip_special_tokens=True).strip()
+
+
+def chat_loop(model, tokenizer, kwargs: dict, *, system: str | None = None, max_length: int = 2048,
+              lines: Iterable[str] | None = None, write=print, device: torch.device | str = "cpu") -> list[dict]:
+    """An interactive chat: read a line, stream the reply, keep the history. Returns the conversation.
+
+    `/reset` forgets the history, `/exit` (or end of input) stops. `lines` replaces stdin (for tests).
+    """
+    def read():
+        if lines is not None:
+            return next(it, None)
+        try:
+            return input("you> ")
+        except EOFError:
+            return None
+
+    it = iter(lines) if lines is not None else None
+    start = [{"role": "system", "content": system}] if system else []
+    messages = list(start)
+    while True:
+        line = read()
+        if line is None or line.strip() == "/exit":
+            return messages
+        if line.strip() == "/reset":
+            messages = list(start)
+            write("(history cleared)")
+            continue
+        if not line.strip():
+            continue
+        messages.append({"role": "user", "content": line})
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        prompt = truncate_prompt(tokenizer(text, add_special_tokens=False)["input_ids"], max_length,
+                                 kwargs["max_new_tokens"])
+        if lines is None:
+            print("bot> ", end="", flush=True)
+        reply = stream_reply(model, tokenizer, prompt, kwargs, device)
+        messages.append({"role": "assistant", "content": reply})

@@ -1,0 +1,341 @@
+"""`tunelab pretrain`: causal-LM pretraining of a scratch GPT on a text corpus, with validation perplexity.
+
+The config is an ordinary run config with `task: causal_lm`, `model.name: scratch:gpt` (or a saved scratch
+GPT folder, to go on pretraining) and `data.train` a text corpus: a .txt file, a folder of .txt files, a
+.jsonl (or other record file) with `data.text_field`, or builtin:NAME (its texts; labels are ignored).
+
+Documents are split into train / validation / test (seeded; `data.val_fraction` / `test_fraction` of the
+documents, or of the blocks when there are too few documents to hold any out; `data.validation` /
+`data.test` files are used as given; `data.limit` caps the training documents). Each split is tokenised
+without special tokens, joined into one stream with the tokenizer's EOS (or SEP) token after every
+document, and cut into blocks of `model.max_length` tokens. A block starts with the last token of the one
+before it, so every token but the first is a next-token target exactly once.
+
+`PretrainJob` implements the run driver's TaskJob protocol (tunelab/tasks/base.py); `pretrain` drives it
+with the shared training loop and writes the usual RUN_DIR (config.yaml, metrics.jsonl, eval.json,
+report.html, model/). RUN_DIR/model is a scratch folder: `model.name: RUN_DIR/model` fine-tunes it as a
+classifier with `tunelab train` (a GPTClassifier with the pretrained body) or pretrains it further.
+"""
+from __future__ import annotations
+
+import html
+import math
+import random
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from tunelab.errors import DataError, TunelabError
+
+if TYPE_CHECKING:  # torch is imported where it is used: `tunelab --help` registers this module's command
+    import torch
+    from torch import nn
+
+METRICS = ("loss", "perplexity")
+METHODS = ("full", "freeze")
+IGNORE = -100
+SAMPLES, SAMPLE_PROMPT_TOKENS, SAMPLE_NEW_TOKENS = 3, 16, 32
+
+
+# ------------------------------------------------------------------------------------------- the data
+
+def split_documents(n: int, val_fraction: float, test_fraction: float, seed: int) -> dict[str, list[int]]:
+    """Seeded random train / validation / test index lists over n items; fractions are of the whole."""
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    n_test, n_val = round(n * test_fraction), round(n * val_fraction)
+    return {"test": sorted(order[:n_test]), "validation": sorted(order[n_test:n_test + n_val]),
+            "train": sorted(order[n_test + n_val:])}
+
+
+def end_of_document_id(tokenizer) -> int:
+    """The token put after every document: EOS (BPE tokenizers) or SEP (WordPiece/BERT tokenizers)."""
+    for token_id in (tokenizer.eos_token_id, tokenizer.sep_token_id):
+        if token_id is not None:
+            return token_id
+    raise TunelabError("model.tokenizer: the tokenizer has neither an EOS nor a SEP token to end documents "
+                       "with; train one with `tunelab tokenizer train` (BPE adds </s>)")
+
+
+def make_blocks(documents: list[list[int]], eos_id: int, block_size: int) -> list[list[int]]:
+    """Token blocks of up to `block_size` from the documents joined with `eos_id` after each.
+
+    Consecutive blocks share one token (stride block_size - 1): a block's targets are its tokens 1..T-1,
+    so each token of the stream but the first is predicted once. The last block may be shorter.
+    """
+    stream = [t for ids in documents for t in (*ids, eos_id)]
+    step = block_size - 1
+    return [stream[i:i + block_size] for i in range(0, len(stream) - 1, step)]
+
+
+def encode_documents(tokenizer, texts: list[str]) -> list[list[int]]:
+    """Token ids of each text without special tokens (and no warning about long texts: they are cut later)."""
+    return tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"] if texts else []
+
+
+def corpus_splits(d, seed: int, log) -> dict[str, tuple[list[str], str]]:
+    """Document texts of each split (train, and validation / test when they have any) with their source."""
+    from tunelab.tokenizer_train import corpus_documents
+
+    docs = corpus_documents(d.train, d.text_field)
+    if not docs:
+        raise DataError(d.train, "holds no text to pretrain on")
+    parts = split_documents(len(docs), 0.0 if d.validation else d.val_fraction,
+                            0.0 if d.test else d.test_fraction, seed)
+    splits = {name: ([docs[i] for i in idx], f"{d.train} ({name} split)" if name != "train" else d.train)
+              for name, idx in parts.items() if idx}
+    if d.limit is not None and "train" in splits and len(splits["train"][0]) > d.limit:
+        splits["train"] = (splits["train"][0][: d.limit], d.train)
+        log(f"data.limit: using {d.limit} training documents")
+    for name, given in (("validation", d.validation), ("test", d.test)):
+        if given:
+            splits[name] = (corpus_documents(given, d.text_field), given)
+    return splits
+
+
+# ------------------------------------------------------------------------------------ loss and evaluation
+
+def lm_loss_sum(model: nn.Module, batch: dict[str, torch.Tensor], label_smoothing: float = 0.0
+                ) -> tuple[torch.Tensor, int]:
+    """Summed next-token cross-entropy over the target tokens of a batch, and how many there are."""
+    import torch.nn.functional as F
+
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # (B, T, V)
+    targets = batch["labels"][:, 1:]  # (B, T-1): position t predicts token t + 1
+    loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE,
+                           reduction="sum", label_smoothing=label_smoothing)
+    return loss, int((targets != IGNORE).sum())
+
+
+def block_batch(rows: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
+    """input_ids / attention_mask / labels (B, T), right-padded; labels are -100 at padding."""
+    from tunelab.data.batching import pad_batch
+
+    return pad_batch(rows, pad_id, {"labels": rows}, {"labels": IGNORE})
+
+
+def evaluate_blocks(model: nn.Module, rows: list[list[int]], batch_size: int, pad_id: int,
+                    device: torch.device) -> dict:
+    """Mean next-token loss, perplexity and the number of target tokens over `rows`."""
+    import torch
+
+    model.eval()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for k in range(0, len(rows), batch_size):
+            batch = block_batch(rows[k:k + batch_size], pad_id)
+            loss, n = lm_loss_sum(model, {name: t.to(device) for name, t in batch.items()})
+            total, count = total + float(loss), count + n
+    mean = total / max(1, count)
+    return {"loss": mean, "perplexity": math.exp(min(mean, 100.0)), "tokens": count}
+
+
+# ------------------------------------------------------------------------------------------------ the job
+
+class PretrainJob:
+    """Pretraining as a TaskJob (tunelab/tasks/base.py): blocks of a token stream, loss, perplexity."""
+
+    default_metric = "loss"
+    metric_names = METRICS
+
+    def __init__(self, cfg, device: torch.device, log):
+        self.cfg, self.device, self.log = cfg, device, log
+        self.eval_batch_size = cfg.train.eval_batch_size or 2 * cfg.train.batch_size
+        self.samples: list[dict] = []
+
+    def prepare(self) -> None:
+        from tunelab.methods import apply_method
+        from tunelab.methods.common import count_parameters
+        from tunelab.models.scratch import build_scratch_causal_lm
+
+        cfg = self.cfg
+        model, self.tokenizer, _ = build_scratch_causal_lm(cfg.model)
+        self.eos_id = end_of_document_id(self.tokenizer)
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_id
+        self.blocks = self._blocks(corpus_splits(cfg.data, cfg.train.seed, self.log))
+        m = cfg.method
+        self.model = apply_method(m.name, model, set(), trainable_layers=m.trainable_layers).to(self.device)
+        trainable, total = count_parameters(self.model)
+        self.log(f"method {m.name}: {trainable:,} trainable of {total:,} parameters; vocabulary "
+                 f"{len(self.tokenizer):,} tokens")
+
+    def _blocks(self, splits: dict[str, tuple[list[str], str]]) -> dict[str, list[list[int]]]:
+        """Token blocks per split; held-out blocks are carved from train when no document was held out."""
+        d, size = self.cfg.data, self.cfg.model.max_length
+        blocks = {name: make_blocks(encode_documents(self.tokenizer, texts), self.eos_id, size)
+                  for name, (texts, _) in splits.items()}
+        wanted = {"validation": 0.0 if d.validation else d.val_fraction, "test": 0.0 if d.test else d.test_fraction}
+        missing = {n: (f if not blocks.get(n) else 0.0) for n, f in wanted.items()}
+        if any(missing.values()) and blocks.get("train"):
+            parts = split_documents(len(blocks["train"]), missing["validation"], missing["test"], self.cfg.train.seed)
+            self.log(f"too few documents to hold some out: splitting {len(blocks['train'])} blocks instead")
+            blocks.update({n: [blocks["train"][i] for i in idx] for n, idx in parts.items() if idx or n == "train"})
+        if not blocks.get("train"):
+            raise DataError(d.train, "no training block: the corpus has fewer than 2 tokens; add text")
+        for name, rows in blocks.items():
+            self.log(f"{name}: {len(rows)} blocks of up to {size} tokens, "
+                     f"{sum(len(r) - 1 for r in rows):,} target tokens")
+        return blocks
+
+    # -- training ---------------------------------------------------------------------------
+
+    def micro_batches_per_epoch(self) -> int:
+        return math.ceil(len(self.blocks["train"]) / self.cfg.train.batch_size)
+
+    def epoch_batches(self, epoch: int):
+        rows, bs = self.blocks["train"], self.cfg.train.batch_size
+        order = list(range(len(rows)))
+        random.Random(self.cfg.train.seed + epoch).shuffle(order)
+        for k in range(0, len(order), bs):
+            yield block_batch([rows[i] for i in order[k:k + bs]], self.pad_id)
+
+    def loss(self, model, batch):
+        return lm_loss_sum(model, batch, self.cfg.train.label_smoothing)
+
+    # -- evaluation -------------------------------------------------------------------------
+
+    def validate(self, model) -> dict | None:
+        rows = self.blocks.get("validation")
+        return evaluate_blocks(model, rows, self.eval_batch_size, self.pad_id, self.device) if rows else None
+
+    def test(self) -> dict:
+        rows = self.blocks.get("test")
+        return evaluate_blocks(self.model, rows, self.eval_batch_size, self.pad_id, self.device) if rows else {}
+
+    def save(self, model_dir: Path, run_dir: Path) -> None:
+        from tunelab.io import atomic_replace_dir, staging_dir
+        from tunelab.models.scratch import save_scratch
+
+        tmp = staging_dir(model_dir)
+        save_scratch(self.model, self.tokenizer, tmp)
+        atomic_replace_dir(tmp, model_dir)
+
+    def finish(self, run_dir: Path) -> dict:
+        """Greedy continuations of the first held-out blocks, for eval.json and the report."""
+        import torch
+
+        rows = self.blocks.get("test") or self.blocks.get("validation") or self.blocks["train"]
+        self.samples = []
+        for row in rows[:SAMPLES]:
+            prompt = torch.tensor([row[:SAMPLE_PROMPT_TOKENS]], device=self.device)
+            out = self.model.generate(prompt, SAMPLE_NEW_TOKENS, eos_token_id=self.eos_id)[0].tolist()
+            self.samples.append({"prompt": self.tokenizer.decode(out[:prompt.size(1)]),
+                                 "generated": self.tokenizer.decode(out[prompt.size(1):])})
+        return {"samples": self.samples}
+
+    def report_sections(self, test_metrics: dict) -> list[tuple[str, str]]:
+        if not self.samples:
+            return []
+        items = "".join(f"<p><b>{html.escape(s['prompt'])}</b> {html.escape(s['generated'])}</p>"
+                        for s in self.samples)
+        return [("Samples: greedy continuations of held-out text (prompt in bold)", items)]
+
+    def summary(self, m: dict) -> str:
+        if not m:
+            return "no test split (data.test_fraction is 0 and no data.test file)"
+        return f"test: loss {m['loss']:.4f}  perplexity {m['perplexity']:.2f}  ({m['tokens']:,} target tokens)"
+
+
+# ----------------------------------------------------------------------------------------------- driver
+
+def check_config(cfg) -> None:
+    """What `tunelab pretrain` needs beyond a valid run config; every problem at once."""
+    from tunelab.models.scratch import is_scratch_dir
+
+    problems = []
+    if cfg.task != "causal_lm":
+        problems.append(f"task: got {cfg.task!r}; pretraining is causal language modelling, set task: causal_lm")
+    if cfg.model.name != "scratch:gpt" and not is_scratch_dir(cfg.model.name):
+        problems.append(f"model.name: got {cfg.model.name!r}; pretrain builds scratch:gpt or goes on from a "
+                        "scratch GPT folder (RUN_DIR/model of an earlier tunelab pretrain)")
+    if cfg.method.name not in METHODS:
+        problems.append(f"method.name: got {cfg.method.name!r}; pretraining has no new head to train, use "
+                        f"{' or '.join(METHODS)}")
+    if cfg.train.early_stopping.metric not in METRICS:
+        problems.append(f"train.early_stopping.metric: got {cfg.train.early_stopping.metric!r}; "
+                        f"pretraining metrics: {', '.join(METRICS)}")
+    if cfg.data.format not in ("auto", "text"):
+        problems.append(f"data.format: got {cfg.data.format!r}; pretraining reads plain text, use auto or text")
+    if cfg.model.max_length < 2:
+        problems.append(f"model.max_length: got {cfg.model.max_length}; a block needs at least 2 tokens")
+    if problems:
+        from tunelab.errors import ConfigError
+
+        raise ConfigError(problems)
+
+
+def pretrain(cfg, *, overwrite: bool = False, show_progress: bool = True, log=print) -> Path:
+    """Pretrain end to end; returns RUN_DIR.
+
+    The same steps as tunelab.run.train with PretrainJob as the job (see tunelab.run for each step).
+    """
+    import torch
+
+    from tunelab.config import dump_config
+    from tunelab.io import atomic_write_json, atomic_write_text
+    from tunelab.run import _write_report, pick_device, prepare_run_dir, seed_everything
+    from tunelab.train.logging import RunLogger
+    from tunelab.train.loop import train_loop
+
+    check_config(cfg)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    device = pick_device(cfg.train.device)
+    seed_everything(cfg.train.seed)
+    job = PretrainJob(cfg, device, log)
+    run_dir = Path(cfg.output_dir)
+    prepare_run_dir(run_dir, overwrite)
+    atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
+    t0 = time.perf_counter()
+    job.prepare()
+    seed_everything(cfg.train.seed)
+    steps = job.micro_batches_per_epoch()
+    total = cfg.train.max_steps or max(1, math.ceil(cfg.train.epochs * math.ceil(steps / cfg.train.grad_accum)))
+    log(f"pretraining on {device}: {total} optimizer steps, batch {cfg.train.batch_size} x accum "
+        f"{cfg.train.grad_accum}; run dir {run_dir}")
+    logger = RunLogger(run_dir, total, show_progress)
+    try:
+        result = train_loop(job.model, epoch_batches=job.epoch_batches, micro_batches_per_epoch=steps,
+                            loss_fn=job.loss, evaluate=job.validate, cfg=cfg.train, device=device, logger=logger)
+    finally:
+        logger.close()
+    tokens_per_s = result.train_tokens / max(result.train_seconds, 1e-9)
+    log(f"trained {result.steps} steps in {result.train_seconds:.1f}s ({tokens_per_s:.0f} tokens/s)")
+    job.save(run_dir / "model", run_dir)
+    test_metrics = job.test()
+    summary = {"test": test_metrics, "best_step": result.best_step, "best_validation": result.best_metrics,
+               "steps": result.steps, "stopped_early": result.stopped_early,
+               "train_tokens": result.train_tokens, "train_seconds": round(result.train_seconds, 3),
+               "train_tokens_per_s": round(tokens_per_s, 1), "wall_seconds": round(time.perf_counter() - t0, 3)}
+    summary.update(job.finish(run_dir))
+    atomic_write_json(run_dir / "eval.json", summary)
+    _write_report(run_dir, cfg, logger.history, job, test_metrics, result)
+    log(job.summary(test_metrics))
+    log(f"run saved to {run_dir}  (model: {run_dir / 'model'}; fine-tune it with model.name: {run_dir / 'model'})")
+    return run_dir
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+
+def cmd_pretrain(args) -> int:
+    from tunelab.config import load_config
+
+    overrides = list(args.overrides)
+    if args.output_dir:
+        overrides.append(f"output_dir={args.output_dir}")
+    pretrain(load_config(args.config, overrides), overwrite=args.overwrite, show_progress=not args.no_progress)
+    return 0
+
+
+def add_commands(subparsers) -> None:
+    """Register `pretrain` on the main parser's subparsers."""
+    p = subparsers.add_parser("pretrain", help="pretrain a scratch GPT on a text corpus",
+                              description="Causal-LM pretraining of model.name: scratch:gpt on data.train (a "
+                                          ".txt, a folder of .txt, a .jsonl text field or builtin:NAME); "
+                                          "override any key with key.sub=value.")
+    p.add_argument("config")
+    p.add_argument("overrides", nargs="*", help="config overrides, e.g. train.max_steps=200 model.layers=4")
+    p.add_argument("--output-dir", help="run directory (overrides output_dir)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (logs still printed)")
+    p.set_defaults(func=cmd_pretrain)

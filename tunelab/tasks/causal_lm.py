@@ -1,0 +1,369 @@
+"""Causal language modelling (instruction tuning, chat, continued pretraining): data, loss, evaluation.
+
+Records are encoded by `tunelab.data.chat` into token ids and next-token targets (-100 where no loss is
+taken: prompts, padding). The loss runs the decoder for hidden states, keeps only the positions that carry
+a target and applies the vocabulary projection to those alone: with SmolLM2's 49,152-token vocabulary
+the full (B, T, V) logits of a batch would cost more memory and time than the rest of the step.
+
+With `data.packing`, examples are packed into rows of up to `model.max_length` tokens; positions restart
+at 0 per example and no 2-D attention mask is passed, so transformers builds a block-diagonal causal mask:
+every example sees only itself, and its loss equals the unpacked one.
+"""
+from __future__ import annotations
+
+import html
+import math
+import random
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from tunelab.data.chat import (IGNORE, EncodedSet, detect_format, encode_records, pack, packed_batch,
+                               padded_batch, prompt_and_reference)
+from tunelab.errors import DataError, TunelabError
+
+METRICS = ("loss", "perplexity")
+DATA_INFO = "data_format.json"
+REPORT_SAMPLES = 6
+
+
+# ---------------------------------------------------------------------------------------------
+# Loss on labelled positions only
+
+
+def _unwrap(model):
+    """The transformers model under a peft wrapper (LoRA layers stay active inside it)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def labelled_loss(model, batch: dict[str, torch.Tensor], label_smoothing: float = 0.0
+                  ) -> tuple[torch.Tensor, int]:
+    """Summed next-token cross-entropy over the positions with a target, and how many there are.
+
+    No attention mask is passed: padding is on the right, so causal attention never lets a real token see
+    it, and packed rows are told apart by their restarting position_ids.
+    """
+    base = _unwrap(model)
+    hidden = base.get_decoder()(input_ids=batch["input_ids"], position_ids=batch.get("position_ids"),
+                                use_cache=False).last_hidden_state  # (B, T, H)
+    targets = batch["targets"]  # (B, T)
+    keep = targets != IGNORE
+    logits = base.get_output_embeddings()(hidden[keep]).float()  # (N, V): only labelled positions
+    cap = getattr(base.config, "final_logit_softcapping", None)
+    if cap:  # Gemma-2 style soft-capping happens in the model's own forward; repeat it here
+        logits = torch.tanh(logits / cap) * cap
+    loss = F.cross_entropy(logits, targets[keep], reduction="sum", label_smoothing=label_smoothing)
+    return loss, int(keep.sum())
+
+
+@torch.no_grad()
+def evaluate_loss(model, data: EncodedSet, batch_size: int, pad_id: int, device: torch.device) -> dict:
+    """Mean loss per trained token and perplexity over a split (no label smoothing)."""
+    from tunelab.data.batching import length_grouped_batches
+
+    model.eval()
+    total, count = 0.0, 0
+    lengths = [len(e.ids) for e in data.examples]
+    for idx in length_grouped_batches(lengths, batch_size, 0, shuffle=False):
+        batch = padded_batch([data.examples[i] for i in idx], pad_id)
+        loss, n = labelled_loss(model, {k: v.to(device) for k, v in batch.items()})
+        total += float(loss)
+        count += n
+    mean = total / max(1, count)
+    return {"loss": mean, "perplexity": math.exp(min(mean, 100.0)), "tokens": count}
+
+
+@torch.no_grad()
+def generation_eval(model, tokenizer, data: EncodedSet, *, gen_cfg, max_length: int, batch_size: int,
+                    device: torch.device) -> tuple[dict, list[dict]]:
+    """Generate answers for up to `gen_cfg.samples_in_eval` records with a reference; metrics + samples."""
+    from tunelab.evaluate.text_metrics import generation_metrics
+    from tunelab.generation import generate_texts, settings_kwargs, truncate_prompt
+
+    prompts, references, shown = [], [], []
+    for norm in data.normalised:
+        if len(prompts) >= gen_cfg.samples_in_eval:
+            break
+        ids, reference = prompt_and_reference(tokenizer, norm, data.fmt)
+        if reference is None:
+            continue
+        prompts.append(truncate_prompt(ids, max_length, gen_cfg.max_new_tokens))
+        references.append(reference)
+        shown.append(norm.messages[-2]["content"] if norm.messages else norm.prompt)
+    if not prompts:
+        return {}, []
+    kwargs = settings_kwargs(tokenizer, _unwrap(model), gen_cfg)
+    generated = generate_texts(model, tokenizer, prompts, kwargs, batch_size, device)
+    samples = [{"prompt": p, "reference": r, "generated": g} for p, r, g in zip(shown, references, generated)]
+    return generation_metrics(generated, references), samples
+
+
+# ---------------------------------------------------------------------------------------------
+# Splits
+
+
+def carve(n: int, val_fraction: float, test_fraction: float, carve_val: bool, carve_test: bool,
+          seed: int) -> dict[str, list[int]]:
+    """Seeded random train / validation / test index lists over n items (fractions of the whole)."""
+    from tunelab.data.splits import stratified_split
+
+    rest, out = list(range(n)), {}
+    for name, fraction, wanted in (("test", test_fraction, carve_test), ("validation", val_fraction, carve_val)):
+        if wanted and fraction > 0:
+            frac = fraction / (1.0 - test_fraction) if name == "validation" and carve_test else fraction
+            keep, held = stratified_split([0] * len(rest), frac, seed)
+            out[name] = [rest[i] for i in held]
+            rest = [rest[i] for i in keep]
+    out["train"] = rest
+    return out
+
+
+def split_records(d, seed: int, records: list[dict], log) -> dict[str, tuple[list[dict], str]]:
+    """train / validation / test records: given files, or seeded random splits carved out of `records`.
+
+    With `data.limit`, held-out splits carved from the same file shrink in proportion (a quick run stays
+    quick: evaluating on 10% of 17k chats would cost more than the training).
+    """
+    from tunelab.data.sources import load_records
+
+    carve_val, carve_test = not d.validation, not d.test
+    if d.limit is not None:
+        share = 1.0 - (d.val_fraction if carve_val else 0.0) - (d.test_fraction if carve_test else 0.0)
+        pool = min(len(records), math.ceil(d.limit / share))
+        if pool < len(records):
+            records = [records[i] for i in sorted(random.Random(seed).sample(range(len(records)), pool))]
+    parts = carve(len(records), d.val_fraction, d.test_fraction, carve_val, carve_test, seed)
+    splits = {name: ([records[i] for i in idx], d.train if name == "train" else f"{d.train} ({name} split)")
+              for name, idx in parts.items()}
+    if d.limit is not None and len(splits["train"][0]) > d.limit:
+        splits["train"] = (splits["train"][0][: d.limit], d.train)
+    if d.limit is not None:
+        log(f"data.limit: using {len(splits['train'][0])} training records")
+    for name, given in (("validation", d.validation), ("test", d.test)):
+        if given:
+            splits[name] = (load_records(given), given)
+    return splits
+
+
+def resolve_format(fmt: str, records: list[dict], source: str, log, text_field: str = "text") -> str:
+    if fmt != "auto":
+        return fmt
+    found = detect_format(records, source, text_field)
+    log(f"data.format auto: records look like {found!r} (set data.format to override)")
+    return found
+
+
+# ---------------------------------------------------------------------------------------------
+# The causal-LM job: what `tunelab train` runs for `task: causal_lm`
+
+
+class CausalLMJob:
+    default_metric = "loss"
+    metric_names = METRICS
+
+    def __init__(self, cfg, device: torch.device, log):
+        self.cfg, self.device, self.log = cfg, device, log
+        self.eval_batch_size = cfg.train.eval_batch_size or 2 * cfg.train.batch_size
+        self.samples: list[dict] = []
+
+    def prepare(self) -> None:
+        from tunelab.data.sources import load_records
+        from tunelab.methods import apply_method
+        from tunelab.methods.common import count_parameters
+        from tunelab.models.build import load_causal_lm_and_tokenizer
+
+        cfg, d = self.cfg, self.cfg.data
+        if cfg.method.name == "head":
+            raise TunelabError("method.name: 'head' trains a newly initialised task head, and a causal LM has "
+                               "none (its vocabulary projection is pretrained); use full, freeze or lora")
+        records = load_records(d.train)
+        self.fmt = resolve_format(d.format, records, d.train, self.log, d.text_field)
+        model, self.tokenizer = load_causal_lm_and_tokenizer(cfg.model.name, cfg.model.dropout)
+        positions = getattr(model.config, "max_position_embeddings", None)
+        if positions and cfg.model.max_length > positions:
+            raise TunelabError(f"model.max_length: got {cfg.model.max_length}; {cfg.model.name} handles at most "
+                               f"{positions} positions")
+        self.pad_id = self.tokenizer.pad_token_id
+        self.data = self._encode_splits(records)
+        for name, data in self.data.items():
+            self.log(f"{name}: {data.describe(cfg.model.max_length)}")
+        if not self.data["train"].examples:
+            raise DataError(d.train, "no training example has a trained token; raise model.max_length")
+        self.rows = None
+        if d.packing:
+            train = self.data["train"].examples
+            self.rows = pack([len(e.ids) for e in train], cfg.model.max_length)
+            fill = sum(len(e.ids) for e in train) / (len(self.rows) * cfg.model.max_length)
+            self.log(f"packing: {len(train)} examples in {len(self.rows)} rows of up to "
+                     f"{cfg.model.max_length} tokens ({100 * fill:.0f}% full)")
+        m = cfg.method
+        self.model = apply_method(m.name, model, set(), trainable_layers=m.trainable_layers, r=m.r,
+                                  alpha=m.alpha, dropout=m.dropout, target_modules=m.target_modules,
+                                  task_type="CAUSAL_LM").to(self.device)
+        trainable, total = count_parameters(self.model)
+        self.log(f"method {m.name}: {trainable:,} trainable of {total:,} parameters "
+                 f"({100 * trainable / total:.2f}%)")
+
+    def _encode_splits(self, records: list[dict]) -> dict[str, EncodedSet]:
+        cfg, d = self.cfg, self.cfg.data
+        splits = split_records(d, cfg.train.seed, records, self.log)
+
+        def encode(recs: list[dict], source: str) -> EncodedSet:
+            return encode_records(self.tokenizer, recs, self.fmt, max_length=cfg.model.max_length,
+                                  train_on_prompt=d.train_on_prompt, source=source, text_field=d.text_field)
+
+        empty = [name for name in ("validation", "test") if name in splits and not splits[name][0]]
+        if self.fmt != "text" or not empty:
+            return {name: encode(recs, src) for name, (recs, src) in splits.items()}
+        # A corpus of too few documents to hold any out (e.g. one .txt file): split its chunks instead.
+        whole = encode(splits["train"][0], d.train)
+        parts = carve(len(whole), d.val_fraction, d.test_fraction, "validation" in empty, "test" in empty,
+                      cfg.train.seed)
+        self.log(f"too few documents to hold some out: splitting {len(whole)} chunks instead")
+        out = {name: encode(recs, src) for name, (recs, src) in splits.items() if name not in parts}
+        for name, idx in parts.items():
+            out[name] = whole.subset(idx, keep_counts=name == "train")
+        return out
+
+    # -- training ---------------------------------------------------------------------------
+
+    def micro_batches_per_epoch(self) -> int:
+        n = len(self.rows) if self.rows is not None else len(self.data["train"])
+        return math.ceil(n / self.cfg.train.batch_size)
+
+    def epoch_batches(self, epoch: int):
+        from tunelab.data.batching import length_grouped_batches
+
+        bs, seed, examples = self.cfg.train.batch_size, self.cfg.train.seed + epoch, self.data["train"].examples
+        if self.rows is not None:
+            order = list(range(len(self.rows)))
+            random.Random(seed).shuffle(order)
+            for k in range(0, len(order), bs):
+                yield packed_batch([[examples[i] for i in self.rows[r]] for r in order[k:k + bs]], self.pad_id)
+            return
+        for idx in length_grouped_batches([len(e.ids) for e in examples], bs, seed):
+            yield padded_batch([examples[i] for i in idx], self.pad_id)
+
+    def loss(self, model, batch):
+        return labelled_loss(model, batch, self.cfg.train.label_smoothing)
+
+    # -- evaluation -------------------------------------------------------------------------
+
+    def validate(self, model) -> dict | None:
+        data = self.data.get("validation")
+        if data is None or len(data) == 0:
+            return None
+        return evaluate_loss(model, data, self.eval_batch_size, self.pad_id, self.device)
+
+    def test(self) -> dict:
+        data = self.data.get("test")
+        if data is None or len(data) == 0:
+            return {}
+        metrics = evaluate_loss(self.model, data, self.eval_batch_size, self.pad_id, self.device)
+        metrics["n"] = len(data)
+        g = self.cfg.generate
+        if g.samples_in_eval > 0:
+            gen, self.samples = generation_eval(self.model, self.tokenizer, data, gen_cfg=g,
+                                                max_length=self.cfg.model.max_length,
+                                                batch_size=self.eval_batch_size, device=self.device)
+            metrics.update(gen)
+            metrics["samples"] = self.samples[:REPORT_SAMPLES]
+        return metrics
+
+    def save(self, model_dir: Path, run_dir: Path) -> None:
+        from tunelab.io import atomic_write_json
+        from tunelab.models.build import save_model
+
+        save_model(self.model, self.tokenizer, model_dir, run_dir, self.cfg, None)
+        # what `auto` resolved to, so predict / chat / eval render prompts the way training did
+        atomic_write_json(run_dir / DATA_INFO,
+                          {"format": self.fmt, "train_on_prompt": self.cfg.data.train_on_prompt})
+
+    def finish(self, run_dir: Path) -> dict:
+        """After testing: with `method.merge`, write RUN_DIR/merged and check it against the adapter."""
+        from tunelab.models.build import is_peft, write_merged
+
+        if not (self.cfg.method.merge and is_peft(self.model)):
+            return {}
+        data = self.data.get("test") or self.data["train"]
+        sample = padded_batch(data.examples[:4], self.pad_id)
+        inputs = {k: sample[k].to(self.device) for k in ("input_ids", "attention_mask")}
+        diff = write_merged(self.model, self.tokenizer, run_dir / "merged", inputs)
+        self.log(f"merged model written to {run_dir / 'merged'}; max |logit difference| vs adapter: {diff:.2e}")
+        return {"merge_max_abs_logit_diff": diff}
+
+    def report_sections(self, test_metrics: dict) -> list[tuple[str, str]]:
+        if not self.samples:
+            return []
+        return [("Sample generations (test)", samples_table(self.samples[:REPORT_SAMPLES]))]
+
+    def summary(self, m: dict) -> str:
+        if not m:
+            return "no test split (data.test_fraction is 0 and no data.test file)"
+        return "test: " + metrics_line(m)
+
+
+def metrics_line(m: dict) -> str:
+    parts = [f"loss {m['loss']:.4f}", f"perplexity {m['perplexity']:.2f}"]
+    if "exact_match" in m:
+        parts += [f"exact_match {m['exact_match']:.3f}", f"token_f1 {m['token_f1']:.3f}",
+                  f"rouge_l {m['rouge_l']:.3f}", f"chrf {m['chrf']:.1f} ({m['generated']} generated)"]
+    return "  ".join(parts) + (f"  (n={m['n']})" if "n" in m else "")
+
+
+def samples_table(samples: list[dict], clip: int = 600) -> str:
+    def cell(text: str) -> str:
+        text = text if len(text) <= clip else text[:clip] + " ..."
+        return f"<td style='white-space:pre-wrap;vertical-align:top'>{html.escape(text)}</td>"
+
+    rows = "".join(f"<tr>{cell(s['prompt'])}{cell(s['reference'])}{cell(s['generated'])}</tr>" for s in samples)
+    return f"<table><tr><th>prompt</th><th>reference</th><th>generated</th></tr>{rows}</table>"
+
+
+# ---------------------------------------------------------------------------------------------
+# `tunelab data preview`
+
+
+def preview(cfg, n: int = 3, split: str = "train", color: bool = False, max_records: int = 2000) -> str:
+    """What training will see: `n` rendered examples (trained tokens marked), counts, a length histogram.
+
+    Loads only the tokenizer. Statistics cover up to `max_records` records of the split (a seeded sample).
+    """
+    from tunelab.data.chat import length_histogram, render_tokens
+    from tunelab.data.sources import load_records
+    from tunelab.models.load import load_tokenizer
+    from tunelab.models.registry import resolve_model
+
+    if cfg.task != "causal_lm":
+        raise TunelabError(f"data preview shows causal_lm data (chat rendering and label masks); this config "
+                           f"has task: {cfg.task}")
+    d, lines = cfg.data, []
+    records = load_records(d.train)
+    fmt = resolve_format(d.format, records, d.train, lines.append, d.text_field)
+    splits = split_records(d, cfg.train.seed, records, lines.append)
+    if split not in splits:
+        raise TunelabError(f"--split: no {split!r} split here; known: {', '.join(splits)}")
+    recs, source = splits[split]
+    sampled = len(recs) > max_records
+    if sampled:
+        recs = [recs[i] for i in sorted(random.Random(cfg.train.seed).sample(range(len(recs)), max_records))]
+    tokenizer = load_tokenizer(resolve_model(cfg.model.name))
+    data = encode_records(tokenizer, recs, fmt, max_length=cfg.model.max_length,
+                          train_on_prompt=d.train_on_prompt, source=source, text_field=d.text_field)
+    lines.append(f"{source}: format {fmt}, {len(splits[split][0])} {split} records"
+                 + (f" (statistics from a sample of {max_records})" if sampled else ""))
+    mark = "green" if color else "[[double brackets]]"
+    lines.append(f"trained tokens are shown in {mark}; everything else is context only\n")
+    for k, ex in enumerate(data.examples[:n]):
+        rec = data.records[ex.record]
+        at = rec.get("_file") or (f"line {rec['_line']}" if "_line" in rec else f"record {ex.record + 1}")
+        lines.append(f"--- example {k + 1} ({at}): {len(ex.ids)} tokens, {ex.n_labels} trained ---")
+        lines.append(render_tokens(tokenizer, ex, color))
+    lengths = [len(e.ids) for e in data.examples]
+    lines.append(f"\n{data.describe(cfg.model.max_length)}")
+    if lengths:
+        lines.append(f"tokens per example: min {min(lengths)}, median {sorted(lengths)[len(lengths) // 2]}, "
+                     f"max {max(lengths)} (model.max_length {cfg.model.max_length})")
+    lines.append(length_histogram(lengths, cfg.model.max_length))
+    return "\n".join(lines)
