@@ -47,7 +47,7 @@ def cmd_models(args) -> int:
 
     for name, m in BUILTIN_MODELS.items():
         try:
-            where = str(m.locate())
+            where = m.where() if m.where else str(m.locate())
         except Exception as e:  # not installed / not converted: say so instead of failing the listing
             where = f"not available: {e}"
         print(f"builtin:{name:<24} {m.description}\n  {'':<32}package {m.pip_name}\n  {'':<32}{where}")

@@ -89,8 +89,9 @@ class MethodConfig:
 
 @dataclass
 class EarlyStoppingConfig:
-    metric: str = "f1_macro"
-    """Validation metric that picks the best checkpoint (loss is minimised, others maximised)."""
+    metric: Optional[str] = None
+    """Validation metric that picks the best checkpoint (loss/perplexity minimised, others maximised);
+    null = the task's default (classification: f1_macro, causal_lm: loss)."""
     patience: Optional[int] = 3
     """Evaluations without improvement before stopping; null = never stop early."""
 
@@ -320,7 +321,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
     """Read a YAML config, apply `a.b=value` overrides, validate everything, return a RunConfig."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError([f"config file not found; check the path"], str(path))
+        raise ConfigError(["config file not found; check the path"], str(path))
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import html
 import math
 import random
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -251,7 +250,7 @@ def check_config(cfg) -> None:
     if cfg.method.name not in METHODS:
         problems.append(f"method.name: got {cfg.method.name!r}; pretraining has no new head to train, use "
                         f"{' or '.join(METHODS)}")
-    if cfg.train.early_stopping.metric not in METRICS:
+    if cfg.train.early_stopping.metric not in (None, *METRICS):  # null = loss
         problems.append(f"train.early_stopping.metric: got {cfg.train.early_stopping.metric!r}; "
                         f"pretraining metrics: {', '.join(METRICS)}")
     if cfg.data.format not in ("auto", "text"):
@@ -265,54 +264,11 @@ def check_config(cfg) -> None:
 
 
 def pretrain(cfg, *, overwrite: bool = False, show_progress: bool = True, log=print) -> Path:
-    """Pretrain end to end; returns RUN_DIR.
-
-    The same steps as tunelab.run.train with PretrainJob as the job (see tunelab.run for each step).
-    """
-    import torch
-
-    from tunelab.config import dump_config
-    from tunelab.io import atomic_write_json, atomic_write_text
-    from tunelab.run import _write_report, pick_device, prepare_run_dir, seed_everything
-    from tunelab.train.logging import RunLogger
-    from tunelab.train.loop import train_loop
+    """Pretrain end to end with the same driver as `tunelab train` (tunelab.run.train); returns RUN_DIR."""
+    from tunelab.run import train
 
     check_config(cfg)
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
-    device = pick_device(cfg.train.device)
-    seed_everything(cfg.train.seed)
-    job = PretrainJob(cfg, device, log)
-    run_dir = Path(cfg.output_dir)
-    prepare_run_dir(run_dir, overwrite)
-    atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
-    t0 = time.perf_counter()
-    job.prepare()
-    seed_everything(cfg.train.seed)
-    steps = job.micro_batches_per_epoch()
-    total = cfg.train.max_steps or max(1, math.ceil(cfg.train.epochs * math.ceil(steps / cfg.train.grad_accum)))
-    log(f"pretraining on {device}: {total} optimizer steps, batch {cfg.train.batch_size} x accum "
-        f"{cfg.train.grad_accum}; run dir {run_dir}")
-    logger = RunLogger(run_dir, total, show_progress)
-    try:
-        result = train_loop(job.model, epoch_batches=job.epoch_batches, micro_batches_per_epoch=steps,
-                            loss_fn=job.loss, evaluate=job.validate, cfg=cfg.train, device=device, logger=logger)
-    finally:
-        logger.close()
-    tokens_per_s = result.train_tokens / max(result.train_seconds, 1e-9)
-    log(f"trained {result.steps} steps in {result.train_seconds:.1f}s ({tokens_per_s:.0f} tokens/s)")
-    job.save(run_dir / "model", run_dir)
-    test_metrics = job.test()
-    summary = {"test": test_metrics, "best_step": result.best_step, "best_validation": result.best_metrics,
-               "steps": result.steps, "stopped_early": result.stopped_early,
-               "train_tokens": result.train_tokens, "train_seconds": round(result.train_seconds, 3),
-               "train_tokens_per_s": round(tokens_per_s, 1), "wall_seconds": round(time.perf_counter() - t0, 3)}
-    summary.update(job.finish(run_dir))
-    atomic_write_json(run_dir / "eval.json", summary)
-    _write_report(run_dir, cfg, logger.history, job, test_metrics, result)
-    log(job.summary(test_metrics))
-    log(f"run saved to {run_dir}  (model: {run_dir / 'model'}; fine-tune it with model.name: {run_dir / 'model'})")
-    return run_dir
+    return train(cfg, overwrite=overwrite, show_progress=show_progress, log=log, job_factory=PretrainJob)
 
 
 # ------------------------------------------------------------------------------------------------ CLI

@@ -28,11 +28,22 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def is_scratch_model(name: str) -> bool:
+    from tunelab.models.scratch import is_scratch_dir
+
+    return name.startswith("scratch:") or is_scratch_dir(name)
+
+
 def make_job(cfg: RunConfig, device: torch.device, log):
     if cfg.task == "classification":
         from tunelab.tasks.classification import ClassificationJob
 
         return ClassificationJob(cfg, device, log)
+    if cfg.task == "causal_lm" and is_scratch_model(cfg.model.name):
+        from tunelab.pretrain import PretrainJob, check_config
+
+        check_config(cfg)
+        return PretrainJob(cfg, device, log)
     if cfg.task == "causal_lm":
         from tunelab.tasks.causal_lm import CausalLMJob
 
@@ -51,6 +62,9 @@ def prepare_run_dir(run_dir: Path, overwrite: bool) -> None:
 
 
 def check_metric(cfg: RunConfig, job) -> None:
+    """Fill in the task's default early-stopping metric, or check the one asked for."""
+    if cfg.train.early_stopping.metric is None:
+        cfg.train.early_stopping.metric = job.default_metric
     if cfg.train.early_stopping.metric not in job.metric_names:
         raise TunelabError(f"train.early_stopping.metric: {cfg.train.early_stopping.metric!r} is not a "
                            f"{cfg.task} metric; known: {', '.join(job.metric_names)}")

