@@ -33,8 +33,8 @@ MAX_LENGTH = 128  # half the main bench's 256: keeps every run under ~3 minutes;
 # 16 epochs: models that start from nothing need many passes over a few hundred articles (MiniLM: 2).
 # Per kind: its model: section and learning rate (RNNs from scratch want a larger one); the rest is TRAIN.
 MODELS = {
-    "lstm": ({"name": "scratch:lstm", "layers": 1, "hidden_size": 128, "bidirectional": True}, 1.0e-2),
-    "gru": ({"name": "scratch:gru", "layers": 1, "hidden_size": 128, "bidirectional": True}, 1.0e-2),
+    "lstm": ({"name": "scratch:lstm", "layers": 1, "hidden_size": 128, "bidirectional": True}, 3.0e-3),
+    "gru": ({"name": "scratch:gru", "layers": 1, "hidden_size": 128, "bidirectional": True}, 3.0e-3),
     "transformer": ({"name": "scratch:transformer", "layers": 2, "hidden_size": 128, "heads": 4,
                      "position": "learned"}, 2.0e-3),
 }

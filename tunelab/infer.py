@@ -10,6 +10,16 @@ from tunelab.config import load_config
 from tunelab.errors import TunelabError
 
 
+def _refuse_pretrain_run(run_dir: Path, cfg) -> None:
+    """A `tunelab pretrain` run has no labels and no chat format: say what to do with it instead."""
+    from tunelab.models.scratch import is_scratch_dir
+
+    if cfg.task == "causal_lm" and is_scratch_dir(run_dir / "model"):
+        raise TunelabError(f"{run_dir} is a pretraining run of a scratch GPT: its eval.json and report.html "
+                           f"hold perplexity and sample continuations; fine-tune it with "
+                           f"model.name: {run_dir / 'model'}")
+
+
 def load_run(run_dir: str | Path):
     """(config, model, tokenizer, labels) of a finished classification run, model in eval mode."""
     run_dir = Path(run_dir)
@@ -18,6 +28,7 @@ def load_run(run_dir: str | Path):
         raise TunelabError(f"{run_dir} is not a finished tunelab run (needs config.yaml and model/); "
                            "pass the output_dir of `tunelab train`")
     cfg = load_config(run_dir / "config.yaml")
+    _refuse_pretrain_run(run_dir, cfg)
     labels = json.loads((model_dir / "labels.json").read_text()) if (model_dir / "labels.json").exists() else None
     if (model_dir / "scratch_config.json").exists():
         from tunelab.models.scratch import load_scratch
@@ -137,6 +148,7 @@ def load_causal_run(run_dir: str | Path):
         raise TunelabError(f"{run_dir} is not a finished tunelab run (needs config.yaml and model/); "
                            "pass the output_dir of `tunelab train`")
     cfg = load_config(run_dir / "config.yaml")
+    _refuse_pretrain_run(run_dir, cfg)
     if cfg.task != "causal_lm":
         raise TunelabError(f"{run_dir} is a {cfg.task} run, not causal_lm")
     info = json.loads((run_dir / DATA_INFO).read_text()) if (run_dir / DATA_INFO).exists() else {}

@@ -11,9 +11,9 @@ without special tokens, joined into one stream with the tokenizer's EOS (or SEP)
 document, and cut into blocks of `model.max_length` tokens. A block starts with the last token of the one
 before it, so every token but the first is a next-token target exactly once.
 
-`PretrainJob` implements the run driver's TaskJob protocol (tunelab/tasks/base.py); `pretrain` drives it
-with the shared training loop and writes the usual RUN_DIR (config.yaml, metrics.jsonl, eval.json,
-report.html, model/). RUN_DIR/model is a scratch folder: `model.name: RUN_DIR/model` fine-tunes it as a
+`PretrainJob` implements the run driver's TaskJob protocol (tunelab/tasks/base.py); `tunelab.run.train`
+drives it (`pretrain` here, or `tunelab train` with task causal_lm on a scratch model) and writes the usual
+RUN_DIR (config.yaml, metrics.jsonl, eval.json, report.html, model/). RUN_DIR/model is a scratch folder: `model.name: RUN_DIR/model` fine-tunes it as a
 classifier with `tunelab train` (a GPTClassifier with the pretrained body) or pretrains it further.
 """
 from __future__ import annotations
@@ -264,7 +264,7 @@ def check_config(cfg) -> None:
 
 
 def pretrain(cfg, *, overwrite: bool = False, show_progress: bool = True, log=print) -> Path:
-    """Pretrain end to end with the same driver as `tunelab train` (tunelab.run.train); returns RUN_DIR."""
+    """Pretrain end to end with the shared run driver (tunelab.run.train); returns RUN_DIR."""
     from tunelab.run import train
 
     check_config(cfg)

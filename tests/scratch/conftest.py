@@ -52,6 +52,8 @@ def scratch_data(tmp_path_factory, helpers) -> Path:
 
 @pytest.fixture(scope="session")
 def wordpiece_dir(tmp_path_factory, scratch_data) -> Path:
+    """A lowercase WordPiece tokenizer of the topics. On this tiny, tie-heavy corpus its vocabulary can differ
+    from session to session (see tunelab/tokenizer_train.py), so nothing pinned uses it; BPE is deterministic."""
     return train_tokenizer([str(scratch_data / "train.jsonl")], 120, tmp_path_factory.mktemp("tok") / "wp",
                            kind="wordpiece", lowercase=True)
 
@@ -121,29 +123,3 @@ def configs():
     return types.SimpleNamespace(classify=classify_config, pretrain=pretrain_config, stories=story_documents)
 
 
-@pytest.fixture
-def route_scratch_folders(monkeypatch) -> None:
-    """Stand-in for the change proposed to tunelab/models/build.py until it lands (then delete this).
-
-    build.py sends only `scratch:KIND` names to tunelab.models.scratch; a folder with scratch_config.json
-    (a pretrained RUN_DIR/model) must go there too, for building and for saving.
-    """
-    import dataclasses
-
-    import tunelab.models.build as build
-    from tunelab.models.scratch import build_scratch_classifier, is_scratch_dir, is_scratch_model
-
-    load, save = build.load_classifier_and_tokenizer, build.save_model
-
-    def routed_load(model_cfg, labels):
-        if is_scratch_dir(model_cfg.name):
-            return build_scratch_classifier(model_cfg, labels)
-        return load(model_cfg, labels)
-
-    def routed_save(model, tokenizer, model_dir, run_dir, cfg, labels):
-        if is_scratch_model(model):  # save_model tests `cfg.model.name.startswith("scratch:")`
-            cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, name="scratch:saved"))
-        return save(model, tokenizer, model_dir, run_dir, cfg, labels)
-
-    monkeypatch.setattr(build, "load_classifier_and_tokenizer", routed_load)
-    monkeypatch.setattr(build, "save_model", routed_save)

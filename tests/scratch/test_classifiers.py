@@ -74,9 +74,9 @@ def test_predict_records_uses_the_saved_scratch_model(trained, kind, helpers):
                for r in out)
 
 
-def test_a_scratch_classifier_learns_the_topics(scratch_data, wordpiece_dir, configs, helpers, tmp_path):
+def test_a_scratch_classifier_learns_the_topics(scratch_data, bpe_dir, configs, helpers, tmp_path):
     cfg = configs.classify("scratch:transformer", scratch_data / "train.jsonl", tmp_path / "run",
-                           tokenizer=wordpiece_dir, overrides={"train.max_steps": 40, "model.dropout": 0.0})
+                           tokenizer=bpe_dir, overrides={"train.max_steps": 40, "model.dropout": 0.0})
     run_dir = helpers.train_quietly(cfg)
     first_eval = helpers.read_metrics(run_dir, "eval")[0]
     test = json.loads((run_dir / "eval.json").read_text())["test"]

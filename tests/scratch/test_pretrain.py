@@ -72,8 +72,7 @@ def test_the_run_dir_holds_a_reloadable_scratch_gpt(pretrained):
         assert torch.equal(model(ids).logits, seen["model"](ids).logits)
 
 
-def test_the_pretrained_body_fine_tunes_as_a_classifier(pretrained, scratch_data, configs, helpers, tmp_path,
-                                                       route_scratch_folders):
+def test_the_pretrained_body_fine_tunes_as_a_classifier(pretrained, scratch_data, configs, helpers, tmp_path):
     run_dir, _ = pretrained
     saved = load_file(str(run_dir / "model" / "model.safetensors"))
     cfg = configs.classify(str(run_dir / "model"), scratch_data / "train.jsonl", tmp_path / "clf",
@@ -89,7 +88,6 @@ def test_the_pretrained_body_fine_tunes_as_a_classifier(pretrained, scratch_data
 
 
 def test_freeze_trains_only_the_top_layers_of_the_pretrained_body(pretrained, scratch_data, configs, helpers,
-                                                                  route_scratch_folders,
                                                                   tmp_path):
     run_dir, _ = pretrained
     cfg = configs.classify(str(run_dir / "model"), scratch_data / "train.jsonl", tmp_path / "clf",
@@ -151,3 +149,30 @@ def test_the_command_line(story_corpus, bpe_dir, configs, tmp_path):
                               "--output-dir", str(tmp_path / "run"), "--no-progress"])
     assert args.func(args) == 0
     assert is_scratch_dir(tmp_path / "run" / "model")
+
+
+def test_tunelab_train_pretrains_a_scratch_gpt_too(story_corpus, bpe_dir, configs, helpers, tmp_path):
+    cfg = configs.pretrain(story_corpus, bpe_dir, tmp_path / "run",
+                           {"train.max_steps": 1, "train.early_stopping.metric": None})
+    run_dir = helpers.train_quietly(cfg)
+    assert is_scratch_dir(run_dir / "model") and "perplexity" in json.loads((run_dir / "eval.json").read_text())["test"]
+
+
+def test_eval_or_predict_on_a_pretrain_run_says_how_to_use_it(pretrained):
+    from tunelab.errors import TunelabError
+    from tunelab.infer import load_causal_run, load_run
+
+    run_dir, _ = pretrained
+    for load in (load_run, load_causal_run):
+        with pytest.raises(TunelabError, match="fine-tune it with model.name"):
+            load(run_dir)
+
+
+def test_lora_on_a_scratch_model_is_a_clear_error():
+    from tunelab.errors import TunelabError
+    from tunelab.methods import apply_method
+    from tunelab.nn import build_scratch_model
+
+    model = build_scratch_model("lstm", vocab_size=50, num_labels=2)
+    with pytest.raises(TunelabError, match="lora needs a Hugging Face model"):
+        apply_method("lora", model, {"classifier.weight"})

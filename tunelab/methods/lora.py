@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from torch import nn
 
+from tunelab.errors import TunelabError
+
 # Attention projections per architecture when target_modules is "auto" (peft's own defaults agree).
 AUTO_TARGETS = {"bert": ["query", "value"], "llama": ["q_proj", "v_proj"], "distilbert": ["q_lin", "v_lin"]}
 
@@ -10,6 +12,10 @@ AUTO_TARGETS = {"bert": ["query", "value"], "llama": ["q_proj", "v_proj"], "dist
 def apply(model: nn.Module, head: set[str], r: int = 8, alpha: float = 16.0, dropout: float = 0.05,
           target_modules: str | list[str] = "auto", task_type: str = "SEQ_CLS", **_: object) -> nn.Module:
     from peft import LoraConfig, get_peft_model
+
+    if hasattr(model, "scratch_kind"):
+        raise TunelabError("method.name: lora needs a Hugging Face model; scratch models train with full "
+                           "(or freeze / head on a pretrained scratch folder)")
 
     if target_modules == "auto":
         model_type = getattr(model.config, "model_type", "")

@@ -15,9 +15,9 @@ from tunelab.models.registry import resolve_model
 
 def load_classifier_and_tokenizer(model_cfg, labels: list[str]) -> tuple[nn.Module, object, set[str]]:
     """(model, tokenizer, head parameter names) for a classification run."""
-    if model_cfg.name.startswith("scratch:"):
-        from tunelab.models.scratch import build_scratch_classifier
+    from tunelab.models.scratch import build_scratch_classifier, is_scratch_dir
 
+    if model_cfg.name.startswith("scratch:") or is_scratch_dir(model_cfg.name):
         return build_scratch_classifier(model_cfg, labels)
     path = resolve_model(model_cfg.name)
     model, head = load_sequence_classifier(path, labels, model_cfg.dropout)
@@ -35,9 +35,9 @@ def save_model(model: nn.Module, tokenizer, model_dir: Path, run_dir: Path, cfg,
     the base weights (no copy), so `AutoPeftModelFor...from_pretrained(RUN_DIR/model)` needs no arguments.
     """
     tmp = staging_dir(model_dir)
-    if cfg.model.name.startswith("scratch:"):
-        from tunelab.models.scratch import save_scratch
+    from tunelab.models.scratch import is_scratch_model, save_scratch
 
+    if is_scratch_model(model):
         save_scratch(model, tokenizer, tmp)
     elif is_peft(model):
         base_dir = run_dir / "base"
