@@ -6,18 +6,15 @@ token), so the numbers compare.
 """
 from __future__ import annotations
 
-import resource
 from pathlib import Path
+
+from run import peak_rss_mb  # bench/ is on sys.path when bench/run.py runs
 
 HERE = Path(__file__).resolve().parent
 
 LM_JOB = dict(train="builtin:sharegpt", limit=96, max_length=256, epochs=1, batch_size=8, lr=1.0e-3,
               r=16, alpha=32, dropout=0.05, target_modules="all-linear", warmup_ratio=0.06, max_grad_norm=1.0,
               seed=42, val_fraction=0.1, test_fraction=0.0)
-
-
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def lm_config(out_dir: str):
@@ -48,7 +45,7 @@ def run_tunelab_lm() -> dict:
     ev = json.loads((run_dir / "eval.json").read_text())
     return {"tokens_per_s": ev["train_tokens_per_s"], "train_seconds": ev["train_seconds"],
             "train_tokens": ev["train_tokens"], "val_loss": ev["best_validation"]["loss"],
-            "peak_rss_mb": _peak_rss_mb()}
+            "peak_rss_mb": peak_rss_mb()}
 
 
 def run_trainer_lm() -> dict:
@@ -94,7 +91,7 @@ def run_trainer_lm() -> dict:
     secs = result.metrics["train_runtime"]
     val = evaluate_loss(model, data["validation"], 2 * j["batch_size"], tok.pad_token_id, torch.device("cpu"))
     return {"tokens_per_s": real_tokens / secs, "train_seconds": secs, "train_tokens": real_tokens,
-            "val_loss": val["loss"], "peak_rss_mb": _peak_rss_mb()}
+            "val_loss": val["loss"], "peak_rss_mb": peak_rss_mb()}
 
 
 def section(t: dict, h: dict) -> list[str]:
