@@ -25,6 +25,17 @@ from tunelab.config import RunConfig, config_from_dict
 # makes every op wait on the OpenMP barrier (100x slower). Pinned numbers were taken with one thread.
 torch.set_num_threads(1)
 
+
+@pytest.fixture(autouse=True, scope="session")
+def _fp32_on_any_cpu():
+    """`train.precision: auto` picks bf16 on CPUs with native bf16; pinned numbers are fp32 everywhere.
+
+    Session scope, so that module-scoped fixtures which train are covered too.
+    """
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("tunelab.train.precision.cpu_has_fast_bf16", lambda: False)
+        yield
+
 # Three classes, each with its own keywords; every text also has shared filler words. Every word is one
 # token of the tiny vocabulary, so every text has the same token length (WORDS_PER_TEXT + [CLS] + [SEP]).
 KEYWORDS = {

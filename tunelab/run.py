@@ -77,12 +77,15 @@ def train(cfg: RunConfig, *, overwrite: bool = False, show_progress: bool = True
     `job_factory(cfg, device, log)` builds the TaskJob; default: the one for `cfg.task` (`tunelab pretrain`
     passes its own).
     """
+    from tunelab.models.fastdropout import undo_fast_dropout, use_fast_dropout
     from tunelab.train.logging import RunLogger
     from tunelab.train.loop import train_loop
+    from tunelab.train.precision import describe, resolve_precision
 
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     device = pick_device(cfg.train.device)
+    amp = resolve_precision(cfg.train.precision, device)
     seed_everything(cfg.train.seed)
     job = (job_factory or make_job)(cfg, device, log)
     check_metric(cfg, job)
@@ -91,17 +94,21 @@ def train(cfg: RunConfig, *, overwrite: bool = False, show_progress: bool = True
     atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
     t0 = time.perf_counter()
     job.prepare()
+    if cfg.train.fast_dropout and device.type == "cpu" and (swapped := use_fast_dropout(job.model)):
+        log(f"speed-up: {swapped} dropout layers draw their masks from 16-bit random words (train.fast_dropout)")
     seed_everything(cfg.train.seed)  # the same stream of dropout masks whatever preparing consumed
     steps = job.micro_batches_per_epoch()
     total = cfg.train.max_steps or max(1, int(np.ceil(cfg.train.epochs * np.ceil(steps / cfg.train.grad_accum))))
-    log(f"training on {device}: {total} optimizer steps, batch {cfg.train.batch_size} x accum "
+    log(f"training on {device} in {describe(amp)}: {total} optimizer steps, batch {cfg.train.batch_size} x accum "
         f"{cfg.train.grad_accum}; run dir {run_dir}")
     logger = RunLogger(run_dir, total, show_progress)
     try:
         result = train_loop(job.model, epoch_batches=job.epoch_batches, micro_batches_per_epoch=steps,
-                            loss_fn=job.loss, evaluate=job.validate, cfg=cfg.train, device=device, logger=logger)
+                            loss_fn=job.loss, evaluate=job.validate, cfg=cfg.train, device=device, logger=logger,
+                            autocast_dtype=amp)
     finally:
         logger.close()
+    undo_fast_dropout(job.model)
     tokens_per_s = result.train_tokens / max(result.train_seconds, 1e-9)
     log(f"trained {result.steps} steps in {result.train_seconds:.1f}s ({tokens_per_s:.0f} real tokens/s)"
         + (f"; best validation {cfg.train.early_stopping.metric} at step {result.best_step}"

@@ -17,6 +17,7 @@ from torch import nn
 from tunelab.errors import TunelabError
 from tunelab.train.logging import RunLogger
 from tunelab.train.optim import build_optimizer, build_scheduler
+from tunelab.train.precision import autocast
 
 Batch = dict[str, torch.Tensor]
 LossFn = Callable[[nn.Module, Batch], tuple[torch.Tensor, int]]
@@ -54,10 +55,11 @@ def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def train_loop(model: nn.Module, *, epoch_batches: Callable[[int], Iterable[Batch]], micro_batches_per_epoch: int,
                loss_fn: LossFn, evaluate: Callable[[nn.Module], dict] | None, cfg, device: torch.device,
-               logger: RunLogger) -> LoopResult:
+               logger: RunLogger, autocast_dtype: torch.dtype | None = None) -> LoopResult:
     """Train `model` in place; on return it holds the best checkpoint's weights (by validation metric).
 
     `cfg` is a TrainConfig. `evaluate(model)` returns validation metrics (None: no validation data).
+    Forward passes run under autocast to `autocast_dtype` (None: fp32); backward and the update do not.
     """
     steps_per_epoch = max(1, math.ceil(micro_batches_per_epoch / cfg.grad_accum))
     total = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
@@ -102,7 +104,8 @@ def train_loop(model: nn.Module, *, epoch_batches: Callable[[int], Iterable[Batc
             items = 0
             for batch in window:
                 batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-                loss, n = loss_fn(model, batch)
+                with autocast(device, autocast_dtype):
+                    loss, n = loss_fn(model, batch)
                 loss.backward()
                 items += n
                 loss_acc += loss.item()
