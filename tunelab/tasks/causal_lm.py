@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from tunelab.data.chat import (IGNORE, EncodedSet, detect_format, encode_records, pack, packed_batch,
                                padded_batch, prompt_and_reference)
 from tunelab.errors import DataError, TunelabError
+from tunelab.train.linear_ce import linear_cross_entropy
 
 METRICS = ("loss", "perplexity")
 DATA_INFO = "data_format.json"
@@ -49,11 +50,15 @@ def labelled_loss(model, batch: dict[str, torch.Tensor], label_smoothing: float 
                                 use_cache=False).last_hidden_state  # (B, T, H)
     targets = batch["targets"]  # (B, T)
     keep = targets != IGNORE
-    logits = base.get_output_embeddings()(hidden[keep]).float()  # (N, V): only labelled positions
+    head = base.get_output_embeddings()
     cap = getattr(base.config, "final_logit_softcapping", None)
-    if cap:  # Gemma-2 style soft-capping happens in the model's own forward; repeat it here
-        logits = torch.tanh(logits / cap) * cap
-    loss = F.cross_entropy(logits, targets[keep], reduction="sum", label_smoothing=label_smoothing)
+    if cap or not isinstance(head, torch.nn.Linear):
+        logits = head(hidden[keep]).float()  # (N, V): only labelled positions
+        if cap:  # Gemma-2 style soft-capping happens in the model's own forward; repeat it here
+            logits = torch.tanh(logits / cap) * cap
+        loss = F.cross_entropy(logits, targets[keep], reduction="sum", label_smoothing=label_smoothing)
+    else:  # the same loss without materialising N x V logits
+        loss = linear_cross_entropy(hidden[keep], head.weight, head.bias, targets[keep], label_smoothing)
     return loss, int(keep.sum())
 
 
@@ -233,7 +238,7 @@ class CausalLMJob:
         return math.ceil(n / self.cfg.train.batch_size)
 
     def epoch_batches(self, epoch: int):
-        from tunelab.data.batching import length_grouped_batches
+        from tunelab.data.batching import training_batches
 
         bs, seed, examples = self.cfg.train.batch_size, self.cfg.train.seed + epoch, self.data["train"].examples
         if self.rows is not None:
@@ -242,7 +247,7 @@ class CausalLMJob:
             for k in range(0, len(order), bs):
                 yield packed_batch([[examples[i] for i in self.rows[r]] for r in order[k:k + bs]], self.pad_id)
             return
-        for idx in length_grouped_batches([len(e.ids) for e in examples], bs, seed):
+        for idx in training_batches([len(e.ids) for e in examples], bs, seed, self.cfg.train.group_by_length):
             yield padded_batch([examples[i] for i in idx], self.pad_id)
 
     def loss(self, model, batch):
