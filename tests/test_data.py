@@ -288,3 +288,26 @@ def test_bad_input_in_a_real_process_exits_2_without_traceback(tmp_path, bad_cas
     assert proc.stderr.splitlines() == [proc.stderr.strip()]
     assert proc.stderr.startswith(f"error: {path}:{line}: malformed JSON")
     assert "Traceback" not in proc.stdout + proc.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# Training batches: length grouping only where it saves padding
+
+
+def test_group_by_length_auto_groups_only_when_it_saves_padding():
+    from tunelab.data.batching import length_grouped_batches, random_batches, training_batches
+
+    varied = [5, 200, 7, 180, 6, 190, 8, 170] * 8      # random batches pad the short ones to ~200
+    assert training_batches(varied, 4, seed=3) == length_grouped_batches(varied, 4, seed=3)
+    nearly_equal = [256] * 60 + [250, 240, 230, 255]  # grouping could save under 1%
+    assert training_batches(nearly_equal, 4, seed=3) == random_batches(64, 4, seed=3)
+    assert training_batches(nearly_equal, 4, 3, mode="always") == length_grouped_batches(nearly_equal, 4, seed=3)
+    assert training_batches(varied, 4, 3, mode="never") == random_batches(64, 4, seed=3)
+    for plan in (training_batches(varied, 4, 3), training_batches(nearly_equal, 4, 3)):
+        assert sorted(i for b in plan for i in b) == list(range(64))  # every example once per epoch
+
+
+def test_padded_size_counts_each_batch_at_its_longest_example():
+    from tunelab.data.batching import padded_size
+
+    assert padded_size([[0, 1], [2]], [3, 5, 4]) == 2 * 5 + 4

@@ -14,16 +14,20 @@ from tunelab.train.optim import build_scheduler, lr_factor
 
 # First three logged losses of `make_config()` (tiny BERT, seed 0, batch 8, lr 1e-3, dropout 0.1), torch 2.13 CPU,
 # with the [CLS]-only last layer (its dropout masks are smaller, so the random stream differs from a full layer).
-PINNED_LOSSES = [1.0971752405166626, 1.0949264764785767, 1.102263331413269]
+# fast_dropout draws its masks differently from nn.Dropout, so each has its own numbers. All texts have the
+# same length, so train.group_by_length: auto gives plain random batches.
+PINNED_LOSSES = {True: [1.0991950035095215, 1.1094697713851929, 1.0999937057495117],
+                 False: [1.0998698472976685, 1.1106579303741455, 1.0983307361602783]}
 
 
 def losses(helpers, run_dir) -> list[float]:
     return [r["loss"] for r in helpers.read_metrics(run_dir, "train")]
 
 
-def test_first_losses_are_pinned(make_config, helpers):
-    run_dir = helpers.train_quietly(make_config())
-    assert losses(helpers, run_dir) == pytest.approx(PINNED_LOSSES, abs=1e-4)
+@pytest.mark.parametrize("fast_dropout", [True, False])
+def test_first_losses_are_pinned(make_config, helpers, fast_dropout):
+    run_dir = helpers.train_quietly(make_config({"train.fast_dropout": fast_dropout}))
+    assert losses(helpers, run_dir) == pytest.approx(PINNED_LOSSES[fast_dropout], abs=1e-4)
 
 
 def test_same_config_twice_gives_identical_losses_and_weights(make_config, helpers):
@@ -37,8 +41,9 @@ def test_same_config_twice_gives_identical_losses_and_weights(make_config, helpe
 
 
 def test_loss_goes_down_on_learnable_data(make_config, helpers):
-    run_dir = helpers.train_quietly(make_config({"train.max_steps": 40, "train.lr": 1e-2, "train.log_every": 5,
-                                                 "model.dropout": 0.0}))
+    # a constant 5e-3 leaves the tiny model's initial plateau within 60 steps for every seed tried (0, 1, 2)
+    run_dir = helpers.train_quietly(make_config({"train.max_steps": 60, "train.lr": 5e-3, "train.log_every": 5,
+                                                 "train.scheduler": "constant", "model.dropout": 0.0}))
     train_losses = losses(helpers, run_dir)
     evals = [r["loss"] for r in helpers.read_metrics(run_dir, "eval")]
     assert train_losses[0] > 1.0 and train_losses[-1] < 0.7 * train_losses[0]
@@ -90,7 +95,7 @@ def test_early_stopping_stops_when_the_metric_stops_improving(make_config, helpe
 def test_saved_model_is_the_best_checkpoint(make_config, helpers, data_dir):
     # A high constant lr makes the validation loss jump around, so the best step is not the last one.
     run_dir = helpers.train_quietly(make_config({
-        "train.max_steps": 20, "train.lr": 3e-2, "train.scheduler": "constant", "train.eval_every": 2,
+        "train.max_steps": 16, "train.lr": 3e-2, "train.scheduler": "constant", "train.eval_every": 2,
         "train.early_stopping.metric": "loss", "data.validation": str(data_dir / "valid.jsonl"),
         "data.test": str(data_dir / "test.jsonl")}))
     evals = helpers.read_metrics(run_dir, "eval")

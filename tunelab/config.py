@@ -141,6 +141,16 @@ class TrainConfig:
     """auto = cuda when available."""
     threads: Optional[int] = None
     """CPU threads for torch; null = torch's default."""
+    group_by_length: Literal["auto", "always", "never"] = "auto"
+    """Batch examples of similar length (less padding). auto = only when that cuts an epoch's padded tokens
+    by at least 10%; otherwise batches are plainly random (grouping makes batches less random)."""
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    """Training arithmetic. bf16 = mixed precision: matrix products in bfloat16 under autocast; weights,
+    optimizer state, loss and saved models in float32. auto = bf16 where the hardware multiplies bf16
+    natively (a CPU with AVX512-BF16 or AMX, a CUDA GPU with bf16), else fp32. Evaluation is always fp32."""
+    fast_dropout: bool = True
+    """On a CPU, draw dropout masks from 16-bit random words (about 5x cheaper; same distribution, p rounded
+    to a multiple of 1/65536); false = torch's nn.Dropout. GPUs always use torch's fused dropout."""
 
 
 @dataclass

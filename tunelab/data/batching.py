@@ -30,6 +30,35 @@ def length_grouped_batches(lengths: Sequence[int], batch_size: int, seed: int, w
     return batches
 
 
+def random_batches(n: int, batch_size: int, seed: int) -> list[list[int]]:
+    """Index batches of a seeded random order (the last one may be short)."""
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    return [order[i:i + batch_size] for i in range(0, n, batch_size)]
+
+
+def padded_size(batches: list[list[int]], lengths: Sequence[int]) -> int:
+    """Tokens a plan computes, padding included: each batch is padded to its longest example."""
+    return sum(len(b) * max(lengths[i] for i in b) for b in batches if b)
+
+
+# Length grouping changes which examples share a batch (less random batches, and the short ones together);
+# under "auto" it is used only where it cuts the padded size of an epoch by at least this share.
+MIN_GROUPING_SAVING = 0.10
+
+
+def training_batches(lengths: Sequence[int], batch_size: int, seed: int, mode: str = "auto") -> list[list[int]]:
+    """One epoch's index batches for `train.group_by_length` = auto | always | never."""
+    shuffled = random_batches(len(lengths), batch_size, seed)
+    if mode == "never":
+        return shuffled
+    grouped = length_grouped_batches(lengths, batch_size, seed)
+    if mode == "always":
+        return grouped
+    saves = padded_size(grouped, lengths) <= (1.0 - MIN_GROUPING_SAVING) * padded_size(shuffled, lengths)
+    return grouped if saves else shuffled
+
+
 def pad_batch(sequences: list[list[int]], pad_id: int, extra: dict[str, list] | None = None,
               pad_values: dict[str, int] | None = None) -> dict[str, torch.Tensor]:
     """Right-pad token id lists to the longest one: input_ids and attention_mask (B, T), plus extras.

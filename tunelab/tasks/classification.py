@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tunelab.data.batching import length_grouped_batches, pad_batch
+from tunelab.data.batching import length_grouped_batches, pad_batch, training_batches
 from tunelab.errors import DataError
 from tunelab.evaluate.metrics import classification_metrics, roc_curves
 
@@ -114,9 +114,16 @@ def make_examples(tokenizer, records: list[dict], *, text_field: str, label_fiel
     return Examples(ids, labels, records, source, truncated)
 
 
-def batches(ex: Examples, batch_size: int, pad_id: int, seed: int = 0, shuffle: bool = True):
-    """Yield (indices, tensors) for length-grouped, dynamically padded batches."""
-    for idx in length_grouped_batches([len(x) for x in ex.ids], batch_size, seed, shuffle=shuffle):
+def batches(ex: Examples, batch_size: int, pad_id: int, seed: int = 0, shuffle: bool = True,
+            grouping: str = "auto"):
+    """Yield (indices, tensors) of dynamically padded batches.
+
+    shuffle: a training epoch's batches (`grouping` = train.group_by_length); without: sorted by length.
+    """
+    lengths = [len(x) for x in ex.ids]
+    plan = (training_batches(lengths, batch_size, seed, grouping) if shuffle
+            else length_grouped_batches(lengths, batch_size, seed, shuffle=False))
+    for idx in plan:
         extra = {"labels": [ex.labels[i] for i in idx]} if ex.labels else None
         yield idx, pad_batch([ex.ids[i] for i in idx], pad_id, extra)
 
@@ -220,7 +227,7 @@ class ClassificationJob:
 
     def epoch_batches(self, epoch: int):
         for _, batch in batches(self.examples["train"], self.cfg.train.batch_size, self.pad_id,
-                                seed=self.cfg.train.seed + epoch):
+                                seed=self.cfg.train.seed + epoch, grouping=self.cfg.train.group_by_length):
             yield batch
 
     def loss(self, model, batch):
