@@ -17,7 +17,7 @@ LM_JOB = dict(train="builtin:sharegpt", limit=48, max_length=256, epochs=1, batc
               seed=42, val_fraction=0.1, test_fraction=0.0)
 
 
-def lm_config(out_dir: str):
+def lm_config(out_dir: str, precision: str = "auto"):
     from tunelab.config import config_from_dict
 
     j = LM_JOB
@@ -30,25 +30,27 @@ def lm_config(out_dir: str):
                    "target_modules": j["target_modules"]},
         "train": {"epochs": j["epochs"], "batch_size": j["batch_size"], "lr": j["lr"], "scheduler": "linear",
                   "warmup_ratio": j["warmup_ratio"], "max_grad_norm": j["max_grad_norm"], "seed": j["seed"],
-                  "weight_decay": 0.0, "early_stopping": {"metric": "loss", "patience": None}},
+                  "weight_decay": 0.0, "precision": precision,
+                  "early_stopping": {"metric": "loss", "patience": None}},
         "generate": {"samples_in_eval": 0},
         "output_dir": out_dir})
 
 
-def run_tunelab_lm() -> dict:
+def run_tunelab_lm(precision: str = "auto") -> dict:
     import json
 
+    from run import resolved_precision
     from tunelab.run import train
 
-    run_dir = train(lm_config(str(HERE / "out" / "tunelab-lm")), overwrite=True, show_progress=False,
-                    log=lambda m: None)
+    run_dir = train(lm_config(str(HERE / "out" / f"tunelab-lm-{precision}"), precision), overwrite=True,
+                    show_progress=False, log=lambda m: None)
     ev = json.loads((run_dir / "eval.json").read_text())
     return {"tokens_per_s": ev["train_tokens_per_s"], "train_seconds": ev["train_seconds"],
             "train_tokens": ev["train_tokens"], "val_loss": ev["best_validation"]["loss"],
-            "peak_rss_mb": peak_rss_mb()}
+            "peak_rss_mb": peak_rss_mb(), "precision": resolved_precision(precision)}
 
 
-def run_trainer_lm() -> dict:
+def run_trainer_lm(bf16: bool = False) -> dict:
     """Trainer + peft with the standard recipe: full-vocabulary logits, DataCollatorForSeq2Seq padding."""
     import torch
     from peft import LoraConfig, get_peft_model
@@ -78,7 +80,7 @@ def run_trainer_lm() -> dict:
     model = get_peft_model(model, LoraConfig(r=j["r"], lora_alpha=j["alpha"], lora_dropout=j["dropout"],
                                              target_modules=j["target_modules"], task_type="CAUSAL_LM"))
     steps = -(-len(train_items) // j["batch_size"]) * j["epochs"]
-    args = TrainingArguments(output_dir=str(HERE / "out" / "trainer-lm"), num_train_epochs=j["epochs"],
+    args = TrainingArguments(output_dir=str(HERE / "out" / "trainer-lm"), num_train_epochs=j["epochs"], bf16=bf16,
                              per_device_train_batch_size=j["batch_size"], learning_rate=j["lr"],
                              weight_decay=0.0, warmup_steps=int(j["warmup_ratio"] * steps),
                              lr_scheduler_type="linear", max_grad_norm=j["max_grad_norm"], seed=j["seed"],
@@ -91,22 +93,24 @@ def run_trainer_lm() -> dict:
     secs = result.metrics["train_runtime"]
     val = evaluate_loss(model, data["validation"], 2 * j["batch_size"], tok.pad_token_id, torch.device("cpu"))
     return {"tokens_per_s": real_tokens / secs, "train_seconds": secs, "train_tokens": real_tokens,
-            "val_loss": val["loss"], "peak_rss_mb": peak_rss_mb()}
+            "val_loss": val["loss"], "peak_rss_mb": peak_rss_mb(), "precision": "bf16" if bf16 else "fp32"}
 
 
-def section(t: dict, h: dict) -> list[str]:
+def section(res: dict) -> list[str]:
+    from run import PARTS, columns, comparison_table, ratio_lines
+
     j = LM_JOB
+    sides = PARTS["lm"]
     return [
         "## Instruction tuning: SmolLM2-135M-Instruct LoRA on ShareGPT", "",
         f"Same split of {j['limit']} ShareGPT conversations (loss on assistant turns only), max_length "
         f"{j['max_length']}, LoRA r={j['r']} alpha={j['alpha']} dropout={j['dropout']} on "
         f"{j['target_modules']}, {j['epochs']} epoch, batch {j['batch_size']}, lr {j['lr']} linear with warmup "
         f"{j['warmup_ratio']}, seed {j['seed']}. Trainer: DataCollatorForSeq2Seq (dynamic padding), the "
-        "model's own loss over full-vocabulary logits. tunelab: length-grouped batches, vocabulary "
-        "projection only at trained positions. Validation loss computed by the same function for both.", "",
-        "| | tunelab | HF Trainer + peft | ratio |", "|---|---|---|---|",
-        f"| real tokens/s | {t['tokens_per_s']:.0f} | {h['tokens_per_s']:.0f} | "
-        f"{t['tokens_per_s'] / h['tokens_per_s']:.2f}x |",
-        f"| training time (s) | {t['train_seconds']:.1f} | {h['train_seconds']:.1f} | |",
-        f"| peak RSS (MB) | {t['peak_rss_mb']:.0f} | {h['peak_rss_mb']:.0f} | |",
-        f"| final validation loss | {t['val_loss']:.4f} | {h['val_loss']:.4f} | |", ""]
+        "model's own loss over full-vocabulary logits. tunelab: length-grouped batches, the vocabulary "
+        "projection and loss only at trained positions and in chunks (no N x V logits kept), dropout masks "
+        "from 16-bit random words. Validation loss is computed by the same function for every side.", "",
+        *comparison_table(columns(res, sides, ("tunelab", "Trainer + peft")), [
+            ("real tokens/s", "tokens_per_s", ".0f"), ("training time (s)", "train_seconds", ".1f"),
+            ("peak RSS (MB)", "peak_rss_mb", ".0f"), ("final validation loss", "val_loss", ".4f")]), "",
+        *ratio_lines(*(res[s] for s in sides)), ""]

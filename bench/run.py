@@ -1,10 +1,15 @@
 """`make bench`: the same fine-tuning job in tunelab and in Hugging Face `Trainer`, one after the other.
 
 Each side runs in its own child process (so peak memory is its own), on the same data split, model,
-hyper-parameters and batch size. Results go to bench/results.md (and bench/out/*.json).
+hyper-parameters and batch size. Each tool runs twice: in float32, and in bf16 mixed precision (autocast;
+weights and optimizer in float32), so that every ratio compares the same arithmetic. tunelab's default
+(`train.precision: auto`) is bf16 on a CPU with native bf16, fp32 elsewhere; Trainer's default is fp32.
+Results go to bench/results.md (and bench/out/results.json); sections of parts left out with --skip keep
+their previous text.
 
-    python bench/run.py                 # both classification runs, then the table
-    python bench/run.py --only tunelab  # one side (prints JSON)
+    python bench/run.py                          # everything
+    python bench/run.py --skip lm scratch        # the classification part only
+    python bench/run.py --only tunelab-fp32      # one side (prints JSON)
 """
 from __future__ import annotations
 
@@ -30,7 +35,7 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def tunelab_config(out_dir: str):
+def tunelab_config(out_dir: str, precision: str = "auto"):
     from tunelab.config import config_from_dict
 
     j = JOB
@@ -42,22 +47,31 @@ def tunelab_config(out_dir: str):
         "train": {"epochs": j["epochs"], "batch_size": j["batch_size"], "lr": j["lr"],
                   "weight_decay": j["weight_decay"], "warmup_ratio": j["warmup_ratio"],
                   "max_grad_norm": j["max_grad_norm"], "seed": j["seed"], "scheduler": "linear",
-                  "early_stopping": {"metric": "f1_macro", "patience": None}},
+                  "precision": precision, "early_stopping": {"metric": "f1_macro", "patience": None}},
         "output_dir": out_dir})
 
 
-def run_tunelab() -> dict:
+def resolved_precision(name: str) -> str:
+    import torch
+
+    from tunelab.train.precision import resolve_precision
+
+    return "bf16" if resolve_precision(name, torch.device("cpu")) == torch.bfloat16 else "fp32"
+
+
+def run_tunelab(precision: str = "auto") -> dict:
     from tunelab.run import train
 
-    out = HERE / "out" / "tunelab-run"
-    run_dir = train(tunelab_config(str(out)), overwrite=True, show_progress=False, log=lambda m: None)
+    out = HERE / "out" / f"tunelab-{precision}"
+    run_dir = train(tunelab_config(str(out), precision), overwrite=True, show_progress=False, log=lambda m: None)
     ev = json.loads((run_dir / "eval.json").read_text())
     return {"tokens_per_s": ev["train_tokens_per_s"], "train_seconds": ev["train_seconds"],
             "train_tokens": ev["train_tokens"], "accuracy": ev["test"]["accuracy"],
-            "f1_macro": ev["test"]["f1_macro"], "peak_rss_mb": peak_rss_mb()}
+            "f1_macro": ev["test"]["f1_macro"], "peak_rss_mb": peak_rss_mb(),
+            "precision": resolved_precision(precision)}
 
 
-def run_trainer() -> dict:
+def run_trainer(bf16: bool = False) -> dict:
     """The Hugging Face baseline: Trainer + DataCollatorWithPadding (dynamic padding), same split."""
     import numpy as np
     import torch
@@ -92,7 +106,7 @@ def run_trainer() -> dict:
     train_ds, test_ds = DS(splits["train"][0]), DS(splits["test"][0])
     torch.manual_seed(j["seed"])
     model = AutoModelForSequenceClassification.from_pretrained(str(path), num_labels=len(labels))
-    args = TrainingArguments(output_dir=str(HERE / "out" / "trainer-run"), num_train_epochs=j["epochs"],
+    args = TrainingArguments(output_dir=str(HERE / "out" / "trainer-run"), num_train_epochs=j["epochs"], bf16=bf16,
                              per_device_train_batch_size=j["batch_size"], per_device_eval_batch_size=32,
                              learning_rate=j["lr"], weight_decay=j["weight_decay"],
                              warmup_steps=int(j["warmup_ratio"] * (len(train_ds) // j["batch_size"] + 1) * j["epochs"]),
@@ -109,19 +123,25 @@ def run_trainer() -> dict:
     secs = result.metrics["train_runtime"]
     return {"tokens_per_s": real_tokens / secs, "train_seconds": secs, "train_tokens": real_tokens,
             "accuracy": float((y_pred == y_true).mean()), "f1_macro": float(f1_score(y_true, y_pred, average="macro")),
-            "peak_rss_mb": peak_rss_mb()}
+            "peak_rss_mb": peak_rss_mb(), "precision": "bf16" if bf16 else "fp32"}
 
 
-def _lm(name):
+def _lm(name, *args):
     def run() -> dict:
         import causal
 
-        return getattr(causal, name)()
+        return getattr(causal, name)(*args)
     return run
 
 
-SIDES = {"tunelab": run_tunelab, "trainer": run_trainer,
-         "tunelab-lm": _lm("run_tunelab_lm"), "trainer-lm": _lm("run_trainer_lm")}
+# Column order of the tables: tunelab's default, then each tool in each precision.
+SIDES = {"tunelab": run_tunelab, "tunelab-fp32": lambda: run_tunelab("fp32"),
+         "trainer": run_trainer, "trainer-bf16": lambda: run_trainer(bf16=True),
+         "tunelab-lm": _lm("run_tunelab_lm"), "tunelab-lm-fp32": _lm("run_tunelab_lm", "fp32"),
+         "trainer-lm": _lm("run_trainer_lm"), "trainer-lm-bf16": _lm("run_trainer_lm", True)}
+PARTS = {"classification": ("tunelab", "tunelab-fp32", "trainer", "trainer-bf16"),
+         "lm": ("tunelab-lm", "tunelab-lm-fp32", "trainer-lm", "trainer-lm-bf16")}
+HEADINGS = {"classification": "## Classification", "lm": "## Instruction tuning", "scratch": "## Classification from scratch"}
 
 
 def child(side: str) -> dict:
@@ -131,22 +151,64 @@ def child(side: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def classification_section(t: dict, h: dict) -> list[str]:
+def comparison_table(cols: dict[str, dict], rows: list[tuple[str, str, str]]) -> list[str]:
+    """A markdown table: one column per side; rows are (label, key, format)."""
+    lines = ["| | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for label, key, fmt in rows:
+        lines.append(f"| {label} | " + " | ".join(format(c[key], fmt) for c in cols.values()) + " |")
+    return lines
+
+
+def ratio_lines(t: dict, t32: dict, h: dict, h16: dict) -> list[str]:
+    """tunelab over Trainer in real tokens/s: same arithmetic each time, then the two defaults."""
+    r = lambda a, b: a["tokens_per_s"] / b["tokens_per_s"]  # noqa: E731
+    bf16 = t if t["precision"] == "bf16" else None
+    lines = [f"- both fp32: tunelab **{r(t32, h):.2f}x** the Trainer's tokens/s"]
+    if bf16:
+        lines.append(f"- both bf16 mixed precision: tunelab **{r(bf16, h16):.2f}x**")
+    lines.append(f"- each tool's default (tunelab {t['precision']}, Trainer fp32): tunelab **{r(t, h):.2f}x**")
+    return lines
+
+
+def columns(res: dict, sides: tuple[str, ...], names: tuple[str, str]) -> dict[str, dict]:
+    t, t32, h, h16 = (res[s] for s in sides)
+    return {f"{names[0]} default ({t['precision']})": t, f"{names[0]} fp32": t32,
+            f"{names[1]} fp32 (default)": h, f"{names[1]} bf16": h16}
+
+
+def classification_section(res: dict) -> list[str]:
     j = JOB
+    sides = PARTS["classification"]
     return [
         "## Classification: MiniLM-L6 full fine-tuning on BBC News", "",
         f"Same split (seeded, stratified), {j['limit']} training articles, max_length {j['max_length']}, "
         f"{j['epochs']} epochs, batch {j['batch_size']}, AdamW lr {j['lr']}, linear schedule, warmup "
         f"{j['warmup_ratio']}, clip {j['max_grad_norm']}, seed {j['seed']}. Tokens/s counts real (non-padding) "
         "training tokens over training time (evaluation excluded). Trainer uses DataCollatorWithPadding "
-        "(pads each random batch to its longest example); tunelab groups batches by length and computes "
-        "only the [CLS] position in the last layer.", "",
-        "| | tunelab | HF Trainer | ratio |", "|---|---|---|---|",
-        f"| real tokens/s | {t['tokens_per_s']:.0f} | {h['tokens_per_s']:.0f} | {t['tokens_per_s'] / h['tokens_per_s']:.2f}x |",
-        f"| training time (s) | {t['train_seconds']:.1f} | {h['train_seconds']:.1f} | |",
-        f"| peak RSS (MB) | {t['peak_rss_mb']:.0f} | {h['peak_rss_mb']:.0f} | |",
-        f"| test accuracy | {t['accuracy']:.4f} | {h['accuracy']:.4f} | |",
-        f"| test F1 macro | {t['f1_macro']:.4f} | {h['f1_macro']:.4f} | |", ""]
+        "(pads each random batch to its longest example). tunelab groups batches by length, computes only the "
+        "[CLS] position in the last layer and draws dropout masks from 16-bit random words "
+        "(`train.fast_dropout`).", "",
+        *comparison_table(columns(res, sides, ("tunelab", "HF Trainer")), [
+            ("real tokens/s", "tokens_per_s", ".0f"), ("training time (s)", "train_seconds", ".1f"),
+            ("peak RSS (MB)", "peak_rss_mb", ".0f"), ("test accuracy", "accuracy", ".4f"),
+            ("test F1 macro", "f1_macro", ".4f")]), "",
+        *ratio_lines(*(res[s] for s in sides)), ""]
+
+
+def previous_sections() -> dict[str, str]:
+    """The parts of the current results.md, by part name, to keep those not re-run."""
+    path = HERE / "results.md"
+    if not path.is_file():
+        return {}
+    text, found = path.read_text(), {}
+    chunks = ["## " + c for c in text.split("\n## ")[1:]]
+    for part, heading in HEADINGS.items():
+        # the longest matching heading wins ("## Classification from scratch" vs "## Classification")
+        match = [c for c in chunks if c.startswith(heading)
+                 and not any(c.startswith(h) for h in HEADINGS.values() if len(h) > len(heading))]
+        if match:
+            found[part] = match[0].rstrip("\n") + "\n"
+    return found
 
 
 def write_results(res: dict) -> None:
@@ -154,21 +216,34 @@ def write_results(res: dict) -> None:
 
     import torch
 
+    from tunelab.train.precision import cpu_has_fast_bf16
+
+    old = previous_sections()
     lines = [
         "# tunelab benchmark", "",
-        f"Measured {time.strftime('%Y-%m-%d')} with `make bench` on {os.cpu_count()} CPU cores "
-        f"({platform.processor() or platform.machine()}), torch {torch.__version__}, {torch.get_num_threads()} "
-        "threads. Each side runs in its own process, one after the other; peak RSS is that process's maximum "
-        "resident memory.", ""]
+        "Produced by `make bench` (`python bench/run.py`). Each side runs in its own process, one after the "
+        "other; peak RSS is that process's maximum resident memory. Sections carry the date of their run.", ""]
+    def when(part: str) -> list[str]:
+        return [f"Measured {time.strftime('%Y-%m-%d')} on {os.cpu_count()} CPU cores "
+                f"({platform.processor() or platform.machine()}, native bf16: "
+                f"{'yes' if cpu_has_fast_bf16() else 'no'}), torch {torch.__version__}, "
+                f"{torch.get_num_threads()} threads; load average {res[f'load_before_{part}']:.2f} before the part.", ""]
+
     if "tunelab" in res:
-        lines += classification_section(res["tunelab"], res["trainer"])
+        lines += classification_section(res) + when("classification")
+    elif "classification" in old:
+        lines += [old["classification"]]
     if "tunelab-lm" in res:
         from causal import section
 
-        lines += section(res["tunelab-lm"], res["trainer-lm"])
+        lines += section(res) + when("lm")
+    elif "lm" in old:
+        lines += [old["lm"]]
     if "scratch" in res:
         lines += [res["scratch"]]
-    (HERE / "results.md").write_text("\n".join(lines) + "\n")
+    elif "scratch" in old:
+        lines += [old["scratch"]]
+    (HERE / "results.md").write_text("\n".join(lines).rstrip("\n") + "\n")
     print("\n".join(lines))
 
 
@@ -183,13 +258,15 @@ def main() -> None:
         return
     (HERE / "out").mkdir(exist_ok=True)
     res: dict = {}
-    parts = {"classification": ("tunelab", "trainer"), "lm": ("tunelab-lm", "trainer-lm")}
-    for part, sides in parts.items():
+    for part, sides in PARTS.items():
         if part not in args.skip:
+            res[f"load_before_{part}"] = os.getloadavg()[0]
             for side in sides:
                 res[side] = child(side)
                 print(f"{side}: {res[side]}", flush=True)
-    (HERE / "out" / "results.json").write_text(json.dumps(res, indent=2))
+    saved = HERE / "out" / "results.json"  # merged with earlier runs: bench/scratch.py reads the MiniLM row
+    merged = {**(json.loads(saved.read_text()) if saved.is_file() else {}), **res}
+    saved.write_text(json.dumps(merged, indent=2))
     if "scratch" not in args.skip:
         import scratch
 
