@@ -107,9 +107,10 @@ def section(res: dict) -> list[str]:
         f"{j['max_length']}, LoRA r={j['r']} alpha={j['alpha']} dropout={j['dropout']} on "
         f"{j['target_modules']}, {j['epochs']} epoch, batch {j['batch_size']}, lr {j['lr']} linear with warmup "
         f"{j['warmup_ratio']}, seed {j['seed']}. Trainer: DataCollatorForSeq2Seq (dynamic padding), the "
-        "model's own loss over full-vocabulary logits. tunelab: length-grouped batches, the vocabulary "
-        "projection and loss only at trained positions and in chunks (no N x V logits kept), dropout masks "
-        "from 16-bit random words. Validation loss is computed by the same function for every side.", "",
+        "model's own loss over full-vocabulary logits. tunelab: the vocabulary projection and loss only at "
+        "trained positions and in chunks (no N x V logits kept), dropout masks from 16-bit random words, random "
+        "batches (grouping by length would save no padding: nearly every conversation fills 256 tokens). "
+        "Validation loss is computed by the same function for every side.", "",
         *comparison_table(columns(res, sides, ("tunelab", "Trainer + peft")), [
             ("real tokens/s", "tokens_per_s", ".0f"), ("training time (s)", "train_seconds", ".1f"),
             ("peak RSS (MB)", "peak_rss_mb", ".0f"), ("final validation loss", "val_loss", ".4f")]), "",

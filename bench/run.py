@@ -141,7 +141,9 @@ SIDES = {"tunelab": run_tunelab, "tunelab-fp32": lambda: run_tunelab("fp32"),
          "trainer-lm": _lm("run_trainer_lm"), "trainer-lm-bf16": _lm("run_trainer_lm", True)}
 PARTS = {"classification": ("tunelab", "tunelab-fp32", "trainer", "trainer-bf16"),
          "lm": ("tunelab-lm", "tunelab-lm-fp32", "trainer-lm", "trainer-lm-bf16")}
-HEADINGS = {"classification": "## Classification", "lm": "## Instruction tuning", "scratch": "## Classification from scratch"}
+HEADINGS = {"classification": "## Classification", "lm": "## Instruction tuning",
+            "scratch": "## Classification from scratch",
+            "lm_seeds": "## Instruction tuning: validation loss over seeds"}  # written by bench/lm_seeds.py
 
 
 def child(side: str) -> dict:
@@ -185,9 +187,9 @@ def classification_section(res: dict) -> list[str]:
         f"{j['epochs']} epochs, batch {j['batch_size']}, AdamW lr {j['lr']}, linear schedule, warmup "
         f"{j['warmup_ratio']}, clip {j['max_grad_norm']}, seed {j['seed']}. Tokens/s counts real (non-padding) "
         "training tokens over training time (evaluation excluded). Trainer uses DataCollatorWithPadding "
-        "(pads each random batch to its longest example). tunelab groups batches by length, computes only the "
-        "[CLS] position in the last layer and draws dropout masks from 16-bit random words "
-        "(`train.fast_dropout`).", "",
+        "(pads each random batch to its longest example). tunelab computes only the [CLS] position in the last "
+        "layer and draws dropout masks from 16-bit random words (`train.fast_dropout`); its batches are random "
+        "too, as grouping by length would save no padding (nearly every article fills 256 tokens).", "",
         *comparison_table(columns(res, sides, ("tunelab", "HF Trainer")), [
             ("real tokens/s", "tokens_per_s", ".0f"), ("training time (s)", "train_seconds", ".1f"),
             ("peak RSS (MB)", "peak_rss_mb", ".0f"), ("test accuracy", "accuracy", ".4f"),
@@ -227,7 +229,7 @@ def write_results(res: dict) -> None:
         return [f"Measured {time.strftime('%Y-%m-%d')} on {os.cpu_count()} CPU cores "
                 f"({platform.processor() or platform.machine()}, native bf16: "
                 f"{'yes' if cpu_has_fast_bf16() else 'no'}), torch {torch.__version__}, "
-                f"{torch.get_num_threads()} threads; load average {res[f'load_before_{part}']:.2f} before the part.", ""]
+                f"{res.get('threads', 2)} threads; load average {res[f'load_before_{part}']:.2f} before the part.", ""]
 
     if "tunelab" in res:
         lines += classification_section(res) + when("classification")
@@ -243,6 +245,8 @@ def write_results(res: dict) -> None:
         lines += [res["scratch"]]
     elif "scratch" in old:
         lines += [old["scratch"]]
+    if "lm_seeds" in old:
+        lines += [old["lm_seeds"]]
     (HERE / "results.md").write_text("\n".join(lines).rstrip("\n") + "\n")
     print("\n".join(lines))
 
@@ -252,12 +256,19 @@ def main() -> None:
     ap.add_argument("--only", choices=list(SIDES))
     ap.add_argument("--skip", nargs="*", default=[], choices=["classification", "lm", "scratch"],
                     help="leave out parts of the benchmark")
+    ap.add_argument("--rewrite", action="store_true",
+                    help="rebuild results.md from the figures of the last run (bench/out/results.json)")
     args = ap.parse_args()
     if args.only:
         print(json.dumps(SIDES[args.only]()))
         return
+    if args.rewrite:
+        write_results(json.loads((HERE / "out" / "results.json").read_text()))
+        return
     (HERE / "out").mkdir(exist_ok=True)
-    res: dict = {}
+    import torch
+
+    res: dict = {"threads": torch.get_num_threads()}  # the sides' (bench/scratch.py later sets 1 in here)
     for part, sides in PARTS.items():
         if part not in args.skip:
             res[f"load_before_{part}"] = os.getloadavg()[0]
