@@ -143,7 +143,9 @@ PARTS = {"classification": ("tunelab", "tunelab-fp32", "trainer", "trainer-bf16"
          "lm": ("tunelab-lm", "tunelab-lm-fp32", "trainer-lm", "trainer-lm-bf16")}
 HEADINGS = {"classification": "## Classification", "lm": "## Instruction tuning",
             "scratch": "## Classification from scratch",
-            "lm_seeds": "## Instruction tuning: validation loss over seeds"}  # written by bench/lm_seeds.py
+            # written by bench/seeds.py
+            "classification_seeds": "## Classification: test accuracy over seeds",
+            "lm_seeds": "## Instruction tuning: validation loss over seeds"}
 
 
 def child(side: str) -> dict:
@@ -245,8 +247,9 @@ def write_results(res: dict) -> None:
         lines += [res["scratch"]]
     elif "scratch" in old:
         lines += [old["scratch"]]
-    if "lm_seeds" in old:
-        lines += [old["lm_seeds"]]
+    for part in ("classification_seeds", "lm_seeds"):
+        if part in old:
+            lines += [old[part]]
     (HERE / "results.md").write_text("\n".join(lines).rstrip("\n") + "\n")
     print("\n".join(lines))
 
