@@ -88,10 +88,10 @@ def attention_forward(module: nn.Module, query: torch.Tensor, key: torch.Tensor,
     if attention_mask is None and is_causal and q_len > 1:
         attention_mask = torch.ones(q_len, k_len, dtype=torch.bool, device=scores.device).tril(k_len - q_len)
     if attention_mask is not None:
-        if attention_mask.dtype == torch.bool:
-            scores = scores.masked_fill(~attention_mask, float("-inf"))
-        else:
-            scores = scores + attention_mask
+        if attention_mask.dtype == torch.bool:  # as an additive bias: its backward is a plain pass-through
+            attention_mask = torch.zeros(attention_mask.shape, dtype=scores.dtype,
+                                         device=scores.device).masked_fill_(~attention_mask, float("-inf"))
+        scores = scores + attention_mask
     probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(value.dtype)
     out = torch.matmul(fast_dropout(probs, dropout), value)
     return out.transpose(1, 2).contiguous(), None

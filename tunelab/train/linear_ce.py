@@ -36,6 +36,14 @@ def _chunks(n: int, vocab: int):
     return ((start, min(n, start + rows)) for start in range(0, n, rows))
 
 
+def _chunk_logits(h: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """float32 logits of one chunk of rows (the product in the rows' dtype)."""
+    logits = (h @ w.T).float()
+    if bias is not None:
+        logits += bias.float()
+    return logits
+
+
 def _chunk_loss(logits: torch.Tensor, targets: torch.Tensor, smoothing: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed loss of a chunk of float32 logits, and the log-sum-exp per row."""
     lse = torch.logsumexp(logits, dim=-1)
@@ -57,9 +65,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         for start, stop in _chunks(n, vocab):
             h, t = h_all[start:stop], targets[start:stop]
-            logits = (h @ w.T).float()
-            if bias is not None:
-                logits += bias.float()
+            logits = _chunk_logits(h, w, bias)
             loss, lse = _chunk_loss(logits, t, smoothing)
             total += loss
             grad = logits.sub_(lse[:, None]).exp_()  # softmax, in place of the logits
@@ -100,8 +106,6 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, bias: torch
     h_all, w = hidden.to(dtype), weight.to(dtype)
     with torch.autocast(hidden.device.type, enabled=False):
         for start, stop in _chunks(hidden.shape[0], weight.shape[0]):
-            logits = (h_all[start:stop] @ w.T).float()
-            if bias is not None:
-                logits += bias.float()
-            total += _chunk_loss(logits, targets[start:stop], label_smoothing)[0]
+            total += _chunk_loss(_chunk_logits(h_all[start:stop], w, bias), targets[start:stop],
+                                 label_smoothing)[0]
     return total
