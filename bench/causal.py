@@ -12,7 +12,7 @@ from run import peak_rss_mb  # bench/ is on sys.path when bench/run.py runs
 
 HERE = Path(__file__).resolve().parent
 
-LM_JOB = dict(train="builtin:sharegpt", limit=48, max_length=256, epochs=1, batch_size=8, lr=1.0e-3,
+LM_JOB = dict(train="builtin:sharegpt", limit=160, max_length=256, epochs=1, batch_size=8, lr=1.0e-3,
               r=16, alpha=32, dropout=0.05, target_modules="all-linear", warmup_ratio=0.06, max_grad_norm=1.0,
               seed=42, val_fraction=0.1, test_fraction=0.0)
 

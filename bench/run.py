@@ -137,9 +137,10 @@ def _lm(name, *args):
 # Column order of the tables: tunelab's default, then each tool in each precision.
 SIDES = {"tunelab": run_tunelab, "tunelab-fp32": lambda: run_tunelab("fp32"),
          "trainer": run_trainer, "trainer-bf16": lambda: run_trainer(bf16=True),
+         "trainer-keepmem": run_trainer,  # run by child() with KEEP_MEMORY_ENV
          "tunelab-lm": _lm("run_tunelab_lm"), "tunelab-lm-fp32": _lm("run_tunelab_lm", "fp32"),
          "trainer-lm": _lm("run_trainer_lm"), "trainer-lm-bf16": _lm("run_trainer_lm", True)}
-PARTS = {"classification": ("tunelab", "tunelab-fp32", "trainer", "trainer-bf16"),
+PARTS = {"classification": ("tunelab", "tunelab-fp32", "trainer", "trainer-bf16", "trainer-keepmem"),
          "lm": ("tunelab-lm", "tunelab-lm-fp32", "trainer-lm", "trainer-lm-bf16")}
 HEADINGS = {"classification": "## Classification", "lm": "## Instruction tuning",
             "scratch": "## Classification from scratch",
@@ -148,8 +149,14 @@ HEADINGS = {"classification": "## Classification", "lm": "## Instruction tuning"
             "lm_seeds": "## Instruction tuning: validation loss over seeds"}
 
 
+# glibc's environment form of what `train.reuse_memory` sets in tunelab (tunelab/train/memory.py): the
+# Trainer run with it shows how much of the difference is the allocator.
+KEEP_MEMORY_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str((1 << 31) - 1)}
+
+
 def child(side: str) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--only", side], capture_output=True, text=True)
+    env = {**os.environ, **KEEP_MEMORY_ENV} if side.endswith("-keepmem") else None
+    out = subprocess.run([sys.executable, __file__, "--only", side], capture_output=True, text=True, env=env)
     if out.returncode != 0:
         raise SystemExit(f"{side} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -175,7 +182,7 @@ def ratio_lines(t: dict, t32: dict, h: dict, h16: dict) -> list[str]:
 
 
 def columns(res: dict, sides: tuple[str, ...], names: tuple[str, str]) -> dict[str, dict]:
-    t, t32, h, h16 = (res[s] for s in sides)
+    t, t32, h, h16 = (res[s] for s in sides[:4])
     return {f"{names[0]} default ({t['precision']})": t, f"{names[0]} fp32": t32,
             f"{names[1]} fp32 (default)": h, f"{names[1]} bf16": h16}
 
@@ -196,7 +203,19 @@ def classification_section(res: dict) -> list[str]:
             ("real tokens/s", "tokens_per_s", ".0f"), ("training time (s)", "train_seconds", ".1f"),
             ("peak RSS (MB)", "peak_rss_mb", ".0f"), ("test accuracy", "accuracy", ".4f"),
             ("test F1 macro", "f1_macro", ".4f")]), "",
-        *ratio_lines(*(res[s] for s in sides)), ""]
+        *ratio_lines(*(res[s] for s in sides[:4])), *keepmem_lines(res), ""]
+
+
+def keepmem_lines(res: dict) -> list[str]:
+    """The Trainer with glibc told to keep freed memory, as tunelab does (`train.reuse_memory`)."""
+    if "trainer-keepmem" not in res:
+        return []
+    k, t32 = res["trainer-keepmem"], res["tunelab-fp32"]
+    env = " ".join(f"{n}={v}" for n, v in KEEP_MEMORY_ENV.items())
+    return ["", f"tunelab keeps freed memory for reuse (`train.reuse_memory`). The Trainer in fp32 with the same "
+            f"setting (`{env}`) ran at {k['tokens_per_s']:.0f} tokens/s (peak RSS {k['peak_rss_mb']:.0f} MB, "
+            f"test accuracy {k['accuracy']:.4f}); tunelab fp32 is **{t32['tokens_per_s'] / k['tokens_per_s']:.2f}x** "
+            "that, the part of the gain that is not the allocator."]
 
 
 def previous_sections() -> dict[str, str]:

@@ -1,9 +1,9 @@
 """The bench's quality figures over several seeds: tunelab and the Trainer, both in bf16.
 
 A single bench run compares one initialisation of the new weights (LoRA's A, or the classification head),
-one batch order and one stream of dropout masks per tool. Those move the LoRA validation loss of the
-6-step run by about 0.01, and the MiniLM test accuracy by a few articles. Here the data split stays the
-bench's (seed 42) and only those three vary with the seed, so the means compare the training itself.
+one batch order and one stream of dropout masks per tool. Those moved the LoRA validation loss of a 6-step
+run (48 conversations) by about 0.01, and the MiniLM test accuracy by a few articles. Here the data split
+stays the bench's (seed 42) and only those three vary with the seed, so the means compare the training.
 
     python bench/seeds.py --part lm                # seeds 42 1 2; writes its section into bench/results.md
     python bench/seeds.py --part classification --seeds 42 1 2 3

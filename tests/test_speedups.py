@@ -1,7 +1,10 @@
-"""Speed features that must not change what is learned: fast dropout masks and bf16 mixed precision."""
+"""Speed features that must not change what is learned: fast dropout masks, bf16 mixed precision and
+reused memory."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -9,6 +12,7 @@ from torch import nn
 
 from tunelab.models import fastdropout
 from tunelab.models.fastdropout import FastDropout, fast_dropout, keep_mask, undo_fast_dropout, use_fast_dropout
+from tunelab.train import memory
 from tunelab.train.precision import resolve_precision
 
 # ---------------------------------------------------------------------------------------------
@@ -171,3 +175,33 @@ def test_bf16_training_runs_matmuls_in_bf16_keeps_fp32_weights_and_learns(make_c
     assert bf16_losses[-1] < 0.7 * bf16_losses[0]
     assert bf16_losses[0] == pytest.approx(fp32_losses[0], abs=0.02)  # bf16 keeps about 3 significant digits
     assert bf16_accuracy >= 0.9 * json.loads((fp32_run / "eval.json").read_text())["test"]["accuracy"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Reused memory
+
+FAULTS_OF_20_BIG_TENSORS = """
+import resource, sys, torch
+from tunelab.train.memory import reuse_freed_memory
+if sys.argv[1] == "reuse":
+    assert reuse_freed_memory()
+faults = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(20):  # the heap settles: freed neighbours coalesce into blocks big enough to reuse
+    torch.ones(16 << 20).sum()  # 64 MB, allocated, touched and freed
+before = faults()
+for _ in range(20):
+    torch.ones(16 << 20).sum()
+print(faults() - before)
+"""
+
+
+@pytest.mark.skipif(memory._glibc() is None, reason="glibc only")
+def test_reused_memory_gives_big_tensors_pages_without_faults():
+    """64 MB is 16,384 pages of 4 KB: glibc maps fresh ones for each such tensor unless told to keep them."""
+    def faults(mode: str) -> int:
+        out = subprocess.run([sys.executable, "-c", FAULTS_OF_20_BIG_TENSORS, mode], capture_output=True,
+                             text=True, check=True)
+        return int(out.stdout.split()[-1])
+
+    assert faults("default") > 20 * 16_000
+    assert faults("reuse") < 3 * 16_384  # settled: at most a few tensors' worth of fresh pages (0 seen)

@@ -80,12 +80,15 @@ def train(cfg: RunConfig, *, overwrite: bool = False, show_progress: bool = True
     from tunelab.models.fastdropout import undo_fast_dropout, use_fast_dropout
     from tunelab.train.logging import RunLogger
     from tunelab.train.loop import train_loop
+    from tunelab.train.memory import reuse_freed_memory
     from tunelab.train.precision import describe, resolve_precision
 
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     device = pick_device(cfg.train.device)
     amp = resolve_precision(cfg.train.precision, device)
+    if cfg.train.reuse_memory and device.type == "cpu" and reuse_freed_memory():
+        log("speed-up: freed memory is kept for reuse, so big tensors skip fresh pages (train.reuse_memory)")
     seed_everything(cfg.train.seed)
     job = (job_factory or make_job)(cfg, device, log)
     check_metric(cfg, job)

@@ -82,7 +82,7 @@ def attention_forward(module: nn.Module, query: torch.Tensor, key: torch.Tensor,
     if groups > 1:
         key, value = repeat_kv(key, groups), repeat_kv(value, groups)
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-    scores = torch.matmul(query, key.transpose(-1, -2)) * scale
+    scores = torch.matmul(query * scale, key.transpose(-1, -2))  # scaling q costs L/d times less than scores
     q_len, k_len = scores.shape[-2:]
     is_causal = is_causal if is_causal is not None else getattr(module, "is_causal", False)
     if attention_mask is None and is_causal and q_len > 1:
@@ -91,9 +91,12 @@ def attention_forward(module: nn.Module, query: torch.Tensor, key: torch.Tensor,
         if attention_mask.dtype == torch.bool:  # as an additive bias: its backward is a plain pass-through
             attention_mask = torch.zeros(attention_mask.shape, dtype=scores.dtype,
                                          device=scores.device).masked_fill_(~attention_mask, float("-inf"))
-        scores = scores + attention_mask
+        scores.add_(attention_mask)  # in place: matmul's backward does not read its output
     probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(value.dtype)
-    out = torch.matmul(fast_dropout(probs, dropout), value)
+    # Dropout on the B x H x L x L probabilities, with the 1 / (1 - p) scale moved to the B x H x L x d output.
+    keep = keep_mask(probs.shape, dropout, probs.device)
+    _, keep_scale = _quantised(dropout)
+    out = torch.matmul(torch.where(keep, probs, 0), value).mul_(keep_scale)
     return out.transpose(1, 2).contiguous(), None
 
 
