@@ -81,6 +81,21 @@ def test_training_without_validation_data_keeps_the_last_weights(make_config, he
     assert summary["steps"] == 3 and summary["best_step"] is None
 
 
+def test_logged_tokens_per_second_counts_only_time_inside_steps(make_config, helpers, monkeypatch):
+    """With a clock that makes every step last exactly 1 s, each logged rate is its window's tokens per
+    step, evaluations in the middle of a window included, and the rates add up to the run's tokens."""
+    from tunelab.train import loop
+
+    clock = iter(range(10**6))
+    monkeypatch.setattr(loop, "time", type("FakeTime", (), {"perf_counter": staticmethod(lambda: next(clock))}))
+    run_dir = helpers.train_quietly(make_config({"train.max_steps": 7, "train.log_every": 3, "train.eval_every": 2}))
+    logged = helpers.read_metrics(run_dir, "train")
+    summary = json.loads((run_dir / "eval.json").read_text())
+    assert [r["step"] for r in logged] == [3, 6, 7]
+    assert summary["train_seconds"] == 7
+    assert sum(r["tokens_per_s"] * n for r, n in zip(logged, [3, 3, 1])) == summary["train_tokens"]
+
+
 def test_early_stopping_stops_when_the_metric_stops_improving(make_config, helpers):
     # lr 1e-12 cannot change any prediction: the second evaluation does not improve and patience 1 stops it.
     run_dir = helpers.train_quietly(make_config({"train.max_steps": 20, "train.lr": 1e-12, "train.eval_every": 1,

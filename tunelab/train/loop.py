@@ -72,7 +72,7 @@ def train_loop(model: nn.Module, *, epoch_batches: Callable[[int], Iterable[Batc
     best_score, best_step, best_metrics, best_state = -math.inf, None, None, None
     bad_evals, step, epoch, stop, last_eval = 0, 0, 0, False, -1
     tokens = run_tokens = 0
-    train_time, t_log, loss_acc, items_acc = 0.0, time.perf_counter(), 0.0, 0
+    train_time, window_time, loss_acc, items_acc = 0.0, 0.0, 0.0, 0  # seconds inside steps only
 
     def run_eval() -> bool:
         """Evaluate, keep the best weights; True when early stopping says stop."""
@@ -123,27 +123,26 @@ def train_loop(model: nn.Module, *, epoch_batches: Callable[[int], Iterable[Batc
             optimizer.zero_grad(set_to_none=True)
             step += 1
             items_acc += items
-            train_time += time.perf_counter() - t0
+            seconds = time.perf_counter() - t0
+            train_time += seconds
+            window_time += seconds
             if step % cfg.log_every == 0 or step == total:
-                elapsed = max(1e-9, time.perf_counter() - t_log)
                 values = {"loss": loss_acc / max(1, items_acc), "lr": lr,
-                          "tokens_per_s": (tokens - run_tokens) / elapsed, "epoch": epoch + 1}
+                          "tokens_per_s": (tokens - run_tokens) / max(1e-9, window_time), "epoch": epoch + 1}
                 if grad_norm is not None:
                     values["grad_norm"] = float(grad_norm)
                 logger.log("train", step, values)
                 logger.progress(0, loss=f"{values['loss']:.4f}", lr=f"{values['lr']:.2e}",
                                 tok_s=f"{values['tokens_per_s']:.0f}")
-                loss_acc, items_acc, run_tokens, t_log = 0.0, 0, tokens, time.perf_counter()
+                loss_acc, items_acc, run_tokens, window_time = 0.0, 0, tokens, 0.0
             logger.progress(1)
             if cfg.eval_every and step % cfg.eval_every == 0 and step < total:
                 stop = run_eval()
-                t_log = time.perf_counter()
             if stop or step >= total:
                 break
         epoch += 1
         if not stop:
             stop = run_eval()
-            t_log = time.perf_counter()
     if best_state is not None:
         with torch.no_grad():
             for n, p in model.named_parameters():
