@@ -153,7 +153,7 @@ class TrainConfig:
     to a multiple of 1/65536); false = torch's nn.Dropout. GPUs always use torch's fused dropout."""
     reuse_memory: bool = True
     """On a CPU under Linux (glibc), keep freed memory in the process for reuse instead of handing it back
-    to the kernel, so big tensors do not pay for fresh pages every step (a third of a fp32 MiniLM step).
+    to the kernel, so big tensors do not pay for fresh pages every step (10-20% of a fp32 MiniLM step).
     Applies to the whole process until it exits."""
 
 
@@ -363,7 +363,7 @@ def field_docs(cls: type) -> dict[str, str]:
     docs, body = {}, tree.body[0].body
     for node, nxt in zip(body, body[1:]):
         if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
-            docs[node.target.id] = str(nxt.value.value)
+            docs[node.target.id] = " ".join(str(nxt.value.value).split())  # one line, single spaces
     return docs
 
 

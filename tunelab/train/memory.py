@@ -2,9 +2,9 @@
 
 glibc's malloc serves every request above 32 MB (and, until it adapts, above 128 KB) with a new `mmap` and
 gives the pages back on `free`. A training step allocates and frees the same large tensors again and again
-(MiniLM at batch 16 x 256 tokens: 50 MB attention maps, a dozen per layer), so the kernel maps, zeroes and
-faults in every page of them every step. On a 2-core machine this took about a third of a fp32 MiniLM
-step: a 50 MB copy ran in 21 ms into fresh pages and in 3.4 ms into reused ones.
+(MiniLM at batch 16 x 256 tokens: 50 MB attention maps, several per layer), so the kernel maps, zeroes
+and faults in every page of them every step. On a 2-core machine a 50 MB copy ran in 21 ms into fresh
+pages and in 3.4 ms into reused ones, and a whole fp32 MiniLM step was 10-20% faster with reuse.
 
 `reuse_freed_memory()` tells glibc to serve large requests from its heap and to keep what is freed there
 (`mallopt(M_MMAP_MAX, 0)` and a 2 GB trim threshold), which is what a caching allocator does. It applies
