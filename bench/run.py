@@ -22,6 +22,8 @@ import sys
 import time
 from pathlib import Path
 
+from tunelab.train.memory import TRIM_THRESHOLD
+
 HERE = Path(__file__).resolve().parent
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -151,7 +153,7 @@ HEADINGS = {"classification": "## Classification", "lm": "## Instruction tuning"
 
 # glibc's environment form of what `train.reuse_memory` sets in tunelab (tunelab/train/memory.py): the
 # Trainer run with it shows how much of the difference is the allocator.
-KEEP_MEMORY_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str((1 << 31) - 1)}
+KEEP_MEMORY_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(TRIM_THRESHOLD)}
 
 
 def child(side: str) -> dict:

@@ -182,11 +182,11 @@ class PretrainJob:
         return math.ceil(len(self.blocks["train"]) / self.cfg.train.batch_size)
 
     def epoch_batches(self, epoch: int):
-        rows, bs = self.blocks["train"], self.cfg.train.batch_size
-        order = list(range(len(rows)))
-        random.Random(self.cfg.train.seed + epoch).shuffle(order)
-        for k in range(0, len(order), bs):
-            yield block_batch([rows[i] for i in order[k:k + bs]], self.pad_id)
+        from tunelab.data.batching import random_batches
+
+        rows = self.blocks["train"]
+        for idx in random_batches(len(rows), self.cfg.train.batch_size, self.cfg.train.seed + epoch):
+            yield block_batch([rows[i] for i in idx], self.pad_id)
 
     def loss(self, model, batch):
         return lm_loss_sum(model, batch, self.cfg.train.label_smoothing)

@@ -238,14 +238,12 @@ class CausalLMJob:
         return math.ceil(n / self.cfg.train.batch_size)
 
     def epoch_batches(self, epoch: int):
-        from tunelab.data.batching import training_batches
+        from tunelab.data.batching import random_batches, training_batches
 
         bs, seed, examples = self.cfg.train.batch_size, self.cfg.train.seed + epoch, self.data["train"].examples
         if self.rows is not None:
-            order = list(range(len(self.rows)))
-            random.Random(seed).shuffle(order)
-            for k in range(0, len(order), bs):
-                yield packed_batch([[examples[i] for i in self.rows[r]] for r in order[k:k + bs]], self.pad_id)
+            for idx in random_batches(len(self.rows), bs, seed):
+                yield packed_batch([[examples[i] for i in self.rows[r]] for r in idx], self.pad_id)
             return
         for idx in training_batches([len(e.ids) for e in examples], bs, seed, self.cfg.train.group_by_length):
             yield padded_batch([examples[i] for i in idx], self.pad_id)
