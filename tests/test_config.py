@@ -174,3 +174,51 @@ def test_every_example_config_loads():
     for path in configs:
         cfg = load_config(path)
         assert isinstance(cfg, RunConfig), path
+
+
+# ---------------------------------------------------------------------------------------------
+# Range checks: reported together with type problems; generate.* and model.max_length
+
+
+def test_range_problems_are_reported_with_type_problems():
+    # A type error used to hide every range problem (ranges were checked only on a well-typed config).
+    with pytest.raises(ConfigError) as e:
+        config_from_dict({"train": {"batch_size": "x", "lr": 0}, "generate": {"max_new_tokens": 0}})
+    assert e.value.problems == ["train.batch_size: got 'x'; expected int",
+                                "generate.max_new_tokens: got 0; must be >= 1",
+                                "train.lr: got 0.0; must be > 0"]
+
+
+def test_a_field_with_a_type_problem_gets_no_range_problem_too():
+    with pytest.raises(ConfigError) as e:
+        config_from_dict({"train": {"lr": "fast"}, "generate": {"top_p": "all"}})
+    assert len(e.value.problems) == 2 and all("expected float" in p for p in e.value.problems)
+
+
+@pytest.mark.parametrize("key, value, allowed", [
+    ("max_new_tokens", 0, ">= 1"), ("temperature", -0.5, ">= 0"), ("top_p", 0, "in (0, 1]"),
+    ("top_p", 1.5, "in (0, 1]"), ("top_k", -1, ">= 0"), ("repetition_penalty", 0, "> 0"),
+    ("samples_in_eval", -1, ">= 0")])
+def test_generate_values_out_of_range_are_errors_at_load(key, value, allowed):
+    with pytest.raises(ConfigError) as e:
+        config_from_dict({"generate": {key: value}})
+    [problem] = e.value.problems
+    assert problem.startswith(f"generate.{key}: got {value}") and f"; must be {allowed}" in problem
+
+
+def test_generate_boundary_values_are_allowed():
+    cfg = config_from_dict({"generate": {"max_new_tokens": 1, "temperature": 0, "top_p": 1, "top_k": 0,
+                                         "repetition_penalty": 0.5, "samples_in_eval": 0}})
+    assert cfg.generate.max_new_tokens == 1 and cfg.generate.top_p == 1.0
+
+
+@pytest.mark.parametrize("value", [1, 2, 3])
+def test_max_length_too_small_for_special_tokens_is_an_error(value):
+    # 1 or 2 made Hugging Face tokenizers ignore max_length, so nothing was truncated at all.
+    with pytest.raises(ConfigError, match=rf"model.max_length: got {value}; must be >= 4 \(room for the model's "
+                                          r"special tokens"):
+        config_from_dict({"model": {"max_length": value}})
+
+
+def test_max_length_4_is_allowed():
+    assert config_from_dict({"model": {"max_length": 4}}).model.max_length == 4

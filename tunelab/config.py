@@ -24,7 +24,9 @@ class ModelConfig:
     name: str = "builtin:minilm-l6"
     """builtin:NAME | path to a Hugging Face model folder | gguf:PATH | scratch:KIND"""
     max_length: int = 128
-    """Tokens per example; longer inputs are truncated (and counted)."""
+    """Tokens per example, special tokens included; longer inputs are truncated (and counted). At least 4 (room
+    for up to 3 special tokens such as [CLS] and [SEP] plus one token of text) and at most the model's positions
+    (checked when the model is loaded)."""
     dropout: Optional[float] = None
     """Override the model's hidden/attention dropout (null keeps the pretrained value)."""
     tokenizer: Optional[str] = None
@@ -160,17 +162,17 @@ class TrainConfig:
 @dataclass
 class GenerateConfig:
     max_new_tokens: int = 128
-    """Generation: most new tokens per answer."""
+    """Generation: most new tokens per answer (>= 1)."""
     temperature: float = 0.0
-    """0 = greedy."""
+    """0 = greedy (>= 0)."""
     top_p: float = 1.0
-    """Generation: nucleus sampling (with temperature > 0)."""
+    """Generation: nucleus sampling (with temperature > 0); in (0, 1]."""
     top_k: int = 0
-    """Generation: sample from the k most likely tokens (0 = off)."""
+    """Generation: sample from the k most likely tokens (0 = off; >= 0)."""
     repetition_penalty: float = 1.0
-    """Generation: > 1 discourages repeating tokens."""
+    """Generation: > 1 discourages repeating tokens (> 0; 1 = off)."""
     samples_in_eval: int = 64
-    """causal_lm: test examples generated for the generation metrics (null-free; 0 = skip)."""
+    """causal_lm: test examples generated for the generation metrics (null-free; 0 = skip; >= 0)."""
 
 
 @dataclass
@@ -269,9 +271,17 @@ def _build(cls: type, data: Any, prefix: str, problems: list[str]) -> Any:
     return cls(**kwargs)
 
 
+# The fewest tokens an example can have: up to 3 special tokens ([CLS] a [SEP] b [SEP]) plus one token of
+# text. Below that, Hugging Face tokenizers silently ignore max_length and do not truncate at all.
+MIN_MAX_LENGTH = 4
+
+
 def _check_ranges(cfg: RunConfig, problems: list[str]) -> None:
+    """Range problems of the fields that are well typed (a field with a type problem holds None here)."""
     t, d, m = cfg.train, cfg.data, cfg.method
-    positive = {"model.max_length": cfg.model.max_length, "train.batch_size": t.batch_size,
+    _check_max_length(cfg.model.max_length, problems)
+    _check_generate(cfg.generate, problems)
+    positive = {"train.batch_size": t.batch_size,
                 "train.grad_accum": t.grad_accum, "method.r": m.r, "train.log_every": t.log_every,
                 "model.layers": cfg.model.layers, "model.hidden_size": cfg.model.hidden_size,
                 "model.heads": cfg.model.heads}
@@ -294,6 +304,26 @@ def _check_ranges(cfg: RunConfig, problems: list[str]) -> None:
     if isinstance(d.val_fraction, float) and isinstance(d.test_fraction, float) \
             and d.val_fraction + d.test_fraction >= 0.9:
         problems.append("data.val_fraction + data.test_fraction must leave some training data (sum < 0.9)")
+
+
+def _check_max_length(value: Any, problems: list[str]) -> None:
+    if isinstance(value, int) and value < MIN_MAX_LENGTH:
+        problems.append(f"model.max_length: got {value}; must be >= {MIN_MAX_LENGTH} (room for the model's "
+                        "special tokens, such as [CLS] and [SEP], plus one token of text; below that the "
+                        "tokenizer would not truncate at all)")
+
+
+def _check_generate(g: GenerateConfig, problems: list[str]) -> None:
+    """generate.* ranges, checked at load so that a bad value cannot fail after training, at test generation."""
+    rules = (("max_new_tokens", g.max_new_tokens, int, lambda v: v >= 1, ">= 1"),
+             ("temperature", g.temperature, float, lambda v: v >= 0, ">= 0 (0 = greedy)"),
+             ("top_p", g.top_p, float, lambda v: 0 < v <= 1, "in (0, 1] (1 = off)"),
+             ("top_k", g.top_k, int, lambda v: v >= 0, ">= 0 (0 = off)"),
+             ("repetition_penalty", g.repetition_penalty, float, lambda v: v > 0, "> 0 (1 = off)"),
+             ("samples_in_eval", g.samples_in_eval, int, lambda v: v >= 0, ">= 0 (0 = skip)"))
+    for key, value, tp, ok, allowed in rules:
+        if isinstance(value, tp) and not isinstance(value, bool) and not ok(value):
+            problems.append(f"generate.{key}: got {value}; must be {allowed}")
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -324,8 +354,7 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
 def config_from_dict(data: Any, source: str | None = None) -> RunConfig:
     problems: list[str] = []
     cfg = _build(RunConfig, data, "", problems)
-    if not problems:
-        _check_ranges(cfg, problems)
+    _check_ranges(cfg, problems)  # also after type problems: every problem at once
     if problems:
         raise ConfigError(problems, source)
     return cfg
