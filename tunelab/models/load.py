@@ -5,6 +5,8 @@ from pathlib import Path
 
 from torch import nn
 
+from tunelab.errors import TunelabError
+
 DROPOUT_KEYS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "attention_dropout", "dropout",
                 "classifier_dropout")
 
@@ -49,3 +51,31 @@ def load_sequence_classifier(path: Path, labels: list[str], dropout: float | Non
                                                for k in info.get("mismatched_keys", [])}
     params = {n for n, _ in model.named_parameters()}
     return model, {n for n in new if n in params}
+
+
+def model_positions(model: nn.Module) -> int | None:
+    """How many positions `model` can read, or None where it has no limit (scratch RNNs).
+
+    Hugging Face configs call it max_position_embeddings (n_positions in GPT-2); tunelab's scratch models
+    keep their constructor arguments in a dict `config` with `max_position` (the size they were built with,
+    as `load_scratch_for_training` checks it).
+    """
+    config = getattr(model, "config", None)
+    if isinstance(config, dict):
+        return config.get("max_position")
+    for key in ("max_position_embeddings", "n_positions"):
+        value = getattr(config, key, None)
+        if isinstance(value, int):
+            return value
+    return None
+
+
+def check_max_length(max_length: int, model: nn.Module, name: str) -> None:
+    """Refuse a model.max_length above the positions `model` has, before training.
+
+    Without this a batch longer than the position table fails mid-epoch with an index error (MiniLM has 512).
+    """
+    positions = model_positions(model)
+    if positions is not None and max_length > positions:
+        raise TunelabError(f"model.max_length: got {max_length}; {name} handles at most {positions} positions; "
+                           f"set model.max_length to {positions} or less")

@@ -1,6 +1,8 @@
 """Resolve a model reference to a local folder: builtin:NAME, a Hugging Face folder, gguf:PATH, scratch:KIND."""
 from __future__ import annotations
 
+import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -71,7 +73,37 @@ def resolve_model(ref: str) -> Path:
 
         return locate_gguf(ref.removeprefix("gguf:"))
     path = Path(ref).expanduser()
-    if not (path / "config.json").is_file():
-        raise TunelabError(f"model.name: {ref!r} is not a Hugging Face model folder (no config.json there); "
-                           "use builtin:NAME or a folder written by save_pretrained")
-    return path
+    if (path / "config.json").is_file():
+        return path
+    if not path.exists() and HUB_ID.match(ref):
+        return _from_hub_cache(ref, path)
+    if not path.exists():
+        raise TunelabError(f"model.name: {ref!r}: no such folder ({path.absolute()}; relative paths are read "
+                           "from the current directory); use builtin:NAME or a folder written by save_pretrained")
+    raise TunelabError(f"model.name: {ref!r} is not a Hugging Face model folder (no config.json in "
+                       f"{path.absolute()}); use builtin:NAME or a folder written by save_pretrained")
+
+
+# `org/name` or a bare `name` as the Hugging Face Hub spells repository ids (no `..`, no leading `.`/`/`).
+HUB_ID = re.compile(r"^(?!.*\.\.)[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
+
+
+def _from_hub_cache(repo_id: str, path: Path) -> Path:
+    """The snapshot of a Hub model already in the local Hugging Face cache; else an error saying what to do.
+
+    tunelab never downloads (it runs offline, HF_HUB_OFFLINE=1), but a model another tool fetched earlier
+    is used from the cache (HF_HUB_CACHE, else HF_HOME/hub, else ~/.cache/huggingface/hub).
+    """
+    from huggingface_hub import snapshot_download
+
+    try:
+        folder = Path(snapshot_download(repo_id, local_files_only=True, cache_dir=os.environ.get("HF_HUB_CACHE")))
+    except (OSError, ValueError):  # LocalEntryNotFoundError (an OSError): not cached; ValueError: bad id
+        folder = None
+    if folder is not None and (folder / "config.json").is_file():
+        return folder
+    raise TunelabError(f"model.name: {repo_id!r} is neither a local folder ({path.absolute()}; relative paths are "
+                       "read from the current directory) nor a model in the local Hugging Face cache; tunelab "
+                       "runs offline (HF_HUB_OFFLINE=1) and downloads nothing: copy the model folder (config.json "
+                       "and weights) to this machine and set model.name to its path, or use builtin:NAME "
+                       "(see `tunelab models`)")

@@ -177,6 +177,7 @@ class CausalLMJob:
         from tunelab.methods import apply_method
         from tunelab.methods.common import count_parameters
         from tunelab.models.build import load_causal_lm_and_tokenizer
+        from tunelab.models.load import check_max_length
 
         cfg, d = self.cfg, self.cfg.data
         if cfg.method.name == "head":
@@ -185,10 +186,7 @@ class CausalLMJob:
         records = load_records(d.train)
         self.fmt = resolve_format(d.format, records, d.train, self.log, d.text_field)
         model, self.tokenizer = load_causal_lm_and_tokenizer(cfg.model.name, cfg.model.dropout)
-        positions = getattr(model.config, "max_position_embeddings", None)
-        if positions and cfg.model.max_length > positions:
-            raise TunelabError(f"model.max_length: got {cfg.model.max_length}; {cfg.model.name} handles at most "
-                               f"{positions} positions")
+        check_max_length(cfg.model.max_length, model, cfg.model.name)
         self.pad_id = self.tokenizer.pad_token_id
         self.data = self._encode_splits(records)
         for name, data in self.data.items():

@@ -192,6 +192,7 @@ class ClassificationJob:
         from tunelab.methods import apply_method
         from tunelab.methods.common import count_parameters
         from tunelab.models.build import load_classifier_and_tokenizer
+        from tunelab.models.load import check_max_length
         from tunelab.models.speedups import cls_only_last_layer
 
         cfg = self.cfg
@@ -203,6 +204,7 @@ class ClassificationJob:
                                             "classification needs at least two")
         label2id = {lab: i for i, lab in enumerate(self.labels)}
         model, self.tokenizer, head = load_classifier_and_tokenizer(cfg.model, self.labels)
+        check_max_length(cfg.model.max_length, model, cfg.model.name)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         self.examples = {
             name: make_examples(self.tokenizer, recs, text_field=cfg.data.text_field,
