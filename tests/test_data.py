@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from collections import Counter
@@ -87,6 +88,37 @@ def test_integer_and_string_labels_are_the_same_label():
     labels = raw_labels(records, "label", "x.jsonl")
     assert labels == ["3", "3", "3", "10"]
     assert label_set(labels) == ["3", "10"]  # numeric order, not string order
+
+
+@pytest.mark.parametrize("values, bad, kinds", [
+    ([1, 2, "one"], 3, ("'one' is a string", "record 1 (x.jsonl:1) has an integer label (1)")),
+    (["spam", "ham", True], 3, ("True is a boolean", "record 1 (x.jsonl:1) has a string label ('spam')")),
+    ([True, False, 0], 3, ("0 is an integer", "has a boolean label (True)")),
+    (["1", "one", 2], 3, ("2 is an integer", "record 2 (x.jsonl:2) has a string label ('one')"))])
+def test_labels_of_mixed_json_types_are_an_error_naming_both_records(values, bad, kinds):
+    # 1 and "one" (or true) used to become separate classes without a word.
+    records = [{"label": v, "_line": i + 1} for i, v in enumerate(values)]
+    with pytest.raises(DataError) as e:
+        raw_labels(records, "label", "x.jsonl")
+    assert (e.value.path, e.value.line) == ("x.jsonl", bad)
+    assert all(k in str(e.value) for k in kinds), str(e.value)
+    assert "labels of mixed JSON types would become separate classes" in str(e.value)
+
+
+def test_labels_that_mix_compatibly_are_fine():
+    assert raw_labels([{"label": v} for v in ("1", "one", "2")], "label", "x.csv") == ["1", "one", "2"]
+    assert raw_labels([{"label": v} for v in (True, False)], "label", "x.jsonl") == ["True", "False"]
+
+
+@pytest.mark.parametrize("value, text", [
+    ([1, 2], "label field 'label' holds a list ([1, 2]); a label is one string or integer"),
+    ({"name": "a"}, "label field 'label' holds an object ({'name': 'a'})"),
+    (0.5, "label 0.5 is not a whole number; classification needs class labels (tunelab has no regression task "
+          "yet)"),
+    (None, "label field 'label' is missing or empty")])
+def test_a_label_that_is_not_a_class_says_what_it_is(value, text):
+    with pytest.raises(DataError, match=rf"^x.jsonl:2: record 2: {re.escape(text)}"):
+        raw_labels([{"label": 1, "_line": 1}, {"label": value, "_line": 2}], "label", "x.jsonl")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -230,7 +262,20 @@ def unsupported_extension(d: Path):
     return {"data.train": str(d / "train.xml")}, "train.xml", None, "unsupported file type '.xml'"
 
 
-BAD_INPUTS = [malformed_json, missing_text, missing_label, empty_csv_label, empty_file, not_utf8,
+def mixed_label_types(d: Path):
+    lines = _good_lines()
+    lines[3] = json.dumps({"text": "the goal team", "label": 7})
+    return {"data.train": str(_jsonl_lines(d / "train.jsonl", lines))}, "train.jsonl", 4, "mixed JSON types"
+
+
+def fractional_label(d: Path):
+    lines = _good_lines()
+    lines[1] = json.dumps({"text": "the goal team", "label": 0.25})
+    return {"data.train": str(_jsonl_lines(d / "train.jsonl", lines))}, "train.jsonl", 2, "not a whole number"
+
+
+BAD_INPUTS = [malformed_json, missing_text, missing_label, mixed_label_types, fractional_label, empty_csv_label,
+              empty_file, not_utf8,
               unseen_label("validation"), unseen_label("test"), missing_file, missing_folder,
               unsupported_extension]
 

@@ -10,6 +10,8 @@ from typing import Iterable
 
 import torch
 
+from tunelab.errors import TunelabError
+
 
 def generation_kwargs(tokenizer, model, *, max_new_tokens: int = 128, temperature: float = 0.0,
                       top_p: float = 1.0, top_k: int = 0, repetition_penalty: float = 1.0) -> dict:
@@ -65,10 +67,54 @@ def generate_texts(model, tokenizer, prompts: list[list[int]], kwargs: dict, bat
     return out  # type: ignore[return-value]
 
 
-def truncate_prompt(ids: list[int], max_length: int, max_new_tokens: int) -> list[int]:
-    """Keep the end of a prompt so that prompt + answer fit in max_length (the most recent turns matter)."""
-    keep = max(1, max_length - max_new_tokens)
-    return ids[-keep:] if len(ids) > keep else ids
+_CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length")
+_NO_LIMIT = 10 ** 9  # transformers writes int(1e30) into model_max_length when a tokenizer states none
+
+
+def model_context(model, tokenizer=None) -> int | None:
+    """Tokens the model can attend over: its config's position limit, else the tokenizer's model_max_length.
+
+    This, not the training `model.max_length`, bounds prompt + answer at generation: a model trained on
+    128-token examples still reads a 300-token question correctly. None when neither states a limit.
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # under a peft wrapper
+    config = getattr(base, "config", None)
+    for key in _CONTEXT_KEYS:
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    limit = getattr(tokenizer, "model_max_length", None)
+    return limit if isinstance(limit, int) and 0 < limit < _NO_LIMIT else None
+
+
+def prompt_budget(context: int | None, max_new_tokens: int) -> int | None:
+    """Most prompt tokens that leave room for `max_new_tokens` in `context` (None: no limit).
+
+    Raises when not even one prompt token fits: the answer would run past the model's positions.
+    """
+    if context is None:
+        return None
+    budget = context - max_new_tokens
+    if budget < 1:
+        raise TunelabError(f"generate.max_new_tokens: got {max_new_tokens}, which leaves no room for a prompt in "
+                           f"the model's context of {context} tokens; set generate.max_new_tokens below {context}")
+    return budget
+
+
+def truncate_prompt(ids: list[int], context: int | None, max_new_tokens: int) -> list[int]:
+    """Keep the end of a prompt so that prompt + answer fit in the model's `context` (see `model_context`).
+
+    The start goes: the most recent turns and the question itself matter most.
+    """
+    keep = prompt_budget(context, max_new_tokens)
+    return ids[-keep:] if keep is not None and len(ids) > keep else ids
+
+
+def fit_prompts(prompts: list[list[int]], context: int | None, max_new_tokens: int
+                ) -> tuple[list[list[int]], int]:
+    """Every prompt cut from the left to fit `context` with its answer; returns them and how many were cut."""
+    fitted = [truncate_prompt(p, context, max_new_tokens) for p in prompts]
+    return fitted, sum(len(f) < len(p) for f, p in zip(fitted, prompts))
 
 
 @torch.no_grad()
@@ -112,8 +158,8 @@ def chat_loop(model, tokenizer, kwargs: dict, *, system: str | None = None, max_
             continue
         messages.append({"role": "user", "content": line})
         text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        prompt = truncate_prompt(tokenizer(text, add_special_tokens=False)["input_ids"], max_length,
-                                 kwargs["max_new_tokens"])
+        prompt = truncate_prompt(tokenizer(text, add_special_tokens=False)["input_ids"],
+                                 model_context(model, tokenizer) or max_length, kwargs["max_new_tokens"])
         if lines is None:
             print("bot> ", end="", flush=True)
         reply = stream_reply(model, tokenizer, prompt, kwargs, device)

@@ -156,15 +156,17 @@ def load_causal_run(run_dir: str | Path):
     return cfg, model, tokenizer, info.get("format", cfg.data.format)
 
 
-def causal_prompts(tokenizer, records: list[dict], source: str, fmt: str, max_length: int, max_new_tokens: int,
-                   text_field: str = "text") -> tuple[list[list[int]], list[str | None], list]:
-    """Prompt ids, references (None where a record has no answer) and normalised records for generation.
+def causal_prompts(tokenizer, records: list[dict], source: str, fmt: str, context: int | None,
+                   max_new_tokens: int, text_field: str = "text"
+                   ) -> tuple[list[list[int]], list[str | None], list, int]:
+    """Prompt ids, references (None where a record has no answer), normalised records, and how many prompts
+    were cut from the left to fit the model's `context` (see `generation.model_context`) with the answer.
 
     `fmt` "auto" detects the format from the first record's fields.
     """
     from tunelab.data.chat import CHAT_FORMATS, detect_format, normalise, prompt_and_reference, \
         require_chat_template
-    from tunelab.generation import truncate_prompt
+    from tunelab.generation import fit_prompts
 
     fmt = detect_format(records, source, text_field) if fmt == "auto" else fmt
     if fmt in CHAT_FORMATS:
@@ -173,10 +175,11 @@ def causal_prompts(tokenizer, records: list[dict], source: str, fmt: str, max_le
     for i, rec in enumerate(records):
         norm = normalise(rec, fmt, i, source, need_answer=False, text_field=text_field)
         ids, ref = prompt_and_reference(tokenizer, norm, fmt)
-        prompts.append(truncate_prompt(ids, max_length, max_new_tokens))
+        prompts.append(ids)
         refs.append(ref)
         norms.append(norm)
-    return prompts, refs, norms
+    prompts, cut = fit_prompts(prompts, context, max_new_tokens)
+    return prompts, refs, norms, cut
 
 
 def text_records(texts: list[str], fmt: str) -> list[dict]:
@@ -187,16 +190,27 @@ def text_records(texts: list[str], fmt: str) -> list[dict]:
 
 
 def predict_causal_records(run_dir: str | Path, records: list[dict] | None, source: str,
-                           texts: list[str] | None = None, batch_size: int = 8) -> list[dict]:
-    """Each record plus `generated` (the model's answer), with the run's `generate:` settings."""
-    from tunelab.generation import generate_texts, settings_kwargs
+                           texts: list[str] | None = None, batch_size: int = 8, log=None) -> list[dict]:
+    """Each record plus `generated` (the model's answer), with the run's `generate:` settings.
 
+    Prompts are cut only to fit the model's context (not the training `model.max_length`); `log` (default:
+    standard error, as standard output may carry the JSONL) says how many were cut.
+    """
+    import sys
+
+    from tunelab.generation import generate_texts, model_context, settings_kwargs
+
+    log = log or (lambda line: print(line, file=sys.stderr))
     cfg, model, tokenizer, fmt = load_causal_run(run_dir)
     if texts:
         records = text_records(texts, fmt)
+    context = model_context(model, tokenizer)
     # detected from the inputs' own fields: they may be laid out differently from the training data
-    prompts, _, _ = causal_prompts(tokenizer, records, source, "auto", cfg.model.max_length,
-                                   cfg.generate.max_new_tokens, cfg.data.text_field)
+    prompts, _, _, cut = causal_prompts(tokenizer, records, source, "auto", context,
+                                        cfg.generate.max_new_tokens, cfg.data.text_field)
+    if cut:
+        log(f"{cut} of {len(prompts)} prompts cut from the left to fit the model's context of {context} tokens "
+            f"with generate.max_new_tokens {cfg.generate.max_new_tokens}")
     kwargs = settings_kwargs(tokenizer, model, cfg.generate)
     generated = generate_texts(model, tokenizer, prompts, kwargs, batch_size)
     out = []
@@ -236,8 +250,8 @@ def evaluate_causal_run(run_dir: str | Path, data: str | None = None, log=print)
     metrics = evaluate_loss(model, encoded, 16, tokenizer.pad_token_id, device)
     metrics["n"] = len(encoded)
     if cfg.generate.samples_in_eval > 0:
-        gen, samples = generation_eval(model, tokenizer, encoded, gen_cfg=cfg.generate,
-                                       max_length=cfg.model.max_length, batch_size=8, device=device)
+        gen, samples = generation_eval(model, tokenizer, encoded, gen_cfg=cfg.generate, batch_size=8,
+                                       device=device, log=log)
         metrics.update(gen)
         metrics["samples"] = samples
     out = Path(run_dir) / f"eval-{name}.json"

@@ -80,11 +80,15 @@ def evaluate_loss(model, data: EncodedSet, batch_size: int, pad_id: int, device:
 
 
 @torch.no_grad()
-def generation_eval(model, tokenizer, data: EncodedSet, *, gen_cfg, max_length: int, batch_size: int,
-                    device: torch.device) -> tuple[dict, list[dict]]:
-    """Generate answers for up to `gen_cfg.samples_in_eval` records with a reference; metrics + samples."""
+def generation_eval(model, tokenizer, data: EncodedSet, *, gen_cfg, batch_size: int, device: torch.device,
+                    log=None) -> tuple[dict, list[dict]]:
+    """Generate answers for up to `gen_cfg.samples_in_eval` records with a reference; metrics + samples.
+
+    Prompts are rendered whole from the records (not from the training-length encodings) and cut from the
+    left only where prompt + `max_new_tokens` would exceed the model's context; `prompts_cut` counts them.
+    """
     from tunelab.evaluate.text_metrics import generation_metrics
-    from tunelab.generation import generate_texts, settings_kwargs, truncate_prompt
+    from tunelab.generation import fit_prompts, generate_texts, model_context, settings_kwargs
 
     prompts, references, shown = [], [], []
     for norm in data.normalised:
@@ -93,15 +97,20 @@ def generation_eval(model, tokenizer, data: EncodedSet, *, gen_cfg, max_length: 
         ids, reference = prompt_and_reference(tokenizer, norm, data.fmt)
         if reference is None:
             continue
-        prompts.append(truncate_prompt(ids, max_length, gen_cfg.max_new_tokens))
+        prompts.append(ids)
         references.append(reference)
         shown.append(norm.messages[-2]["content"] if norm.messages else norm.prompt)
     if not prompts:
         return {}, []
     kwargs = settings_kwargs(tokenizer, _unwrap(model), gen_cfg)
     generated = generate_texts(model, tokenizer, prompts, kwargs, batch_size, device)
+    context = model_context(_unwrap(model), tokenizer)
+    prompts, cut = fit_prompts(prompts, context, gen_cfg.max_new_tokens)
+    if cut and log is not None:
+        log(f"generation: {cut} of {len(prompts)} prompts cut from the left to fit the model's context of "
+            f"{context} tokens with generate.max_new_tokens {gen_cfg.max_new_tokens}")
     samples = [{"prompt": p, "reference": r, "generated": g} for p, r, g in zip(shown, references, generated)]
-    return generation_metrics(generated, references), samples
+    return {**generation_metrics(generated, references), "prompts_cut": cut}, samples
 
 
 # ---------------------------------------------------------------------------------------------
@@ -266,8 +275,8 @@ class CausalLMJob:
         g = self.cfg.generate
         if g.samples_in_eval > 0:
             gen, self.samples = generation_eval(self.model, self.tokenizer, data, gen_cfg=g,
-                                                max_length=self.cfg.model.max_length,
-                                                batch_size=self.eval_batch_size, device=self.device)
+                                                batch_size=self.eval_batch_size, device=self.device,
+                                                log=self.log)
             metrics.update(gen)
             metrics["samples"] = self.samples[:REPORT_SAMPLES]
         return metrics

@@ -55,17 +55,75 @@ def texts_of(records: list[dict], text_field: str, source: str) -> list[str]:
     return texts
 
 
+def label_kind(value) -> str:
+    """The JSON type of a label as a user would name it: boolean | integer | number | string | list | ...
+
+    A string holding an integer ("3") is an "integer string": it is the same label as the integer 3.
+    """
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int) or (isinstance(value, float) and value.is_integer()):
+        return "integer"
+    if isinstance(value, float):
+        return "number"
+    if isinstance(value, str):
+        return "integer string" if value.strip().lstrip("-").isdigit() else "string"
+    return {list: "list", dict: "object"}.get(type(value), type(value).__name__)
+
+
+# Label kinds that name the same classes when mixed; any other mix is an error (1 and "one", or true and 1,
+# would silently become separate classes).
+COMPATIBLE_KINDS = ({"integer", "integer string"}, {"string", "integer string"}, {"boolean"})
+
+
+def _label_problem(value, label_field: str) -> str | None:
+    """Why `value` cannot be a class label, or None."""
+    kind = label_kind(value)
+    if value is None or (kind == "string" and not value.strip()):
+        return f"label field '{label_field}' is missing or empty; set data.label_field to the field holding the label"
+    if kind == "number":
+        return (f"label {value!r} is not a whole number; classification needs class labels (tunelab has no "
+                "regression task yet): use integer or string class names, e.g. bin the values")
+    if kind not in ("boolean", "integer", "integer string", "string"):
+        return (f"label field '{label_field}' holds {_a(kind)} ({value!r:.40}); a label is one string or integer; "
+                "set data.label_field to the field holding the label")
+    return None
+
+
 def raw_labels(records: list[dict], label_field: str, source: str) -> list[str]:
-    """Labels as strings (ints and strings both allowed; '3' and 3 are the same label)."""
-    out = []
+    """Labels as strings: 3, 3.0 and "3" are one label; labels of mixed JSON types are an error."""
+    out, first = [], {}  # first: kind -> (record number, record) where that kind first occurred
     for i, r in enumerate(records):
         value = r.get(label_field)
-        if value is None or (isinstance(value, str) and not value.strip()) or isinstance(value, (list, dict)):
-            path, line = where(r, source)
-            raise DataError(path, f"record {i + 1}: label field '{label_field}' is missing or empty; set "
-                                  "data.label_field to the field holding the label", line)
-        out.append(str(int(value)) if isinstance(value, float) and value.is_integer() else str(value))
+        problem = _label_problem(value, label_field)
+        if problem:
+            raise DataError(*_at(r, source, f"record {i + 1}: {problem}"))
+        kind = label_kind(value)
+        first.setdefault(kind, (i, r))
+        if not any(set(first) <= group for group in COMPATIBLE_KINDS):
+            raise DataError(*_at(r, source, _mixed_types(first, value, kind, i, label_field, source)))
+        out.append(str(int(value)) if isinstance(value, float) else str(value))
     return out
+
+
+def _at(record: dict, source: str, message: str) -> tuple[str, str, int | None]:
+    path, line = where(record, source)
+    return path, message, line
+
+
+def _mixed_types(first: dict, value, kind: str, i: int, label_field: str, source: str) -> str:
+    """The message for record i, whose label kind cannot share a label set with an earlier one."""
+    other = next(k for k in first if not any({k, kind} <= group for group in COMPATIBLE_KINDS))
+    j, rec = first[other]
+    path, line = where(rec, source)
+    place = f"{path}:{line}" if line is not None else path
+    return (f"record {i + 1}: label {value!r} is {_a(kind)}, but record {j + 1} ({place}) has {_a(other)} label "
+            f"({rec.get(label_field)!r}); labels of mixed JSON types would become separate classes; write every "
+            f"label in '{label_field}' the same way (all strings, or all integers)")
+
+
+def _a(noun: str) -> str:
+    return f"{'an' if noun[0] in 'aeiou' else 'a'} {noun}"
 
 
 def label_set(labels: list[str]) -> list[str]:
