@@ -25,22 +25,43 @@ def _plt():
     return plt
 
 
+MARKERS_UP_TO = 30  # a series with at most this many points gets a marker on each
+
+
+def _plot_series(ax, points: list[tuple[float, float]], **style) -> None:
+    """A line through `points`, with markers when there are few: a lone point has no line to draw."""
+    marker = "o" if len(points) <= MARKERS_UP_TO else None
+    ax.plot(*zip(*points), marker=marker, markersize=4 if len(points) > 1 else 7, **style)
+
+
 def curves_figure(history: list[dict], metric: str) -> str:
-    """Training loss, validation loss and the validation metric against optimizer steps."""
+    """Training loss, validation loss and the validation metric against optimizer steps (an <img> tag)."""
+    from matplotlib.ticker import MaxNLocator
+
     plt = _plt()
     train = [(h["step"], h["loss"]) for h in history if h["kind"] == "train" and "loss" in h]
     evals = [h for h in history if h["kind"] == "eval"]
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
     if train:
-        axes[0].plot(*zip(*train), label="train loss")
+        _plot_series(axes[0], train, label="train loss")
     val_loss = [(h["step"], h["loss"]) for h in evals if "loss" in h]
     if val_loss:
-        axes[0].plot(*zip(*val_loss), "o-", label="validation loss")
-    axes[0].set_xlabel("step"), axes[0].set_title("loss"), axes[0].legend()
+        _plot_series(axes[0], val_loss, label="validation loss")
+    axes[0].set_xlabel("step"), axes[0].set_title("loss")
+    if train or val_loss:
+        axes[0].legend()
     val_metric = [(h["step"], h[metric]) for h in evals if metric in h]
     if val_metric:
-        axes[1].plot(*zip(*val_metric), "o-", color="tab:green")
+        _plot_series(axes[1], val_metric, color="tab:green")
+    else:  # an empty frame would look like a drawing failure
+        axes[1].text(0.5, 0.5, "no validation data", ha="center", va="center", transform=axes[1].transAxes)
     axes[1].set_xlabel("step"), axes[1].set_title(f"validation {metric}")
+    for ax, points in ((axes[0], train + val_loss), (axes[1], val_metric)):
+        steps = [x for x, _ in points]
+        if steps:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers (no 0.96 ... 1.04)
+            if max(steps) - min(steps) < 2:  # one step: give it room, as matplotlib would otherwise zoom in
+                ax.set_xlim(min(steps) - 1, max(steps) + 1)
     return _png(fig)
 
 
