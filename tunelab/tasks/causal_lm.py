@@ -102,13 +102,13 @@ def generation_eval(model, tokenizer, data: EncodedSet, *, gen_cfg, batch_size: 
         shown.append(norm.messages[-2]["content"] if norm.messages else norm.prompt)
     if not prompts:
         return {}, []
-    kwargs = settings_kwargs(tokenizer, _unwrap(model), gen_cfg)
-    generated = generate_texts(model, tokenizer, prompts, kwargs, batch_size, device)
     context = model_context(_unwrap(model), tokenizer)
     prompts, cut = fit_prompts(prompts, context, gen_cfg.max_new_tokens)
     if cut and log is not None:
         log(f"generation: {cut} of {len(prompts)} prompts cut from the left to fit the model's context of "
             f"{context} tokens with generate.max_new_tokens {gen_cfg.max_new_tokens}")
+    kwargs = settings_kwargs(tokenizer, _unwrap(model), gen_cfg)
+    generated = generate_texts(model, tokenizer, prompts, kwargs, batch_size, device)
     samples = [{"prompt": p, "reference": r, "generated": g} for p, r, g in zip(shown, references, generated)]
     return {**generation_metrics(generated, references), "prompts_cut": cut}, samples
 
