@@ -3,12 +3,21 @@ from __future__ import annotations
 
 import pytest
 
-from tunelab.evaluate.text_metrics import exact_match, generation_metrics, lcs_length, rouge_l, token_f1
+from tunelab.evaluate.text_metrics import (exact_match, exact_match_normalised, generation_metrics, lcs_length,
+                                           rouge_l, token_f1)
 
 
-def test_exact_match_normalises_case_punctuation_articles():
-    assert exact_match("The capital is Paris.", "capital is paris") == 1.0
-    assert exact_match("Paris", "Lyon") == 0.0
+def test_exact_match_is_exact_and_the_normalised_one_says_so():
+    # the same answers differing only in case / punctuation: not exact, equal once normalised
+    assert exact_match("The capital is Paris.", "capital is paris") == 0.0
+    assert exact_match("paris", "Paris") == 0.0 and exact_match(" Paris\n", "Paris") == 1.0
+    assert exact_match_normalised("The capital is Paris.", "capital is paris") == 1.0
+    assert exact_match("Paris", "Lyon") == 0.0 and exact_match_normalised("Paris", "Lyon") == 0.0
+
+
+def test_answers_wrong_only_in_case_are_not_an_exact_match():
+    m = generation_metrics(["paris", "berlin", "rome"], ["Paris", "Berlin", "Rome"])
+    assert m["exact_match"] == 0.0 and m["exact_match_normalised"] == 1.0 and m["token_f1"] == 1.0
 
 
 def test_token_f1():
@@ -23,9 +32,16 @@ def test_rouge_l_uses_longest_common_subsequence():
     assert rouge_l("w b c d", "w c x d") == pytest.approx(0.75)
 
 
-def test_generation_metrics_averages_and_chrf():
-    m = generation_metrics(["Paris.", "blue"], ["Paris", "red"])
-    assert m["exact_match"] == 0.5 and m["token_f1"] == 0.5 and m["rouge_l"] == 0.5 and m["generated"] == 2
-    assert 0 < m["chrf"] < 100
-    assert generation_metrics(["same text"], ["same text"])["chrf"] == pytest.approx(100.0)
+def test_generation_metrics_averages_and_every_score_is_on_a_0_1_scale():
+    import sacrebleu
+
+    preds, refs = ["Paris.", "blue"], ["Paris", "red"]
+    m = generation_metrics(preds, refs)
+    # "Paris." vs "Paris" is exact only after normalisation (definition changed: exact is exact now)
+    assert m["exact_match"] == 0.0 and m["exact_match_normalised"] == 0.5
+    assert m["token_f1"] == 0.5 and m["rouge_l"] == 0.5 and m["generated"] == 2
+    assert m["chrf"] == pytest.approx(sacrebleu.corpus_chrf(preds, [refs]).score / 100)
+    assert 0 < m["chrf"] < 1
+    assert all(0.0 <= v <= 1.0 for k, v in m.items() if k != "generated")
+    assert generation_metrics(["same text"], ["same text"])["chrf"] == pytest.approx(1.0)
     assert generation_metrics([], []) == {}

@@ -1,9 +1,14 @@
-"""Generation metrics against reference answers: exact match, token F1, ROUGE-L, chrF.
+"""Generation metrics against reference answers, every one a number in [0, 1].
 
-Exact match and token F1 follow the SQuAD evaluation script (lower-case, drop punctuation and English
-articles, split on whitespace). ROUGE-L is the F-measure of the longest common subsequence of those tokens,
-a dozen lines here rather than a dependency (rouge-score is not installed). chrF comes from sacrebleu.
-EM, F1 and ROUGE-L are in [0, 1] (means over examples); chrF is sacrebleu's corpus score in [0, 100].
+- `exact_match`: the answer equals the reference exactly (surrounding whitespace aside): "paris" for
+  "Paris" scores 0.
+- `exact_match_normalised`, `token_f1`, `rouge_l`: computed on SQuAD-normalised tokens (lower-cased,
+  punctuation and English articles dropped, split on whitespace), so case and punctuation do not count.
+  ROUGE-L is the F-measure of the longest common subsequence of those tokens, a dozen lines here rather
+  than a dependency (rouge-score is not installed).
+- `chrf`: sacrebleu's corpus chrF (character n-gram F-score, case-sensitive), divided by 100 to sit on the
+  same 0-1 scale as the others (sacrebleu itself reports 0-100).
+All but chrF are means over the examples.
 """
 from __future__ import annotations
 
@@ -16,14 +21,22 @@ _PUNCT = str.maketrans("", "", string.punctuation)
 
 
 def normalise_tokens(text: str) -> list[str]:
+    """SQuAD normalisation: lower-case, drop punctuation and articles, split on whitespace."""
     return _ARTICLES.sub(" ", text.lower().translate(_PUNCT)).split()
 
 
 def exact_match(prediction: str, reference: str) -> float:
+    """1.0 when the strings are equal after stripping surrounding whitespace; case and punctuation count."""
+    return float(prediction.strip() == reference.strip())
+
+
+def exact_match_normalised(prediction: str, reference: str) -> float:
+    """1.0 when the SQuAD-normalised tokens are equal ("The capital is Paris." == "capital is paris")."""
     return float(normalise_tokens(prediction) == normalise_tokens(reference))
 
 
 def token_f1(prediction: str, reference: str) -> float:
+    """F1 of the bag of SQuAD-normalised tokens shared by prediction and reference."""
     p, r = normalise_tokens(prediction), normalise_tokens(reference)
     if not p or not r:
         return float(p == r)
@@ -46,6 +59,7 @@ def lcs_length(a: list[str], b: list[str]) -> int:
 
 
 def rouge_l(prediction: str, reference: str) -> float:
+    """ROUGE-L F-measure over SQuAD-normalised tokens."""
     p, r = normalise_tokens(prediction), normalise_tokens(reference)
     if not p or not r:
         return float(p == r)
@@ -57,15 +71,16 @@ def rouge_l(prediction: str, reference: str) -> float:
 
 
 def generation_metrics(predictions: list[str], references: list[str]) -> dict:
-    """Mean exact_match / token_f1 / rouge_l and corpus chrf over the pairs, plus their count."""
+    """Mean exact_match, exact_match_normalised, token_f1, rouge_l and corpus chrf (all 0-1), plus the count."""
     import sacrebleu
 
     n = len(predictions)
     if n == 0:
         return {}
     out = {"exact_match": sum(map(exact_match, predictions, references)) / n,
+           "exact_match_normalised": sum(map(exact_match_normalised, predictions, references)) / n,
            "token_f1": sum(map(token_f1, predictions, references)) / n,
            "rouge_l": sum(map(rouge_l, predictions, references)) / n,
-           "chrf": float(sacrebleu.corpus_chrf(predictions, [references]).score),
+           "chrf": float(sacrebleu.corpus_chrf(predictions, [references]).score) / 100.0,
            "generated": n}
     return out

@@ -315,20 +315,37 @@ class CausalLMJob:
 
 
 def metrics_line(m: dict) -> str:
+    """One line of test metrics; generation scores are all 0-1 (see tunelab.evaluate.text_metrics)."""
     parts = [f"loss {m['loss']:.4f}", f"perplexity {m['perplexity']:.2f}"]
     if "exact_match" in m:
-        parts += [f"exact_match {m['exact_match']:.3f}", f"token_f1 {m['token_f1']:.3f}",
-                  f"rouge_l {m['rouge_l']:.3f}", f"chrf {m['chrf']:.1f} ({m['generated']} generated)"]
+        cut = f", {m['prompts_cut']} prompts cut to fit the context" if m.get("prompts_cut") else ""
+        parts += [f"exact_match {m['exact_match']:.3f}",
+                  f"exact_match_normalised {m['exact_match_normalised']:.3f}",
+                  f"token_f1 (normalised) {m['token_f1']:.3f}", f"rouge_l {m['rouge_l']:.3f}",
+                  f"chrf {m['chrf']:.3f} ({m['generated']} generated{cut})"]
     return "  ".join(parts) + (f"  (n={m['n']})" if "n" in m else "")
 
 
 def samples_table(samples: list[dict], clip: int = 600) -> str:
+    """HTML table of sample generations with each one's exact / normalised match and token F1 (0-1)."""
+    from tunelab.evaluate.text_metrics import exact_match, exact_match_normalised, token_f1
+
     def cell(text: str) -> str:
         text = text if len(text) <= clip else text[:clip] + " ..."
         return f"<td style='white-space:pre-wrap;vertical-align:top'>{html.escape(text)}</td>"
 
-    rows = "".join(f"<tr>{cell(s['prompt'])}{cell(s['reference'])}{cell(s['generated'])}</tr>" for s in samples)
-    return f"<table><tr><th>prompt</th><th>reference</th><th>generated</th></tr>{rows}</table>"
+    def scores(s: dict) -> str:
+        ref, gen = s["reference"], s["generated"]
+        return (cell("yes" if exact_match(gen, ref) else "no")
+                + cell("yes" if exact_match_normalised(gen, ref) else "no") + cell(f"{token_f1(gen, ref):.3f}"))
+
+    rows = "".join(f"<tr>{cell(s['prompt'])}{cell(s['reference'])}{cell(s['generated'])}{scores(s)}</tr>"
+                   for s in samples)
+    head = ("<tr><th>prompt</th><th>reference</th><th>generated</th><th>exact match</th>"
+            "<th>normalised match</th><th>token F1 (normalised)</th></tr>")
+    note = ("<p>exact match: equal strings (surrounding whitespace aside); normalised: lower-cased, punctuation "
+            "and articles dropped (SQuAD).</p>")
+    return f"{note}<table>{head}{rows}</table>"
 
 
 # ---------------------------------------------------------------------------------------------
