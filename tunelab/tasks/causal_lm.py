@@ -156,7 +156,7 @@ def split_records(d, seed: int, records: list[dict], log) -> dict[str, tuple[lis
         log(f"data.limit: using {len(splits['train'][0])} training records")
     for name, given in (("validation", d.validation), ("test", d.test)):
         if given:
-            splits[name] = (load_records(given), given)
+            splits[name] = (load_records(given, log), given)
     return splits
 
 
@@ -192,7 +192,7 @@ class CausalLMJob:
         if cfg.method.name == "head":
             raise TunelabError("method.name: 'head' trains a newly initialised task head, and a causal LM has "
                                "none (its vocabulary projection is pretrained); use full, freeze or lora")
-        records = load_records(d.train)
+        records = load_records(d.train, self.log)
         self.fmt = resolve_format(d.format, records, d.train, self.log, d.text_field)
         model, self.tokenizer = load_causal_lm_and_tokenizer(cfg.model.name, cfg.model.dropout)
         check_max_length(cfg.model.max_length, model, cfg.model.name)

@@ -196,9 +196,12 @@ def loss_sum(model, batch: dict[str, torch.Tensor], label_smoothing: float = 0.0
 @torch.no_grad()
 def predict_proba(model, ex: Examples, batch_size: int, pad_id: int, device: torch.device) -> torch.Tensor:
     """Class probabilities (N, C) in the original order of `ex`."""
+    from tunelab.train.logging import progress
+
     model.eval()
     out: list[torch.Tensor | None] = [None] * len(ex)
-    for idx, batch in batches(ex, batch_size, pad_id, shuffle=False):
+    n_batches = math.ceil(len(ex) / batch_size)
+    for idx, batch in progress(batches(ex, batch_size, pad_id, shuffle=False), n_batches, "classify", "batches"):
         logits = model(input_ids=batch["input_ids"].to(device),
                        attention_mask=batch["attention_mask"].to(device)).logits.float()
         for i, p in zip(idx, torch.softmax(logits, -1).cpu()):
