@@ -83,10 +83,31 @@ def test_pack_fills_rows_and_keeps_every_example():
 
 
 def test_loss_gradients_only_flow_through_labelled_positions(tok):
+    """The loss's gradient w.r.t. the final hidden states is exactly zero at every unlabelled position (prompt,
+    padding) and non-zero at every labelled one; w.r.t. the input embeddings it is exactly zero after each
+    row's last label (causal attention carries nothing backwards) and non-zero up to it."""
     model = make_model(len(tok), seed=2)
     recs = alpaca_records(4)
     ex = encode_records(tok, recs, "alpaca", max_length=128, train_on_prompt=False, source="x").examples
-    loss, n = labelled_loss(model, padded_batch(ex, tok.pad_token_id))
+    batch = padded_batch(ex, tok.pad_token_id)
+    seen = {}
+
+    def keep_grad(name):
+        def hook(_module, _inputs, output):
+            output.retain_grad()
+            seen[name] = output
+        return hook
+
+    model.model.embed_tokens.register_forward_hook(keep_grad("embeddings"))  # (B, T, H)
+    model.model.norm.register_forward_hook(keep_grad("hidden"))  # (B, T, H): what the output head reads
+    loss, n = labelled_loss(model, batch)
     loss.backward()
-    assert n == sum(e.n_labels for e in ex)
-    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+    labelled = batch["targets"] != IGNORE  # (B, T)
+    assert n == int(labelled.sum()) == sum(e.n_labels for e in ex)
+    assert (~labelled & (batch["attention_mask"] == 1)).any() and (batch["attention_mask"] == 0).any()
+    hidden = seen["hidden"].grad.abs().sum(-1)  # (B, T)
+    assert torch.all(hidden[~labelled] == 0) and torch.all(hidden[labelled] > 0)
+    embeddings = seen["embeddings"].grad.abs().sum(-1)  # (B, T)
+    for row, mask in zip(embeddings, labelled):
+        last = int(mask.nonzero().max())
+        assert torch.all(row[last + 1:] == 0) and torch.all(row[:last + 1] > 0)
