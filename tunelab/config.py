@@ -22,7 +22,8 @@ TASKS = ("classification", "causal_lm")
 @dataclass
 class ModelConfig:
     name: str = "builtin:minilm-l6"
-    """builtin:NAME | path to a Hugging Face model folder | gguf:PATH | scratch:KIND"""
+    """builtin:NAME | path to a Hugging Face model folder | gguf:PATH | scratch:KIND | a Hub id (org/name) already
+    in the local Hugging Face cache (nothing is downloaded). Relative paths are read from the current directory."""
     max_length: int = 128
     """Tokens per example, special tokens included; longer inputs are truncated (and counted). At least 4 (room
     for up to 3 special tokens such as [CLS] and [SEP] plus one token of text) and at most the model's positions
@@ -48,7 +49,8 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     train: str = "builtin:bbc-news"
-    """builtin:NAME | .jsonl | .csv | .tsv | .parquet | .txt | folder (one sub-folder of .txt per label)"""
+    """builtin:NAME | .jsonl | .csv | .tsv | .parquet | .txt | folder (one sub-folder of .txt per label). Relative
+    paths are read from the current directory."""
     validation: Optional[str] = None
     """Validation file; null = carve `val_fraction` out of train (stratified, seeded)."""
     test: Optional[str] = None
@@ -60,7 +62,7 @@ class DataConfig:
     text_field: str = "text"
     """Field holding the text (classification, and causal_lm format text)."""
     label_field: str = "label"
-    """Field holding the label (strings or integers)."""
+    """Field holding the label: strings or integers (3 and "3" are one label), not a mix of JSON types."""
     limit: Optional[int] = None
     """Use at most this many training records (a stratified, seeded subset), for quick runs."""
     format: Literal["auto", "alpaca", "messages", "sharegpt", "prompt_completion", "text"] = "auto"
