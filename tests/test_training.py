@@ -75,10 +75,29 @@ def test_batch_8_equals_batch_1_with_8_accumulation_steps(parity_config, helpers
     assert losses(helpers, small) == pytest.approx(losses(helpers, big), abs=1e-6)
 
 
-def test_training_without_validation_data_keeps_the_last_weights(make_config, helpers):
-    run_dir = helpers.train_quietly(make_config({"data.val_fraction": 0.0}))
+def test_training_without_validation_data_keeps_the_last_weights(make_config, helpers, capture_trained_model):
+    """The saved weights are the model's weights right after the last optimizer step (nothing restored)."""
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    after_step = []  # the model's weights after each optimizer step
+
+    def snapshot(_optimizer, _args, _kwargs):
+        model = capture_trained_model["model"]
+        after_step.append({n: p.detach().clone() for n, p in model.named_parameters()})
+
+    handle = register_optimizer_step_post_hook(snapshot)
+    try:
+        run_dir = helpers.train_quietly(make_config({"data.val_fraction": 0.0}))
+    finally:
+        handle.remove()
     summary = json.loads((run_dir / "eval.json").read_text())
     assert summary["steps"] == 3 and summary["best_step"] is None
+    assert len(after_step) == 3
+    saved = load_file(str(run_dir / "model" / "model.safetensors"))
+    assert set(after_step[-1]) <= set(saved)
+    for name, value in after_step[-1].items():
+        assert torch.equal(saved[name], value), name
+    assert not torch.equal(saved["classifier.weight"], after_step[-2]["classifier.weight"])  # the last step counted
 
 
 def test_logged_tokens_per_second_counts_only_time_inside_steps(make_config, helpers, monkeypatch):
