@@ -32,6 +32,7 @@ def report_dropped(source: str, dropped: dict[str, list[str]], log: Log | None, 
         shown = ", ".join(items[:examples]) + (", ..." if len(items) > examples else "")
         (log or default_log)(f"{source}: skipped {len(items)} {reason} (e.g. {shown})")
 
+
 SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet", ".txt")
 
 
