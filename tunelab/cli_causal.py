@@ -6,7 +6,6 @@ Every command returns an exit code; user mistakes raise `TunelabError` (the main
 """
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -71,39 +70,52 @@ def cmd_chat(args) -> int:
     kwargs = settings_kwargs(tokenizer, model, gen)
     mode = "greedy" if gen.temperature <= 0 else f"sampling, temperature {gen.temperature}"
     print(f"chatting with {args.run_dir} ({mode}, up to {gen.max_new_tokens} new tokens); "
-          "/reset clears the history, /exit or Ctrl-D quits")
+          "/help lists the commands; Ctrl-C stops a reply, Ctrl-D quits")
     chat_loop(model, tokenizer, kwargs, system=args.system, max_length=max_length)
     return 0
 
 
-def predict_causal(args) -> int:
-    """`tunelab predict RUN_DIR --input IN --output OUT` (or --text) for a causal_lm run."""
-    from tunelab.data.sources import load_records
-    from tunelab.errors import TunelabError
-    from tunelab.infer import predict_causal_records
-    from tunelab.io import atomic_write_text
+def _causal_settings(args, command: str) -> dict:
+    """Keyword arguments for predict_causal_records / evaluate_causal_run from --text-field and overrides
+    (empty without any: the run's own settings apply)."""
+    from tunelab.cli import run_config, run_overrides
 
-    texts, inp, output = getattr(args, "text", None), getattr(args, "input", None), getattr(args, "output", None)
-    if bool(texts) == bool(inp):
-        raise TunelabError("predict: give either --text \"...\" or --input FILE (with --output FILE)")
-    if texts:
-        for rec in predict_causal_records(args.run_dir, None, "--text", texts=texts):
-            print(json.dumps(rec, ensure_ascii=False))
-        return 0
-    if not output:
-        raise TunelabError("predict: --input needs --output FILE.jsonl for the generations")
-    out = predict_causal_records(args.run_dir, load_records(inp), inp)
-    atomic_write_text(output, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in out))
-    print(f"{len(out)} generations written to {output}")
+    overrides = run_overrides(args, command) if hasattr(args, "overrides") else []
+    labels = [o for o in overrides if o.startswith("data.label_field")]
+    if labels:
+        from tunelab.errors import ConfigError
+
+        raise ConfigError([f"{command}: {labels[0]}: a causal_lm run has no labels (its references come from "
+                           "the records' format); leave out --label-field"])
+    cfg = run_config(args, overrides)
+    return {} if cfg is None else {"text_field": cfg.data.text_field, "generate": cfg.generate}
+
+
+def predict_causal(args) -> int:
+    """`tunelab predict RUN_DIR --input IN [--output OUT]` (or --text) for a causal_lm run."""
+    from tunelab.cli import stdout_to_stderr, prediction_inputs, write_rows
+    from tunelab.infer import predict_causal_records
+
+    inp = prediction_inputs(args)
+    settings = _causal_settings(args, "predict")
+    with stdout_to_stderr():  # standard output carries only the JSONL
+        if inp is None:
+            rows = predict_causal_records(args.run_dir, None, "--text", texts=args.text, **settings)
+        else:
+            from tunelab.data.sources import load_records
+
+            rows = predict_causal_records(args.run_dir, load_records(inp), inp, **settings)
+    write_rows(rows, getattr(args, "output", None), "generations")
     return 0
 
 
 def eval_causal(args) -> int:
-    """`tunelab eval RUN_DIR [--data FILE]` for a causal_lm run."""
+    """`tunelab eval RUN_DIR [--data FILE] [generate.KEY=VALUE ...]` for a causal_lm run."""
     from tunelab.infer import evaluate_causal_run
     from tunelab.tasks.causal_lm import metrics_line
 
-    metrics, out = evaluate_causal_run(args.run_dir, getattr(args, "data", None))
+    metrics, out = evaluate_causal_run(args.run_dir, getattr(args, "data", None),
+                                       **_causal_settings(args, "eval"))
     print(metrics_line(metrics))
     print(f"metrics written to {out}")
     return 0

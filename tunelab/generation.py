@@ -129,18 +129,38 @@ def stream_reply(model, tokenizer, prompt: list[int], kwargs: dict, device: torc
     return tokenizer.decode(gen[0, ids.shape[1]:], skip_special_tokens=True).strip()
 
 
+CHAT_COMMANDS = {"/help": "list these commands",
+                 "/reset": "forget the conversation (a --system prompt stays)",
+                 "/exit": "quit (so do Ctrl-D and Ctrl-C at the prompt; Ctrl-C during a reply stops the reply)"}
+
+
+def chat_command_reply(name: str) -> str:
+    """What the chat answers to the command `name` (/help lists them; unknown ones are not sent on)."""
+    if name == "/help":
+        rows = {**CHAT_COMMANDS, "//text": "send a message that starts with /"}
+        width = max(map(len, rows))
+        return "\n".join(f"{cmd:<{width}}  {what}" for cmd, what in rows.items())
+    if name == "/reset":
+        return "(history cleared)"
+    return f"unknown command {name}; /help lists the commands (start with // to send a line beginning with /)"
+
+
 def chat_loop(model, tokenizer, kwargs: dict, *, system: str | None = None, max_length: int = 2048,
               lines: Iterable[str] | None = None, write=print, device: torch.device | str = "cpu") -> list[dict]:
     """An interactive chat: read a line, stream the reply, keep the history. Returns the conversation.
 
-    `/reset` forgets the history, `/exit` (or end of input) stops. `lines` replaces stdin (for tests).
+    A line starting with `/` is a command (CHAT_COMMANDS), answered here and never sent to the model; `//`
+    sends a line that starts with `/`. Ctrl-C while a reply streams stops that reply: the question and the
+    partial answer are dropped from the history (so turns keep alternating user / assistant) and the chat
+    goes on. Ctrl-C at the prompt, Ctrl-D (end of input) or `/exit` quit. `lines` replaces stdin (for tests;
+    it may raise KeyboardInterrupt like a terminal).
     """
     def read():
-        if lines is not None:
-            return next(it, None)
         try:
-            return input("you> ")
-        except EOFError:
+            return next(it, None) if lines is not None else input("you> ")
+        except (EOFError, KeyboardInterrupt):
+            if lines is None:
+                print()  # end the prompt's line before the shell's
             return None
 
     it = iter(lines) if lines is not None else None
@@ -148,12 +168,17 @@ def chat_loop(model, tokenizer, kwargs: dict, *, system: str | None = None, max_
     messages = list(start)
     while True:
         line = read()
-        if line is None or line.strip() == "/exit":
+        if line is None:
             return messages
-        if line.strip() == "/reset":
-            messages = list(start)
-            write("(history cleared)")
+        if line.lstrip().startswith("/") and not line.lstrip().startswith("//"):
+            name = line.split()[0]
+            if name == "/exit":
+                return messages
+            if name == "/reset":
+                messages = list(start)
+            write(chat_command_reply(name))
             continue
+        line = line.lstrip()[1:] if line.lstrip().startswith("//") else line
         if not line.strip():
             continue
         messages.append({"role": "user", "content": line})
@@ -162,5 +187,10 @@ def chat_loop(model, tokenizer, kwargs: dict, *, system: str | None = None, max_
                                  model_context(model, tokenizer) or max_length, kwargs["max_new_tokens"])
         if lines is None:
             print("bot> ", end="", flush=True)
-        reply = stream_reply(model, tokenizer, prompt, kwargs, device)
+        try:
+            reply = stream_reply(model, tokenizer, prompt, kwargs, device)
+        except KeyboardInterrupt:
+            messages.pop()  # the unanswered question goes with the partial answer
+            write("\n(reply stopped; that question and the partial answer are left out of the history)")
+            continue
         messages.append({"role": "assistant", "content": reply})

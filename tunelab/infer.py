@@ -49,12 +49,27 @@ def load_run(run_dir: str | Path):
     return cfg, model, tokenizer, labels
 
 
+def _use_settings(cfg, text_field: str | None = None, label_field: str | None = None, generate=None):
+    """Field names / generation settings given to predict or eval replace the run's own (`cfg` is a fresh
+    copy loaded for this call, so nothing is written back to the run)."""
+    if text_field:
+        cfg.data.text_field = text_field
+    if label_field:
+        cfg.data.label_field = label_field
+    if generate is not None:
+        cfg.generate = generate
+    return cfg
+
+
 def _pad_id(tokenizer) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
 
-def evaluate_run(run_dir: str | Path, data: str | None = None, log=print) -> tuple[dict, Path]:
+def evaluate_run(run_dir: str | Path, data: str | None = None, log=print, *, text_field: str | None = None,
+                 label_field: str | None = None) -> tuple[dict, Path]:
     """Metrics of a run's model on labelled `data` (default: the run's own test split).
+
+    `text_field` / `label_field` name the fields of `data` where they differ from the run's.
 
     Written to RUN_DIR/eval-<data name>.json (the run's own eval.json is left as it is).
     """
@@ -66,6 +81,7 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, log=print) -> tup
     from tunelab.tasks.classification import make_examples, predict_proba, split_records
 
     cfg, model, tokenizer, labels = load_run(run_dir)
+    _use_settings(cfg, text_field, label_field)
     if data is None:
         splits = split_records(cfg, lambda _: None)
         if "test" not in splits:
@@ -86,11 +102,16 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, log=print) -> tup
     return metrics, out
 
 
-def predict_records(run_dir: str | Path, records: list[dict], source: str) -> list[dict]:
-    """Each record plus `prediction` (a label) and `scores` (label -> probability)."""
+def predict_records(run_dir: str | Path, records: list[dict], source: str, *,
+                    text_field: str | None = None) -> list[dict]:
+    """Each record plus `prediction` (a label) and `scores` (label -> probability).
+
+    `text_field` names the records' text field where it differs from the run's.
+    """
     from tunelab.tasks.classification import make_examples, predict_proba
 
     cfg, model, tokenizer, labels = load_run(run_dir)
+    _use_settings(cfg, text_field)
     ex = make_examples(tokenizer, records, text_field=cfg.data.text_field, label_field=None, label2id=None,
                        max_length=cfg.model.max_length, source=source)
     probs = predict_proba(model, ex, 32, _pad_id(tokenizer), torch.device("cpu"))
@@ -190,7 +211,8 @@ def text_records(texts: list[str], fmt: str) -> list[dict]:
 
 
 def predict_causal_records(run_dir: str | Path, records: list[dict] | None, source: str,
-                           texts: list[str] | None = None, batch_size: int = 8, log=None) -> list[dict]:
+                           texts: list[str] | None = None, batch_size: int = 8, log=None, *,
+                           text_field: str | None = None, generate=None) -> list[dict]:
     """Each record plus `generated` (the model's answer), with the run's `generate:` settings.
 
     Prompts are cut only to fit the model's context (not the training `model.max_length`); `log` (default:
@@ -202,6 +224,7 @@ def predict_causal_records(run_dir: str | Path, records: list[dict] | None, sour
 
     log = log or (lambda line: print(line, file=sys.stderr))
     cfg, model, tokenizer, fmt = load_causal_run(run_dir)
+    _use_settings(cfg, text_field, generate=generate)  # a GenerateConfig replaces the run's generate:
     if texts:
         records = text_records(texts, fmt)
     context = model_context(model, tokenizer)
@@ -221,7 +244,8 @@ def predict_causal_records(run_dir: str | Path, records: list[dict] | None, sour
     return out
 
 
-def evaluate_causal_run(run_dir: str | Path, data: str | None = None, log=print) -> tuple[dict, Path]:
+def evaluate_causal_run(run_dir: str | Path, data: str | None = None, log=print, *,
+                        text_field: str | None = None, generate=None) -> tuple[dict, Path]:
     """Loss, perplexity and generation metrics of a causal_lm run on `data` (default: its test split).
 
     Written to RUN_DIR/eval-<data name>.json (the run's own eval.json is left as it is).
@@ -232,6 +256,7 @@ def evaluate_causal_run(run_dir: str | Path, data: str | None = None, log=print)
     from tunelab.tasks.causal_lm import evaluate_loss, generation_eval, split_records
 
     cfg, model, tokenizer, fmt = load_causal_run(run_dir)
+    _use_settings(cfg, text_field, generate=generate)  # a GenerateConfig replaces the run's generate:
     if data is None:
         records, source = split_records(cfg.data, cfg.train.seed, load_records(cfg.data.train),
                                         lambda _: None).get("test", ([], ""))

@@ -1,0 +1,288 @@
+"""The command line as a new user meets it: arguments in any order, `--debug` anywhere, predict / eval with
+other field names and settings, predictions on standard output, `validate`'s deeper checks, a closed pipe,
+and `--help` with an example for every command.
+
+Commands run in-process through `tunelab.cli.main`; a few run as real processes for exit codes and pipes.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tunelab.cli import EXAMPLES, _subparsers, build_parser, main
+from tunelab.errors import TunelabError
+
+TEXTS = ["goal match team coach the today", "bread cheese soup the a news", "chip code robot some new very"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tiny_bert, data_dir, tmp_path_factory, helpers) -> Path:
+    """A 3-step full fine-tune of the tiny BERT (classes food, sport, tech)."""
+    cfg = helpers.tiny_config(tiny_bert, data_dir / "train.jsonl", tmp_path_factory.mktemp("cli") / "run")
+    return helpers.train_quietly(cfg)
+
+
+def write_yaml(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def renamed(records: list[dict], text: str = "body", label: str = "topic") -> list[dict]:
+    return [{text: r["text"], label: r["label"]} for r in records]
+
+
+# ---------------------------------------------------------------------------------------------
+# Arguments in any order
+
+
+@pytest.mark.parametrize("argv", [
+    ["train", "CFG", "--output-dir", "OUT", "train.max_steps=1", "train.lr=0.5"],
+    ["train", "CFG", "train.max_steps=1", "--output-dir", "OUT", "train.lr=0.5"],
+    ["train", "train.max_steps=1", "CFG", "train.lr=0.5", "--output-dir", "OUT"],
+    ["train", "--output-dir", "OUT", "train.max_steps=1", "CFG", "train.lr=0.5", "--debug"],
+])
+def test_train_takes_options_and_overrides_in_any_order(tmp_path, monkeypatch, argv):
+    import tunelab.run
+
+    seen = {}
+    monkeypatch.setattr(tunelab.run, "train", lambda cfg, **kw: seen.update(cfg=cfg, **kw))
+    cfg = write_yaml(tmp_path / "c.yaml", "train:\n  lr: 0.1\n")
+    argv = [str(cfg) if a == "CFG" else str(tmp_path / "x") if a == "OUT" else a for a in argv]
+    assert main(argv) == 0
+    assert seen["cfg"].train.max_steps == 1 and seen["cfg"].train.lr == 0.5
+    assert seen["cfg"].output_dir == str(tmp_path / "x")
+
+
+def test_train_with_an_override_after_an_option_really_trains(make_config, tmp_path, capsys):
+    cfg = make_config()
+    path = write_yaml(tmp_path / "c.yaml", json.dumps(cfg.to_dict()))  # JSON is YAML
+    out = tmp_path / "ordered"
+    assert main(["train", str(path), "--output-dir", str(out), "train.max_steps=1", "--no-progress"]) == 0
+    events = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in events if e["kind"] == "train"] == [1]
+
+
+def test_debug_is_accepted_after_the_subcommand(tmp_path):
+    # --debug shows the traceback: the error is raised instead of becoming exit code 2
+    with pytest.raises(TunelabError, match="config file not found"):
+        main(["validate", str(tmp_path / "nope.yaml"), "--debug"])
+    with pytest.raises(TunelabError, match="config file not found"):
+        main(["--debug", "validate", str(tmp_path / "nope.yaml")])
+    assert main(["validate", str(tmp_path / "nope.yaml")]) == 2
+
+
+def test_a_stray_word_is_still_an_error(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["merge", "runs/x", "--bogus"])
+    assert e.value.code == 2
+    assert "unrecognized arguments: --bogus" in capsys.readouterr().err
+
+
+def test_options_in_any_order_in_a_real_process(tiny_bert, tmp_path, helpers):
+    data = helpers.write_jsonl(tmp_path / "d.jsonl", helpers.synthetic_records(2))
+    cfg = write_yaml(tmp_path / "c.yaml", f"model: {{name: {tiny_bert}}}\ntrain:\n  lr: 0.1\n")
+    proc = subprocess.run([sys.executable, "-m", "tunelab.cli", "validate", str(cfg), "--show", "train.lr=0.25",
+                           "--debug", f"data.train={data}"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "lr: 0.25" in proc.stdout
+
+
+# ---------------------------------------------------------------------------------------------
+# predict / eval: field names, settings, standard output, output checks
+
+
+def test_predict_reads_another_text_field_given_as_option_or_override(run_dir, tmp_path, capsys, helpers):
+    plain = helpers.write_jsonl(tmp_path / "plain.jsonl", [{"text": t} for t in TEXTS])
+    body = helpers.write_jsonl(tmp_path / "body.jsonl", [{"body": t} for t in TEXTS])
+    assert main(["predict", str(run_dir), "--input", str(plain), "--output", str(tmp_path / "a.jsonl")]) == 0
+    assert main(["predict", str(run_dir), "--input", str(body), "--output", str(tmp_path / "b.jsonl"),
+                 "--text-field", "body"]) == 0
+    assert main(["predict", str(run_dir), "--input", str(body), "--output", str(tmp_path / "c.jsonl"),
+                 "data.text_field=body"]) == 0
+    rows = {n: [json.loads(x) for x in (tmp_path / f"{n}.jsonl").read_text().splitlines()] for n in "abc"}
+    assert [r["scores"] for r in rows["b"]] == [r["scores"] for r in rows["a"]] == [r["scores"] for r in rows["c"]]
+    assert [r["body"] for r in rows["b"]] == TEXTS
+
+
+def test_predict_without_output_writes_only_jsonl_to_stdout(run_dir, tmp_path, capsys, helpers):
+    source = helpers.write_jsonl(tmp_path / "in.jsonl", [{"id": i, "text": t} for i, t in enumerate(TEXTS)])
+    assert main(["predict", str(run_dir), "--input", str(source)]) == 0
+    out = capsys.readouterr().out
+    rows = [json.loads(line) for line in out.splitlines()]  # every line is JSON: nothing else on stdout
+    assert [r["id"] for r in rows] == [0, 1, 2] and all("prediction" in r for r in rows)
+
+
+def test_predict_keeps_library_prints_off_stdout(run_dir, tmp_path, capsys, helpers, monkeypatch):
+    import tunelab.infer
+
+    real = tunelab.infer.predict_records
+
+    def chatty(*args, **kwargs):
+        print("loading the model ...")  # as a progress or loading message would
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tunelab.infer, "predict_records", chatty)
+    source = helpers.write_jsonl(tmp_path / "in.jsonl", [{"text": t} for t in TEXTS])
+    assert main(["predict", str(run_dir), "--input", str(source)]) == 0
+    out, err = capsys.readouterr()
+    assert len([json.loads(line) for line in out.splitlines()]) == 3
+    assert "loading the model" in err
+
+
+def test_predict_output_that_is_a_folder_or_the_input_exits_2(run_dir, tmp_path, capsys, helpers):
+    source = helpers.write_jsonl(tmp_path / "in.jsonl", [{"text": t} for t in TEXTS])
+    before = source.read_bytes()
+    (tmp_path / "sub").mkdir()
+    same = tmp_path / "sub" / ".." / "in.jsonl"  # the input, spelled differently
+    for output, expected in ((tmp_path, "is a folder"), (same, "is the input file"),
+                             (source, "is the input file"), (source / "x.jsonl", "which is a file")):
+        assert main(["predict", str(run_dir), "--input", str(source), "--output", str(output)]) == 2
+        err = capsys.readouterr().err
+        assert len(err.splitlines()) == 1 and expected in err, err
+    assert source.read_bytes() == before
+
+
+def test_eval_reads_other_field_names_of_a_data_file(run_dir, data_dir, tmp_path, capsys, helpers):
+    records = [json.loads(x) for x in (data_dir / "valid.jsonl").read_text().splitlines()]
+    other = helpers.write_jsonl(tmp_path / "other.jsonl", renamed(records))
+    assert main(["eval", str(run_dir), "--data", str(data_dir / "valid.jsonl")]) == 0
+    assert main(["eval", str(run_dir), "--label-field", "topic", "--data", str(other), "--text-field", "body"]) == 0
+    expected = json.loads((run_dir / "eval-valid.json").read_text())
+    got = json.loads((run_dir / "eval-other.json").read_text())
+    assert got["accuracy"] == expected["accuracy"] and got["loss"] == pytest.approx(expected["loss"], abs=1e-9)
+    assert main(["eval", str(run_dir), "--data", str(other), "data.text_field=body",
+                 "data.label_field=topic"]) == 0
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["eval", "RUN", "model.max_length=8"], "can change only data.text_field, data.label_field, generate.*"),
+    (["predict", "RUN", "--text", "x", "train.lr=1"], "can change only data.text_field, generate.*"),
+    (["predict", "RUN", "--text", "x", "data.label_field=y"], "can change only data.text_field, generate.*"),
+    (["predict", "RUN", "--text", "x", "generate.max_new_tokens=4"], "applies to causal_lm runs"),
+    (["eval", "RUN", "--text-field", "body"], "add --data FILE"),
+    (["eval", "RUN", "--data", "DATA", "data.text_field=[1]"], "data.text_field"),
+])
+def test_run_settings_that_cannot_apply_exit_2(run_dir, data_dir, capsys, argv, expected):
+    argv = [str(run_dir) if a == "RUN" else str(data_dir / "valid.jsonl") if a == "DATA" else a for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and expected in err, err
+
+
+# ---------------------------------------------------------------------------------------------
+# validate: what can be checked without training, all at once
+
+
+def test_validate_lists_every_problem_it_can_find_without_training(tmp_path, capsys, helpers):
+    data = helpers.write_jsonl(tmp_path / "d.jsonl", renamed(helpers.synthetic_records(2)))
+    cfg = write_yaml(tmp_path / "c.yaml", f"""
+model: {{name: "builtin:no-such-model"}}
+data: {{train: {data}, validation: {tmp_path / 'missing.jsonl'}}}
+train: {{early_stopping: {{metric: bleu}}}}
+""")
+    assert main(["validate", str(cfg)]) == 2
+    out, err = capsys.readouterr()
+    lines = err.splitlines()
+    assert out == "" and lines[0] == f"error: {cfg}: 4 problems" and len(lines) == 5
+    assert "model.name: unknown built-in model 'builtin:no-such-model'" in lines[1]
+    assert "data.train:" in lines[2] and "no field 'text'" in lines[2] and "data.text_field" in lines[2]
+    assert "data.validation:" in lines[3] and "does not exist" in lines[3]
+    assert "train.early_stopping.metric: got 'bleu'" in lines[4] and "f1_macro" in lines[4]
+
+
+def test_validate_is_ok_when_the_fields_are_named(tiny_bert, tmp_path, capsys, helpers):
+    data = helpers.write_jsonl(tmp_path / "d.jsonl", renamed(helpers.synthetic_records(2)))
+    cfg = write_yaml(tmp_path / "c.yaml", f"model: {{name: {tiny_bert}}}\ndata: {{train: {data}}}\n")
+    assert main(["validate", str(cfg), "data.text_field=body", "data.label_field=topic"]) == 0
+    assert "OK (classification" in capsys.readouterr().out
+    assert main(["validate", str(cfg), "data.text_field=body"]) == 2  # the label field is still 'label'
+    assert "no field 'label'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("model, expected", [
+    ("MISSING_DIR", "MODEL"),  # the wording is resolve_model's; it quotes the reference
+    ("EMPTY_DIR", "config.json"),
+    ("gguf:MISSING_DIR/m.gguf", "GGUF file"),
+    ("scratch:lstmm", "unknown scratch model 'scratch:lstmm'"),
+])
+def test_validate_checks_the_model_reference(tmp_path, capsys, model, expected):
+    (tmp_path / "empty").mkdir()
+    model = model.replace("MISSING_DIR", str(tmp_path / "nope")).replace("EMPTY_DIR", str(tmp_path / "empty"))
+    cfg = write_yaml(tmp_path / "c.yaml", f"model: {{name: '{model}'}}\n")
+    assert main(["validate", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    expected = expected.replace("MODEL", repr(model))
+    assert len(err.splitlines()) == 1 and f"error: {cfg}: model.name: " in err and expected in err, err
+
+
+def test_validate_causal_lm_needs_a_recognisable_format_and_its_metrics(tiny_bert, tmp_path, capsys, helpers):
+    data = helpers.write_jsonl(tmp_path / "d.jsonl", [{"question": "q", "answer": "a"}])
+    cfg = write_yaml(tmp_path / "c.yaml", f"task: causal_lm\nmodel: {{name: {tiny_bert}}}\n"
+                                          f"data: {{train: {data}}}\ntrain: {{early_stopping: {{metric: f1_macro}}}}\n")
+    assert main(["validate", str(cfg)]) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 3 and "cannot tell the data format" in lines[1]
+    assert "train.early_stopping.metric: got 'f1_macro'; task causal_lm computes loss, perplexity" in lines[2]
+    good = helpers.write_jsonl(tmp_path / "g.jsonl", [{"prompt": "q", "completion": "a"}])
+    assert main(["validate", str(cfg), f"data.train={good}", "train.early_stopping.metric=perplexity"]) == 0
+    # a stated format is checked record by record
+    assert main(["validate", str(cfg), f"data.train={good}", "data.format=alpaca",
+                 "train.early_stopping.metric=loss"]) == 2
+    assert "field 'instruction' is missing" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# A closed pipe
+
+
+def test_config_into_a_closed_pipe_exits_quietly(tmp_path):
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # like `| head` that has stopped reading: every write fails
+    try:
+        proc = subprocess.run([sys.executable, "-m", "tunelab.cli", "config"], stdout=write_end,
+                              stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(write_end)
+    assert proc.stderr == "" and proc.returncode == 141
+
+
+def test_predict_to_a_closed_stdout_exits_quietly(run_dir, monkeypatch, capsys):
+    class Closed:
+        def write(self, _):
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def flush(self):
+            raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(sys, "stdout", Closed())
+    assert main(["predict", str(run_dir), "--text", TEXTS[0]]) == 141
+    assert "Traceback" not in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# --help
+
+
+def test_every_command_has_help_with_an_example(capsys):
+    commands = [path for path, _ in _subparsers(build_parser())]
+    assert len(commands) == 13 and set(commands) <= set(EXAMPLES)
+    for path in [(), *commands]:
+        with pytest.raises(SystemExit) as e:
+            main([*path, "--help"])
+        out = capsys.readouterr().out
+        assert e.value.code == 0 and "examples:\n  tunelab " + " ".join(path) in out, path
+        assert "--debug" in out
+
+
+def test_help_imports_nothing_heavy():
+    # `tunelab --help` must answer at once: torch, transformers, numpy and peft load only inside commands
+    code = ("import sys\nfrom tunelab import cli\np = cli.build_parser()\n"
+            "[s.format_help() for _, s in cli._subparsers(p)]\n"
+            "print(sorted({'torch', 'transformers', 'numpy', 'peft', 'yaml'} & set(sys.modules)))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.stdout.strip() == "[]", proc.stderr

@@ -1,0 +1,187 @@
+"""`tunelab validate`'s checks beyond the config schema: what can go wrong at the start of a run, found
+without training and without loading any weights.
+
+`check_config(cfg)` returns every problem it finds (one line each, starting with the config key to change):
+the data files exist and can be read, the model reference resolves (a known builtin name, a folder with
+config.json, an existing GGUF file, a known scratch kind), the first records of each data file have the
+fields the task needs, and the early-stopping metric is one the task computes. The config itself was
+checked by `tunelab.config.load_config` before.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from tunelab.errors import TunelabError
+
+RECORDS_CHECKED = 5  # records read per data file: a wrong field name shows in the first one
+
+
+def check_config(cfg) -> list[str]:
+    """Every problem found in `cfg` (a RunConfig) that would stop or spoil a run; [] when none."""
+    problems = check_model(cfg.task, cfg.model.name, cfg.model.tokenizer)
+    for key in ("train", "validation", "test"):
+        ref = getattr(cfg.data, key)
+        if ref is not None:
+            problems += check_data_file(f"data.{key}", ref, cfg.task, _is_scratch(cfg.model.name), cfg.data)
+    problems += check_metric(cfg.task, cfg.train.early_stopping.metric)
+    return problems
+
+
+# ---------------------------------------------------------------------------------------------
+# The model reference
+
+
+def check_model(task: str, ref: str, tokenizer: str | None = None) -> list[str]:
+    """Problems with `model.name` (and `model.tokenizer` for scratch models), found without loading weights.
+
+    builtin:NAME must be registered and its package installed; gguf:PATH must be a file; scratch:KIND a
+    kind the task can build; anything else a folder with config.json (or a saved scratch model).
+    """
+    try:
+        if ref.startswith("builtin:"):
+            _check_builtin(ref)
+        elif ref.startswith("gguf:"):
+            if not Path(ref.removeprefix("gguf:")).expanduser().is_file():
+                raise TunelabError(f"model.name: GGUF file {ref.removeprefix('gguf:')!r} not found; give "
+                                   "gguf:PATH to an existing .gguf file (relative paths start at the "
+                                   "current folder)")
+        elif ref.startswith("scratch:"):
+            _check_scratch_kind(task, ref)
+            return _check_tokenizer(tokenizer)
+        elif not _is_scratch(ref):
+            from tunelab.models.registry import resolve_model  # a folder: checks config.json, loads nothing
+
+            resolve_model(ref)
+    except TunelabError as e:
+        return [str(e)]
+    return []
+
+
+def _check_builtin(ref: str, key: str = "model.name") -> None:
+    """A registered builtin model whose package is installed (its `where`, like `tunelab models`, converts
+    nothing; MiniLM's `locate` only finds a folder)."""
+    from tunelab.models.registry import BUILTIN_MODELS
+
+    name = ref.removeprefix("builtin:")
+    if name not in BUILTIN_MODELS:
+        raise TunelabError(f"{key}: unknown built-in model {ref!r}; known: "
+                           f"{', '.join('builtin:' + k for k in BUILTIN_MODELS)} (see `tunelab models`)")
+    model = BUILTIN_MODELS[name]
+    try:
+        model.where() if model.where else model.locate()
+    except TunelabError as e:
+        raise TunelabError(f"{key}: {ref}: {e}") from None
+
+
+def _is_scratch(ref: str) -> bool:
+    from tunelab.models.scratch import PREFIX, is_scratch_dir
+
+    return ref.startswith(PREFIX) or is_scratch_dir(ref)
+
+
+def _check_scratch_kind(task: str, ref: str) -> None:
+    from tunelab.models.scratch import CLASSIFIER_KINDS
+
+    kinds = CLASSIFIER_KINDS if task == "classification" else ("gpt",)
+    kind = ref.removeprefix("scratch:")
+    if kind not in kinds:
+        raise TunelabError(f"model.name: unknown scratch model {ref!r} for task {task}; known: "
+                           f"{', '.join('scratch:' + k for k in kinds)}")
+
+
+def _check_tokenizer(ref: str | None) -> list[str]:
+    """`model.tokenizer` of a scratch model: a tokenizer folder or a model reference (null: MiniLM's)."""
+    if ref is None:
+        return []
+    path = Path(ref).expanduser()
+    if path.is_dir() and any((path / n).is_file() for n in ("tokenizer.json", "tokenizer_config.json")):
+        return []
+    if ref.startswith("builtin:"):
+        try:
+            _check_builtin(ref, "model.tokenizer")
+        except TunelabError as e:
+            return [str(e)]
+        return []
+    if ref.startswith("gguf:") and Path(ref.removeprefix("gguf:")).expanduser().is_file():
+        return []
+    if (path / "config.json").is_file():
+        return []
+    return [f"model.tokenizer: {ref!r} is neither a tokenizer folder nor a model reference; create one with "
+            f"`tunelab tokenizer train --input DATA --vocab-size 8000 --output {ref}`, or use builtin:minilm-l6"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Data files and their fields
+
+
+def check_data_file(key: str, ref: str, task: str, scratch: bool, data_cfg) -> list[str]:
+    """Problems with one data file: missing, unreadable, or its first records lack the task's fields."""
+    from tunelab.data.sources import load_records
+
+    try:
+        records = load_records(ref)
+    except TunelabError as e:
+        return [f"{key}: {e}"]
+    try:
+        if task == "classification":
+            _check_classification_fields(records[:RECORDS_CHECKED], ref, data_cfg)
+        elif not scratch:
+            _check_causal_format(records[:RECORDS_CHECKED], ref, data_cfg)
+        elif _has_fields(ref):  # pretraining reads the text field of record files; .txt and folders are text
+            _check_fields(records[:RECORDS_CHECKED], ref, [data_cfg.text_field], "data.text_field")
+    except TunelabError as e:
+        return [f"{key}: {e}"]
+    return []
+
+
+def _has_fields(ref: str) -> bool:
+    from tunelab.data.sources import READERS
+
+    return not ref.startswith("builtin:") and Path(ref).suffix.lower() in READERS and Path(ref).suffix != ".txt"
+
+
+def _check_classification_fields(records: list[dict], source: str, data_cfg) -> None:
+    _check_fields(records, source, [data_cfg.text_field], "data.text_field")
+    _check_fields(records, source, [data_cfg.label_field], "data.label_field")
+
+
+def _check_fields(records: list[dict], source: str, fields: list[str], key: str) -> None:
+    """Raise a DataError (file:line) for the first record without one of `fields`."""
+    from tunelab.data.chat import fields_of, where
+    from tunelab.errors import DataError
+
+    for i, rec in enumerate(records):
+        for name in fields:
+            if name not in rec:
+                path, line = where(rec, source)
+                raise DataError(path, f"record {i + 1} has no field {name!r} (fields here: {fields_of(rec)}); "
+                                      f"set {key} to the field that holds it", line)
+
+
+def _check_causal_format(records: list[dict], source: str, data_cfg) -> None:
+    """The records' format (data.format, or detected from the first record) and each record's fields."""
+    from tunelab.data.chat import detect_format, normalise
+
+    fmt = data_cfg.format
+    if fmt == "auto":
+        fmt = detect_format(records, source, data_cfg.text_field)
+    for i, rec in enumerate(records):
+        normalise(rec, fmt, i, source, need_answer=True, text_field=data_cfg.text_field)
+
+
+# ---------------------------------------------------------------------------------------------
+# The early-stopping metric
+
+
+def check_metric(task: str, metric: str | None) -> list[str]:
+    """The metric must be one the task computes on validation data (null: the task's default)."""
+    if metric is None:
+        return []
+    if task == "classification":
+        from tunelab.tasks.classification import METRICS
+    else:
+        from tunelab.tasks.causal_lm import METRICS
+    if metric in METRICS:
+        return []
+    return [f"train.early_stopping.metric: got {metric!r}; task {task} computes {', '.join(METRICS)} "
+            "(null picks the task's default)"]
