@@ -132,6 +132,8 @@ def test_empty_pretraining_documents_are_counted(tmp_path, layout):
         ref.mkdir()
         for i, t in enumerate(texts):
             (ref / f"{i}.txt").write_text(t)
+        (ref / "sub").mkdir()
+        (ref / "sub" / "notes.md").write_text("not read")
         names = "1.txt, 3.txt"
     else:
         ref = tmp_path / "corpus.jsonl"
@@ -141,7 +143,10 @@ def test_empty_pretraining_documents_are_counted(tmp_path, layout):
     lines: list[str] = []
     splits = corpus_splits(d, 0, lines.append)
     assert sorted(splits["train"][0]) == ["one text", "three", "two text"]
-    assert lines == [f"{ref}: skipped 2 empty documents (only whitespace; nothing to learn from) (e.g. {names})"]
+    stray = [f"{ref}: skipped 1 files that are not .txt (a corpus folder is read as its .txt files) (e.g. "
+             "sub/notes.md)"] if layout == "folder" else []
+    assert lines == stray + [f"{ref}: skipped 2 empty documents (only whitespace; nothing to learn from) "
+                             f"(e.g. {names})"]
 
 
 # ---------------------------------------------------------------------------------------------

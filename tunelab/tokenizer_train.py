@@ -37,7 +37,7 @@ def corpus_documents(ref: str, text_field: str = "text", log=None) -> list[str]:
     builtin:NAME and record files (.jsonl .json .csv .tsv .parquet) give the `text_field` of each record.
     What is skipped is reported through `log` (default: tunelab.data.sources.default_log).
     """
-    from tunelab.data.sources import load_records, missing_path_error, read_txt
+    from tunelab.data.sources import load_records, missing_path_error, read_txt, report_dropped
 
     path = Path(ref).expanduser()
     if not ref.startswith("builtin:"):
@@ -48,6 +48,9 @@ def corpus_documents(ref: str, text_field: str = "text", log=None) -> list[str]:
             files = sorted(p for p in path.rglob("*.txt") if p.is_file())
             if not files:
                 raise DataError(path, "the folder holds no .txt files (searched recursively)")
+            others = sorted(str(p.relative_to(path)) for p in path.rglob("*") if p.is_file() and p.suffix != ".txt")
+            report_dropped(ref, {"files that are not .txt (a corpus folder is read as its .txt files)": others}
+                           if others else {}, log)
             return _non_empty(ref, [(str(f.relative_to(path)), read_txt(f)[0]["text"]) for f in files], log)
         if path.suffix.lower() == ".txt":
             return _non_empty(ref, [(path.name, read_txt(path)[0]["text"])], log)
