@@ -241,6 +241,32 @@ def split_records(cfg, log) -> dict[str, tuple[list[dict], str]]:
     return splits
 
 
+TINY_CLASS = 5  # fewer training examples than this: the class's metrics rest on a handful of guesses
+
+
+def small_class_warnings(examples: dict[str, Examples], labels: list[str], minimum: int = TINY_CLASS
+                         ) -> list[str]:
+    """Warnings about classes with fewer than `minimum` training examples or none in validation / test.
+
+    Such classes make per-class scores noise, leave ROC-AUC undefined (None) on a split without them, and
+    drop out of that split's macro averages (which run over the classes present).
+    """
+    lines = []
+    counts = np.bincount(examples["train"].labels, minlength=len(labels))
+    tiny = [f"{labels[i]!r} ({n})" for i, n in enumerate(counts) if n < minimum]
+    if tiny:
+        lines.append(f"warning: classes with fewer than {minimum} training examples: {', '.join(tiny)}; their "
+                     "scores will be noisy: add examples or merge them into other classes")
+    for name in ("validation", "test"):
+        ex = examples.get(name)
+        if ex is not None and len(ex) > 0:
+            absent = [repr(labels[i]) for i in sorted(set(range(len(labels))) - set(ex.labels))]
+            if absent:
+                lines.append(f"warning: no {name} examples of {', '.join(absent)}: ROC-AUC is undefined on "
+                             f"{name} and macro averages there cover only the classes present")
+    return lines
+
+
 class ClassificationJob:
     default_metric = "f1_macro"
     metric_names = METRICS
@@ -275,6 +301,8 @@ class ClassificationJob:
         for name, ex in self.examples.items():
             note = f", {ex.truncated} truncated to {cfg.model.max_length} tokens" if ex.truncated else ""
             self.log(f"{name}: {len(ex)} examples, {ex.real_tokens} tokens{note}")
+        for line in small_class_warnings(self.examples, self.labels):
+            self.log(line)
         m = cfg.method
         self.model = apply_method(m.name, model, head, trainable_layers=m.trainable_layers, r=m.r,
                                   alpha=m.alpha, dropout=m.dropout, target_modules=m.target_modules,

@@ -31,6 +31,8 @@ class LoopResult:
     stopped_early: bool
     train_tokens: int
     train_seconds: float
+    evals_without_metric: int = 0
+    """Evaluations where the early-stopping metric was undefined (None), skipped for best-checkpoint keeping."""
 
 
 def is_minimised(metric: str) -> bool:
@@ -71,12 +73,13 @@ def train_loop(model: nn.Module, *, epoch_batches: Callable[[int], Iterable[Batc
     sign = -1.0 if is_minimised(metric) else 1.0
     best_score, best_step, best_metrics, best_state = -math.inf, None, None, None
     bad_evals, step, epoch, stop, last_eval = 0, 0, 0, False, -1
+    evals, missing = 0, 0  # evaluations with validation data; those where `metric` was None
     tokens = run_tokens = 0
     train_time, window_time, loss_acc, items_acc = 0.0, 0.0, 0.0, 0  # seconds inside steps only
 
     def run_eval() -> bool:
         """Evaluate, keep the best weights; True when early stopping says stop."""
-        nonlocal best_score, best_step, best_metrics, best_state, bad_evals, last_eval
+        nonlocal best_score, best_step, best_metrics, best_state, bad_evals, last_eval, evals, missing
         if evaluate is None or last_eval == step:
             return False
         last_eval = step
@@ -88,6 +91,13 @@ def train_loop(model: nn.Module, *, epoch_batches: Callable[[int], Iterable[Batc
         if metric not in metrics:
             raise TunelabError(f"train.early_stopping.metric: {metric!r} is not a validation metric; "
                            f"known: {', '.join(k for k, v in metrics.items() if isinstance(v, float))}")
+        evals += 1
+        if metrics[metric] is None:  # undefined here (ROC-AUC with a class absent from validation)
+            missing += 1
+            logger.message(f"warning: step {step}: validation {metric} is undefined (e.g. a class is absent from "
+                           f"the validation split); this evaluation is skipped for best-checkpoint keeping and "
+                           f"early stopping")
+            return False
         score = sign * metrics[metric]
         if score > best_score:
             best_score, best_step, best_metrics, best_state, bad_evals = score, step, metrics, _snapshot(model), 0
@@ -148,4 +158,8 @@ def train_loop(model: nn.Module, *, epoch_batches: Callable[[int], Iterable[Batc
             for n, p in model.named_parameters():
                 if n in best_state:
                     p.copy_(best_state[n])
-    return LoopResult(step, best_step, best_metrics, stop and step < total, tokens, train_time)
+    elif missing and missing == evals:
+        logger.message(f"warning: validation {metric} was undefined at all {evals} evaluations, so no best "
+                       f"checkpoint was chosen: the run keeps the last weights; choose another "
+                       f"train.early_stopping.metric (e.g. loss or f1_macro) or a validation split with every class")
+    return LoopResult(step, best_step, best_metrics, stop and step < total, tokens, train_time, missing)
