@@ -1,12 +1,37 @@
-"""Atomic file writes: a reader (or a crash) never sees a half-written file."""
+"""Atomic file writes and folder swaps: a reader (or a crash) never sees a half-written file or folder.
+
+Files and folders made here get the permissions a plain `open()` / `mkdir` would give (0666 / 0777 minus
+the umask): `tempfile` makes them owner-only (0600 / 0700), which would hide a shared run from a team.
+"""
 from __future__ import annotations
 
+import ctypes
+import errno
 import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
+
+AT_FDCWD = -100  # <fcntl.h>: paths relative to the working directory
+RENAME_EXCHANGE = 2  # <linux/fs.h>: swap two existing paths in one step
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where Linux shows it (/proc/self/status, kernel >= 4.7).
+
+    The fallback (set and restore) briefly leaves umask 0 for other threads, e.g. TensorBoard's writer.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -15,6 +40,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp made it 0600
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -33,21 +59,87 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
 
 
+def exchange_paths(a: str | Path, b: str | Path) -> bool:
+    """Swap two existing paths in one step with Linux renameat2(RENAME_EXCHANGE); False where unsupported.
+
+    Unsupported: no `renameat2` in the C library (not Linux/glibc >= 2.28), or a filesystem that refuses
+    the flag (EINVAL, e.g. some network filesystems; ENOSYS/ENOTSUP on old kernels). Other errors raise.
+    """
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    if renameat2(AT_FDCWD, os.fsencode(a), AT_FDCWD, os.fsencode(b), RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):
+        return False
+    raise OSError(err, os.strerror(err), str(a), None, str(b))
+
+
 def atomic_replace_dir(tmp_dir: str | Path, final_dir: str | Path) -> None:
-    """Move a fully written `tmp_dir` into place as `final_dir` (replacing an old one)."""
+    """Move a fully written `tmp_dir` into place as `final_dir`, replacing an old one, then delete the old.
+
+    On Linux the two folders are swapped in one step (renameat2 RENAME_EXCHANGE): a reader sees the old
+    folder or the new one, never none. Where the C library or the filesystem refuses the swap, the old folder
+    is renamed away and the new one renamed in: between the two renames `final_dir` does not exist (the old
+    one is back in place if the second rename fails). Without an old folder one rename is atomic anyway.
+    """
     tmp_dir, final_dir = Path(tmp_dir), Path(final_dir)
-    if final_dir.exists():
-        old = final_dir.with_name(f".{final_dir.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(final_dir, old)
+    if not final_dir.exists():
         os.replace(tmp_dir, final_dir)
-        shutil.rmtree(old, ignore_errors=True)
+    elif exchange_paths(tmp_dir, final_dir):
+        shutil.rmtree(tmp_dir)  # tmp_dir now holds the old folder
     else:
-        os.replace(tmp_dir, final_dir)
+        old = Path(tempfile.mkdtemp(dir=final_dir.parent, prefix=f".{final_dir.name}.old-"))
+        os.replace(final_dir, old)  # renaming a folder over an empty folder replaces it
+        try:
+            os.replace(tmp_dir, final_dir)
+        except BaseException:
+            os.replace(old, final_dir)
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+    _fsync_dir(final_dir.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename in `folder` durable (a crash right after it keeps it); best effort."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def follow_umask(folder: str | Path) -> None:
+    """Give the files and folders under `folder` the permissions that plain open() / mkdir give.
+
+    Libraries write owner-only files (safetensors' save_file makes 0600 whatever the umask). Files with
+    more than one hard link are left alone: they share the mode of the base model files they link to.
+    """
+    mask = current_umask()
+    for path in (Path(folder), *Path(folder).rglob("*")):
+        if path.is_symlink():
+            continue
+        st = path.stat()
+        wanted = (0o777 if path.is_dir() else 0o666) & ~mask
+        if (st.st_mode & 0o777) != wanted and (path.is_dir() or st.st_nlink == 1):
+            path.chmod(wanted)
 
 
 def staging_dir(final_dir: str | Path) -> Path:
-    """A fresh empty folder beside `final_dir` to write into before `atomic_replace_dir`."""
+    """A fresh empty folder `.NAME.staging-XXXX` beside `final_dir`, to write into before `atomic_replace_dir`.
+
+    Beside it, so that the final rename stays on one filesystem; hidden, so that listings skip it.
+    """
     final_dir = Path(final_dir)
     final_dir.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(dir=final_dir.parent, prefix=f".{final_dir.name}.", suffix=".tmp"))
+    path = Path(tempfile.mkdtemp(dir=final_dir.parent, prefix=f".{final_dir.name}.staging-"))
+    path.chmod(0o777 & ~current_umask())  # mkdtemp made it 0700
+    return path
