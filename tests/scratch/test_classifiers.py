@@ -66,13 +66,36 @@ def test_saved_model_reloads_with_identical_logits(trained, kind, helpers):
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_predict_records_uses_the_saved_scratch_model(trained, kind, helpers):
-    run_dir, _ = trained[kind]
+def test_predict_records_uses_the_saved_scratch_model(trained, kind, helpers, tmp_path):
+    """The scores are the trained model's (not those of its initial weights), and they come from the run's saved
+    file: a copy of the run whose saved classifier bias favours one class predicts that class everywhere."""
+    import copy
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    run_dir, seen = trained[kind]
     records = helpers.synthetic_records(1, seed=6)
     out = predict_records(run_dir, records, "test")
     assert [set(r) for r in out] == [{"text", "label", "prediction", "scores"}] * len(records)
     assert all(r["prediction"] in helpers.LABELS and sum(r["scores"].values()) == pytest.approx(1, abs=1e-4)
                for r in out)
+    _, tokenizer = load_scratch(run_dir / "model")
+    batch = tokenizer([r["text"] for r in records], padding=True, truncation=True, max_length=16, return_tensors="pt")
+    initial = copy.deepcopy(seen["model"])
+    initial.load_state_dict(seen["before"])
+    with torch.no_grad():
+        trained_probs, initial_probs = (m.eval()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+                                        .logits.softmax(-1) for m in (seen["model"], initial))  # (N, C) each
+    scores = torch.tensor([list(r["scores"].values()) for r in out])  # rounded to 6 decimals
+    torch.testing.assert_close(scores, trained_probs, atol=2e-6, rtol=0)
+    assert float((scores - initial_probs).abs().max()) > 1e-3
+    copied = shutil.copytree(run_dir, tmp_path / "copy")
+    weights = load_file(str(copied / "model" / "model.safetensors"))
+    favoured = list(out[0]["scores"]).index(min(out[0]["scores"], key=out[0]["scores"].get))
+    weights["classifier.bias"][favoured] += 100.0
+    save_file(weights, str(copied / "model" / "model.safetensors"))
+    assert {r["prediction"] for r in predict_records(copied, records, "test")} == {list(out[0]["scores"])[favoured]}
 
 
 def test_a_scratch_classifier_learns_the_topics(scratch_data, bpe_dir, configs, helpers, tmp_path):
