@@ -35,10 +35,9 @@ def load_run(run_dir: str | Path):
 
         model, tokenizer = load_scratch(model_dir)
     elif (model_dir / "adapter_config.json").exists():
-        from peft import AutoPeftModelForSequenceClassification
-        from transformers import AutoTokenizer
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        model = AutoPeftModelForSequenceClassification.from_pretrained(str(model_dir))
+        model = load_adapter(model_dir, AutoModelForSequenceClassification)
         tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     else:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -47,6 +46,30 @@ def load_run(run_dir: str | Path):
         tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     model.eval()
     return cfg, model, tokenizer, labels
+
+
+def load_adapter(model_dir: Path, auto_class):
+    """A run's LoRA adapter (RUN_DIR/model) on the run's own base model, RUN_DIR/base beside it.
+
+    Never the base path recorded in adapter_config.json: that is absolute, so a copied or moved run would
+    load (or miss) the base of the folder it was copied from. `auto_class` is e.g. AutoModelForCausalLM.
+    """
+    import warnings
+
+    from peft import PeftModel
+
+    base_dir = model_dir.parent / "base"
+    if not (base_dir / "config.json").is_file():
+        raise TunelabError(f"{model_dir} is a LoRA adapter but its base model {base_dir} is missing; copy or "
+                           "move the whole run folder (model/ and base/ together)")
+    broken = sorted(p.name for p in base_dir.iterdir() if p.is_symlink() and not p.exists())
+    if broken:  # runs of tunelab 0.1.0 linked to the base weights instead of holding them
+        raise TunelabError(f"{base_dir} links to base weights that are gone ({', '.join(broken)}); runs of "
+                           "earlier tunelab versions are only links: put the base model back where it was, or "
+                           "train the run again")
+    with warnings.catch_warnings():  # peft calls a transformers method deprecated for v6
+        warnings.simplefilter("ignore", FutureWarning)
+        return PeftModel.from_pretrained(auto_class.from_pretrained(str(base_dir)), str(model_dir))
 
 
 def _use_settings(cfg, text_field: str | None = None, label_field: str | None = None, generate=None):
@@ -141,17 +164,11 @@ def load_causal_model(model_dir: str | Path):
     from transformers import AutoTokenizer
 
     model_dir = Path(model_dir)
+    from transformers import AutoModelForCausalLM
+
     if (model_dir / "adapter_config.json").exists():
-        import warnings
-
-        from peft import AutoPeftModelForCausalLM
-
-        with warnings.catch_warnings():  # peft calls a transformers method deprecated for v6
-            warnings.simplefilter("ignore", FutureWarning)
-            model = AutoPeftModelForCausalLM.from_pretrained(str(model_dir))
+        model = load_adapter(model_dir, AutoModelForCausalLM)
     else:
-        from transformers import AutoModelForCausalLM
-
         model = AutoModelForCausalLM.from_pretrained(str(model_dir))
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     if tokenizer.pad_token_id is None:

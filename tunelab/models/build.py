@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 import copy
+import json
 import os
+import shutil
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from tunelab.io import atomic_replace_dir, atomic_write_json, staging_dir
+from tunelab.io import atomic_replace_dir, atomic_write_json, follow_umask, staging_dir
 from tunelab.models.load import load_sequence_classifier, load_tokenizer
 from tunelab.models.registry import resolve_model
 
@@ -31,8 +33,11 @@ def is_peft(model: nn.Module) -> bool:
 def save_model(model: nn.Module, tokenizer, model_dir: Path, run_dir: Path, cfg, labels: list[str] | None) -> None:
     """Write RUN_DIR/model atomically: a transformers model, a peft adapter, or a scratch model.
 
-    A LoRA adapter points at RUN_DIR/base: the base model's config with this run's labels, and links to
-    the base weights (no copy), so `AutoPeftModelFor...from_pretrained(RUN_DIR/model)` needs no arguments.
+    A LoRA run is self-contained: RUN_DIR/base holds the base model (its config with this run's labels, and
+    its weight files as hard links where they are on the same filesystem, else copies), and tunelab loads
+    the adapter on RUN_DIR/base wherever the folder is moved. The adapter records the absolute path that
+    RUN_DIR/base has once the run is in place (cfg.output_dir; `run_dir` may be a staging folder), so
+    `AutoPeftModelFor...from_pretrained(RUN_DIR/model)` works there without arguments, and only there.
     """
     tmp = staging_dir(model_dir)
     from tunelab.models.scratch import is_scratch_model, save_scratch
@@ -40,11 +45,12 @@ def save_model(model: nn.Module, tokenizer, model_dir: Path, run_dir: Path, cfg,
     if is_scratch_model(model):
         save_scratch(model, tokenizer, tmp)
     elif is_peft(model):
-        base_dir = run_dir / "base"
-        _write_base_folder(model, base_dir)
-        model.peft_config["default"].base_model_name_or_path = str(base_dir.resolve())
-        model.save_pretrained(str(tmp))
+        _write_base_folder(model, run_dir / "base")
+        model.peft_config["default"].base_model_name_or_path = str((run_dir / "base").resolve())
+        model.save_pretrained(str(tmp))  # peft reads the base config there: it must exist
         tokenizer.save_pretrained(str(tmp))
+        final_run = Path(cfg.output_dir) if cfg is not None else run_dir
+        _record_base_path(tmp, final_run.resolve() / "base")
     else:
         model.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
@@ -53,28 +59,60 @@ def save_model(model: nn.Module, tokenizer, model_dir: Path, run_dir: Path, cfg,
     atomic_replace_dir(tmp, model_dir)
 
 
+def _record_base_path(adapter_dir: Path, base_dir: Path) -> None:
+    """Point adapter_config.json's `base_model_name_or_path` at `base_dir`, where RUN_DIR/base will be."""
+    path = adapter_dir / "adapter_config.json"
+    data = json.loads(path.read_text(encoding="utf-8"))
+    data["base_model_name_or_path"] = str(base_dir)
+    atomic_write_json(path, data)
+
+
+WEIGHT_FILES = ("*.safetensors", "*.safetensors.index.json", "pytorch_model*.bin", "pytorch_model.bin.index.json")
+
+
 def _write_base_folder(model: nn.Module, base_dir: Path) -> None:
+    """RUN_DIR/base: the LoRA base model as real files, so the run folder can be copied, moved or tarred.
+
+    The base weights never change under LoRA, so the source's weight files are reused: hard-linked (no extra
+    disk; a file survives deleting the source) or copied across filesystems. A source without weight files
+    (not loaded from a folder) is written from the model with the adapter taken off.
+    """
     base = model.get_base_model()
     src = Path(base.config._name_or_path)
+    files = sorted({f for pattern in WEIGHT_FILES for f in src.glob(pattern)}) if src.is_dir() else []
     tmp = staging_dir(base_dir)
-    cfg = copy.deepcopy(base.config)
-    cfg.save_pretrained(str(tmp))
-    for f in src.iterdir():
-        if f.suffix == ".safetensors" or f.name.endswith(".safetensors.index.json"):
-            os.symlink(f.resolve(), tmp / f.name)
+    if files:
+        copy.deepcopy(base.config).save_pretrained(str(tmp))
+        for f in files:
+            _link_or_copy(f.resolve(), tmp / f.name)
+    else:
+        copy.deepcopy(model).unload().save_pretrained(str(tmp))
     atomic_replace_dir(tmp, base_dir)
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """Hard-link `src` as `dst`, or copy it where a link is refused (another filesystem, no permission)."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)  # a plain new file: permissions follow the umask
 
 
 @torch.no_grad()
 def write_merged(model: nn.Module, tokenizer, merged_dir: Path, sample: dict[str, torch.Tensor]) -> float:
     """Merge LoRA into a copy of the weights, save it, return max |logits(merged) - logits(adapter)|."""
+    from tunelab.train.logging import note
+
     model.eval()
+    note("merge: folding the LoRA weights into a copy of the model ...")
     before = model(**sample).logits
     merged = copy.deepcopy(model).merge_and_unload()
     after = merged(**sample).logits
     tmp = staging_dir(merged_dir)
+    note(f"merge: saving the merged model to {merged_dir} ...")
     merged.save_pretrained(str(tmp))
     tokenizer.save_pretrained(str(tmp))
+    follow_umask(tmp)  # safetensors writes 0600
     atomic_replace_dir(tmp, merged_dir)
     return float((before - after).abs().max())
 
