@@ -55,10 +55,12 @@ def generate_texts(model, tokenizer, prompts: list[list[int]], kwargs: dict, bat
 
     Prompts are generated in batches of similar length so little compute goes to padding.
     """
+    from tunelab.train.logging import progress
+
     model.eval()
     out: list[str | None] = [None] * len(prompts)
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
-    for start in range(0, len(order), batch_size):
+    for start in progress(range(0, len(order), batch_size), desc="generate", unit="batches"):
         idx = order[start:start + batch_size]
         ids, mask = left_pad([prompts[i] for i in idx], kwargs["pad_token_id"])
         gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs)

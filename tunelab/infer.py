@@ -305,7 +305,9 @@ def merge_run(run_dir: str | Path, log=print) -> tuple[Path, float]:
     """Write RUN_DIR/merged (LoRA folded into the weights); returns it and max |logit diff| vs the adapter."""
     from tunelab.data.chat import padded_batch
     from tunelab.models.build import is_peft, write_merged
+    from tunelab.train.logging import note
 
+    note(f"merge: loading the run in {run_dir} ...")
     cfg, model, tokenizer, fmt = load_causal_run(run_dir)
     if not is_peft(model):
         raise TunelabError(f"{run_dir}: the model is not a LoRA adapter (method {cfg.method.name}); "

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from tunelab.errors import TunelabError
+from tunelab.train.logging import note, progress
 
 STALE_STAGING_S = 3600  # staging folders older than this are left-overs of killed conversions
 SOURCE_FILE = "tunelab_gguf_source.json"
@@ -51,13 +52,17 @@ def locate_gguf(path: str | Path, log=None) -> Path:
     log = log or (lambda msg: print(msg, file=sys.stderr))
     log(f"converting {gguf_path.name} to a safetensors model (once; cached in {final}) ...")
     t0 = time.perf_counter()
-    convert_gguf(gguf_path, final)
+    convert_gguf(gguf_path, final, log)
     log(f"converted in {time.perf_counter() - t0:.1f}s")
     return final
 
 
-def convert_gguf(gguf_path: Path, final: Path) -> None:
-    """Dequantize `gguf_path` and write model + tokenizer to `final`, atomically (stage, then rename)."""
+def convert_gguf(gguf_path: Path, final: Path, log=note) -> None:
+    """Dequantize `gguf_path` and write model + tokenizer to `final`, atomically (stage, then rename).
+
+    Each slow phase is announced first (reading + dequantizing ~20 s, saving ~10 s for SmolLM2): `log` gets
+    the saving line; reading goes through `note` (standard error), as `_load_dequantized` is swapped in tests.
+    """
     import tempfile
 
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -65,6 +70,8 @@ def convert_gguf(gguf_path: Path, final: Path) -> None:
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
     try:
         model, tokenizer = _load_dequantized(gguf_path)
+        size_mb = sum(p.numel() * p.element_size() for p in model.parameters()) / 1e6
+        log(f"  saving the fp32 model ({size_mb:.0f} MB) ...")
         model.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
         st = gguf_path.stat()
@@ -92,8 +99,11 @@ def _load_dequantized(gguf_path: Path):
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     try:
+        note("  reading the tokenizer ...")
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-        loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+        note("  reading the weights ...")
+        with _tensor_display():
+            loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
     except Exception as e:  # transformers raises many types for an unsupported or corrupt GGUF
         raise TunelabError(f"model.name: cannot read GGUF file {gguf_path}: {e}") from None
     finally:
@@ -102,12 +112,30 @@ def _load_dequantized(gguf_path: Path):
     if hasattr(config, "quantization_config"):
         del config.quantization_config
     config.name_or_path = gguf_path.stem
+    note("  building a plain fp32 model from the weights ...")
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(loaded.state_dict())
     model.generation_config = copy.deepcopy(loaded.generation_config)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer
+
+
+def _tensor_display():
+    """transformers draws its own tqdm bar over the GGUF tensors, which writes `\\r` frames into a log file:
+    route it through our `progress` (a bar on a terminal, plain lines otherwise, nothing when switched off).
+
+    The bar is a module global of a transformers module; where a version has none, nothing is patched.
+    """
+    import contextlib
+    from unittest import mock
+
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+
+    if not hasattr(gguf_utils, "tqdm"):
+        return contextlib.nullcontext()
+    return mock.patch.object(gguf_utils, "tqdm",
+                             lambda iterable=None, *a, **kw: progress(iterable, desc="dequantize", unit="tensors"))
 
 
 def _remove_stale_staging(final: Path) -> None:

@@ -66,11 +66,13 @@ def labelled_loss(model, batch: dict[str, torch.Tensor], label_smoothing: float 
 def evaluate_loss(model, data: EncodedSet, batch_size: int, pad_id: int, device: torch.device) -> dict:
     """Mean loss per trained token and perplexity over a split (no label smoothing)."""
     from tunelab.data.batching import length_grouped_batches
+    from tunelab.train.logging import progress
 
     model.eval()
     total, count = 0.0, 0
     lengths = [len(e.ids) for e in data.examples]
-    for idx in length_grouped_batches(lengths, batch_size, 0, shuffle=False):
+    for idx in progress(length_grouped_batches(lengths, batch_size, 0, shuffle=False), desc="evaluate loss",
+                        unit="batches"):
         batch = padded_batch([data.examples[i] for i in idx], pad_id)
         loss, n = labelled_loss(model, {k: v.to(device) for k, v in batch.items()})
         total += float(loss)
