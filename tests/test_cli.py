@@ -195,6 +195,21 @@ train: {{early_stopping: {{metric: bleu}}}}
     assert "train.early_stopping.metric: got 'bleu'" in lines[4] and "f1_macro" in lines[4]
 
 
+def test_validate_checks_the_sound_sections_beside_a_type_error(tmp_path, capsys):
+    cfg = write_yaml(tmp_path / "c.yaml", f"data: {{train: {tmp_path / 'missing.jsonl'}}}\n"
+                                          "train: {lr: fast, early_stopping: {metric: bleu}}\n")
+    assert main(["validate", str(cfg)]) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0] == f"error: {cfg}: 3 problems" and len(lines) == 4
+    assert "train.lr: got 'fast'" in lines[1] and "data.train:" in lines[2] and "does not exist" in lines[2]
+    assert "train.early_stopping.metric: got 'bleu'" in lines[3]
+    # a section with a problem of its own is not checked further (its defaults would be checked instead)
+    cfg = write_yaml(tmp_path / "d.yaml", f"data: {{train: {tmp_path / 'missing.jsonl'}, val_fraction: lots}}\n")
+    assert main(["validate", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "data.val_fraction: got 'lots'" in err and "missing" not in err
+
+
 def test_validate_is_ok_when_the_fields_are_named(tiny_bert, tmp_path, capsys, helpers):
     data = helpers.write_jsonl(tmp_path / "d.jsonl", renamed(helpers.synthetic_records(2)))
     cfg = write_yaml(tmp_path / "c.yaml", f"model: {{name: {tiny_bert}}}\ndata: {{train: {data}}}\n")

@@ -16,15 +16,60 @@ from tunelab.errors import TunelabError
 RECORDS_CHECKED = 5  # records read per data file: a wrong field name shows in the first one
 
 
-def check_config(cfg) -> list[str]:
-    """Every problem found in `cfg` (a RunConfig) that would stop or spoil a run; [] when none."""
-    problems = check_model(cfg.task, cfg.model.name, cfg.model.tokenizer)
-    for key in ("train", "validation", "test"):
+PARTS = ("model", "data", "metric")
+
+
+def check_config(cfg, parts: tuple[str, ...] = PARTS) -> list[str]:
+    """Every problem found in `cfg` (a RunConfig) that would stop or spoil a run; [] when none.
+
+    `parts` limits the checks to the model reference, the data files and/or the early-stopping metric
+    (see `usable_parts`: a section with its own config problems is not checked further).
+    """
+    problems = check_model(cfg.task, cfg.model.name, cfg.model.tokenizer) if "model" in parts else []
+    for key in ("train", "validation", "test") if "data" in parts else ():
         ref = getattr(cfg.data, key)
         if ref is not None:
             problems += check_data_file(f"data.{key}", ref, cfg.task, _is_scratch(cfg.model.name), cfg.data)
-    problems += check_metric(cfg.task, cfg.train.early_stopping.metric)
+    if "metric" in parts:
+        problems += check_metric(cfg.task, cfg.train.early_stopping.metric)
     return problems
+
+
+def usable_parts(path: str | Path, overrides: list[str]):
+    """(RunConfig, parts) built from the sections of a config that load cleanly, for a config that does not
+    as a whole: its own problems are reported anyway, and the deeper checks still run on the sections
+    without any (task, model, data, train.early_stopping; defaults elsewhere). None when the file cannot be
+    read as a mapping or `task` itself is wrong.
+    """
+    import yaml
+
+    from tunelab.config import apply_overrides, config_from_dict
+    from tunelab.errors import ConfigError
+
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        data = apply_overrides(data, overrides) if isinstance(data, dict) else None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, ConfigError):
+        return None
+
+    def loads(part: dict) -> bool:
+        try:
+            config_from_dict(part)
+            return True
+        except ConfigError:
+            return False
+
+    base = {"task": data["task"]} if data and "task" in data else {}
+    if data is None or not loads(base):
+        return None
+    parts = []
+    train = data.get("train") if isinstance(data.get("train"), dict) else {}
+    for part, section in (("model", {"model": data.get("model", {})}), ("data", {"data": data.get("data", {})}),
+                          ("metric", {"train": {"early_stopping": train.get("early_stopping", {})}})):
+        if loads({**base, **section}):
+            base.update(section)
+            parts.append(part)
+    return config_from_dict(base), tuple(parts)
 
 
 # ---------------------------------------------------------------------------------------------

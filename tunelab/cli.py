@@ -110,12 +110,21 @@ def cmd_train(args) -> int:
 
 
 def cmd_validate(args) -> int:
-    """Load the config strictly (its problems come as one line, like `train`'s), then check what can be
-    checked without training (tunelab.check) and list every problem found."""
-    from tunelab.check import check_config
+    """Load the config strictly, then check what can be checked without training (tunelab.check), and
+    list every problem found. When the config has problems of its own, the sections without any are still
+    checked; if those add nothing, the config's problems come as one line, as `train` prints them."""
+    from tunelab.check import check_config, usable_parts
     from tunelab.config import dump_config, load_config
+    from tunelab.errors import ConfigError
 
-    cfg = load_config(args.config, list(args.overrides))
+    try:
+        cfg = load_config(args.config, list(args.overrides))
+    except ConfigError as e:
+        partial = usable_parts(args.config, list(args.overrides))
+        more = check_config(*partial) if partial else []
+        if not more:
+            raise
+        return _report_problems(args.config, [*e.problems, *more])
     problems = check_config(cfg)
     if problems:
         return _report_problems(args.config, problems)
