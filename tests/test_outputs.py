@@ -150,11 +150,12 @@ def test_existing_run_dir_is_kept_without_overwrite_and_replaced_with_it(tmp_pat
     (run_dir / "eval.json").write_text("old run")
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump(make_config({"output_dir": str(run_dir)}).to_dict()))
+    shutil.copy(config, run_dir / "config.yaml")  # what makes it a run --overwrite may replace
 
     assert main(["train", str(config), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert len(err.splitlines()) == 1 and "--overwrite" in err
-    assert [p.name for p in run_dir.iterdir()] == ["eval.json"]
+    assert sorted(p.name for p in run_dir.iterdir()) == ["config.yaml", "eval.json"]
     assert (run_dir / "eval.json").read_text() == "old run"
 
     assert main(["train", str(config), "--no-progress", "--overwrite"]) == 0

@@ -13,7 +13,8 @@ before it, so every token but the first is a next-token target exactly once.
 
 `PretrainJob` implements the run driver's TaskJob protocol (tunelab/tasks/base.py); `tunelab.run.train`
 drives it (`pretrain` here, or `tunelab train` with task causal_lm on a scratch model) and writes the usual
-RUN_DIR (config.yaml, metrics.jsonl, eval.json, report.html, model/). RUN_DIR/model is a scratch folder: `model.name: RUN_DIR/model` fine-tunes it as a
+RUN_DIR (config.yaml, metrics.jsonl, eval.json, report.html, model/, tunelab-run.json), staged beside it and
+swapped in when the run finished, as for every run. RUN_DIR/model is a scratch folder: `model.name: RUN_DIR/model` fine-tunes it as a
 classifier with `tunelab train` (a GPTClassifier with the pretrained body) or pretrains it further.
 """
 from __future__ import annotations
@@ -202,12 +203,10 @@ class PretrainJob:
         return evaluate_blocks(self.model, rows, self.eval_batch_size, self.pad_id, self.device) if rows else {}
 
     def save(self, model_dir: Path, run_dir: Path) -> None:
-        from tunelab.io import atomic_replace_dir, staging_dir
-        from tunelab.models.scratch import save_scratch
+        """The shared saver (staged, swapped in atomically), as every task's model: a scratch folder here."""
+        from tunelab.models.build import save_model
 
-        tmp = staging_dir(model_dir)
-        save_scratch(self.model, self.tokenizer, tmp)
-        atomic_replace_dir(tmp, model_dir)
+        save_model(self.model, self.tokenizer, model_dir, run_dir, self.cfg, None)
 
     def finish(self, run_dir: Path) -> dict:
         """Greedy continuations of the first held-out blocks, for eval.json and the report."""

@@ -1,8 +1,10 @@
 """The top level of `tunelab train`: config -> data -> model -> method -> loop -> evaluation -> RUN_DIR."""
 from __future__ import annotations
 
+import os
 import random
 import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -11,7 +13,8 @@ import torch
 
 from tunelab.config import RunConfig, dump_config
 from tunelab.errors import TunelabError
-from tunelab.io import atomic_write_json, atomic_write_text
+from tunelab.io import atomic_replace_dir, atomic_write_json, atomic_write_text, current_umask, \
+    follow_umask, staging_dir
 
 
 def seed_everything(seed: int) -> None:
@@ -51,14 +54,117 @@ def make_job(cfg: RunConfig, device: torch.device, log):
     raise TunelabError(f"task: unknown task {cfg.task!r}; known: classification, causal_lm")
 
 
-def prepare_run_dir(run_dir: Path, overwrite: bool) -> None:
-    """Create RUN_DIR; an existing non-empty one is replaced only with --overwrite."""
-    if run_dir.exists() and any(run_dir.iterdir()):
+# ---------------------------------------------------------------------------------------------
+# The run directory: checked before anything loads, written in a staging folder, swapped in when finished
+
+RUN_MARKER = "tunelab-run.json"  # written last: the folder holds a finished run
+RUN_ENTRIES = {"config.yaml", "metrics.jsonl", "eval.json", "report.html", "data_format.json", "model", "base",
+               "merged", "tensorboard", RUN_MARKER}
+RUN_CONFIG_KEYS = {"task", "model", "data", "method", "train", "output_dir"}  # every dumped run config has them
+
+
+def is_tunelab_run(folder: Path) -> bool:
+    """True for a folder that `--overwrite` may replace.
+
+    A run of this version has RUN_MARKER. Runs of earlier versions (and their failed starts, which left only
+    config.yaml) are recognised by a config.yaml holding a dumped run config and nothing but run outputs,
+    so that a project folder (its own tunelab config.yaml beside other files) is never taken for a run.
+    """
+    if (folder / RUN_MARKER).is_file():
+        return True
+    names = [p.name for p in folder.iterdir()]
+    own = all(n in RUN_ENTRIES or n.startswith("eval-") or n.startswith((".model.", ".base.", ".merged."))
+              for n in names)
+    return own and "config.yaml" in names and _is_run_config(folder / "config.yaml")
+
+
+def _is_run_config(path: Path) -> bool:
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return False
+    return isinstance(data, dict) and RUN_CONFIG_KEYS <= set(data)
+
+
+def check_output_dir(run_dir: Path, overwrite: bool) -> None:
+    """Refuse an output_dir that cannot take this run, before any data or model is loaded."""
+    existing = next(p for p in (run_dir, *run_dir.parents) if p.exists())
+    if not existing.is_dir():
+        where = "is an existing file" if existing == run_dir else f"is under {existing}, which is a file"
+        raise TunelabError(f"output_dir {run_dir} {where}, not a folder; choose another --output-dir")
+    if existing == run_dir and any(run_dir.iterdir()):
+        if not is_tunelab_run(run_dir):
+            raise TunelabError(f"output_dir {run_dir} is not empty and is not a tunelab run (a run holds "
+                               f"{RUN_MARKER}, or, from earlier versions, a run's config.yaml and only run "
+                               "outputs); --overwrite only replaces runs: choose another --output-dir, or move "
+                               "or delete that folder yourself")
         if not overwrite:
             raise TunelabError(f"output_dir {run_dir} already holds a run; pass --overwrite to replace it "
                                "or choose another --output-dir")
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    folder = existing if existing != run_dir else run_dir.parent
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise TunelabError(f"output_dir {run_dir}: the folder {folder} is not writable; choose another "
+                           "--output-dir")
+
+
+def open_staging(run_dir: Path) -> tuple[Path, list[Path]]:
+    """(staging folder `.NAME.staging-XXXX` beside RUN_DIR, the parent folders made for it).
+
+    The parents are listed so that a failed start can remove them too and leave nothing behind.
+    """
+    made = [p for p in reversed(run_dir.parents) if not p.exists()]
+    try:
+        return staging_dir(run_dir), made
+    except OSError as e:  # e.g. read-only filesystem, permissions (root passes os.access), disk full
+        raise TunelabError(f"output_dir {run_dir}: cannot create a folder in {run_dir.parent} "
+                           f"({e.strerror or e}); choose a writable --output-dir") from None
+
+
+def discard_staging(stage: Path, made: list[Path]) -> None:
+    """Remove the staging folder and the (still empty) parents made for it."""
+    shutil.rmtree(stage, ignore_errors=True)
+    for folder in reversed(made):
+        try:
+            folder.rmdir()
+        except OSError:
+            break
+
+
+def rescue_model(stage: Path, run_dir: Path, cfg: RunConfig, job, saved: bool) -> Path:
+    """Keep a trained model whose run could not be put in place; returns where it is.
+
+    If the model was saved in the staging folder, that folder is renamed to NAME.rescued-TIME-XXXX beside
+    RUN_DIR (a rename: no space needed). Otherwise the staging folder is deleted first (on a full disk that
+    frees the space the failed save took) and the model is saved again, with config.yaml, beside RUN_DIR or
+    else in the system temp folder.
+    """
+    prefix = f"{run_dir.name}.rescued-{time.strftime('%Y%m%d-%H%M%S')}-"
+    if saved:
+        try:
+            target = Path(tempfile.mkdtemp(dir=run_dir.parent, prefix=prefix))
+            os.replace(stage, target)  # a folder renamed over an empty folder replaces it
+            target.chmod(0o777 & ~current_umask())
+            return target
+        except OSError:
+            pass
+    shutil.rmtree(stage, ignore_errors=True)
+    problems = []
+    for parent in (run_dir.parent, Path(tempfile.gettempdir())):
+        target = None
+        try:
+            target = Path(tempfile.mkdtemp(dir=parent, prefix=prefix))
+            target.chmod(0o777 & ~current_umask())
+            atomic_write_text(target / "config.yaml", dump_config(cfg))
+            job.save(target / "model", target)
+            return target
+        except Exception as e:  # noqa: BLE001 - any failure: try the next place
+            problems.append(f"{parent}: {e}")
+            if target is not None:
+                shutil.rmtree(target, ignore_errors=True)
+    raise TunelabError(f"the trained model could not be saved anywhere ({'; '.join(problems)}); free disk "
+                       "space and train again")
 
 
 def check_metric(cfg: RunConfig, job) -> None:
@@ -70,13 +176,60 @@ def check_metric(cfg: RunConfig, job) -> None:
                            f"{cfg.task} metric; known: {', '.join(job.metric_names)}")
 
 
+class _Progress:
+    """How far a run got: what a failure must undo (nothing trained) or keep (a trained model)."""
+
+    def __init__(self):
+        self.job = None
+        self.trained = False  # the loop finished: the model is worth keeping
+        self.saved = False  # RUN_DIR/model (in the staging folder) is complete
+
+
 def train(cfg: RunConfig, *, overwrite: bool = False, show_progress: bool = True, log=print,
           job_factory=None) -> Path:
     """Run one training job end to end; returns RUN_DIR.
 
+    The run is written in a staging folder beside RUN_DIR and swapped in (tunelab.io.atomic_replace_dir)
+    only when it finished, so on any failure, Ctrl-C included, an old run stays as it was and nothing is
+    left behind; a model that trained but could not be put in place is rescued (`rescue_model`).
     `job_factory(cfg, device, log)` builds the TaskJob; default: the one for `cfg.task` (`tunelab pretrain`
     passes its own).
     """
+    run_dir = Path(cfg.output_dir)
+    place = run_dir.resolve()  # a symlinked RUN_DIR: its target is replaced, never the link
+    check_output_dir(place, overwrite)
+    stage, made = open_staging(place)
+    progress = _Progress()
+    try:
+        _train_into(stage, run_dir, cfg, progress, show_progress, log, job_factory)
+        from tunelab import __version__
+
+        atomic_write_json(stage / RUN_MARKER, {"tunelab_version": __version__, "task": cfg.task,
+                                               "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+        follow_umask(stage)
+        check_output_dir(place, overwrite)  # again: the folder may have changed while this run trained
+        atomic_replace_dir(stage, place)
+    except Exception as e:
+        if not progress.trained:
+            discard_staging(stage, made)
+            raise
+        kept = rescue_model(stage, place, cfg, progress.job, progress.saved)
+        if not isinstance(e, (OSError, TunelabError)):
+            log(f"the trained model is safe in {kept}")
+            raise
+        raise TunelabError(f"writing the run to {run_dir} failed after training ({e}); the trained model is "
+                           f"safe in {kept} (`tunelab predict {kept}` loads it): fix the cause, then move it "
+                           "into place or train again") from e
+    except BaseException:
+        discard_staging(stage, made)
+        raise
+    log(f"run saved to {run_dir}  (model: {run_dir / 'model'}, report: {run_dir / 'report.html'})")
+    return run_dir
+
+
+def _train_into(stage: Path, run_dir: Path, cfg: RunConfig, progress: _Progress, show_progress: bool, log,
+                job_factory) -> None:
+    """Everything `train` does, written into the staging folder `stage` (RUN_DIR once swapped in)."""
     from tunelab.models.fastdropout import undo_fast_dropout, use_fast_dropout
     from tunelab.train.logging import RunLogger
     from tunelab.train.loop import train_loop
@@ -90,11 +243,9 @@ def train(cfg: RunConfig, *, overwrite: bool = False, show_progress: bool = True
     if cfg.train.reuse_memory and device.type == "cpu" and reuse_freed_memory():
         log("speed-up: freed memory is kept for reuse, so big tensors skip fresh pages (train.reuse_memory)")
     seed_everything(cfg.train.seed)
-    job = (job_factory or make_job)(cfg, device, log)
+    job = progress.job = (job_factory or make_job)(cfg, device, log)
     check_metric(cfg, job)
-    run_dir = Path(cfg.output_dir)
-    prepare_run_dir(run_dir, overwrite)
-    atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
+    atomic_write_text(stage / "config.yaml", dump_config(cfg))
     t0 = time.perf_counter()
     job.prepare()
     if cfg.train.fast_dropout and device.type == "cpu" and (swapped := use_fast_dropout(job.model)):
@@ -104,7 +255,7 @@ def train(cfg: RunConfig, *, overwrite: bool = False, show_progress: bool = True
     total = cfg.train.max_steps or max(1, int(np.ceil(cfg.train.epochs * np.ceil(steps / cfg.train.grad_accum))))
     log(f"training on {device} in {describe(amp)}: {total} optimizer steps, batch {cfg.train.batch_size} x accum "
         f"{cfg.train.grad_accum}; run dir {run_dir}")
-    logger = RunLogger(run_dir, total, show_progress)
+    logger = RunLogger(stage, total, show_progress)
     try:
         result = train_loop(job.model, epoch_batches=job.epoch_batches, micro_batches_per_epoch=steps,
                             loss_fn=job.loss, evaluate=job.validate, cfg=cfg.train, device=device, logger=logger,
@@ -112,31 +263,32 @@ def train(cfg: RunConfig, *, overwrite: bool = False, show_progress: bool = True
     finally:
         logger.close()
     undo_fast_dropout(job.model)
+    progress.trained = True
     tokens_per_s = result.train_tokens / max(result.train_seconds, 1e-9)
     log(f"trained {result.steps} steps in {result.train_seconds:.1f}s ({tokens_per_s:.0f} real tokens/s)"
         + (f"; best validation {cfg.train.early_stopping.metric} at step {result.best_step}"
            if result.best_step is not None else "")
         + ("; stopped early" if result.stopped_early else ""))
-    job.save(run_dir / "model", run_dir)
+    job.save(stage / "model", stage)
+    progress.saved = True
     test_metrics = job.test()
     summary = {"test": test_metrics, "best_step": result.best_step, "best_validation": result.best_metrics,
                "steps": result.steps, "stopped_early": result.stopped_early,
                "train_tokens": result.train_tokens, "train_seconds": round(result.train_seconds, 3),
                "train_tokens_per_s": round(tokens_per_s, 1), "wall_seconds": round(time.perf_counter() - t0, 3)}
-    summary.update(job.finish(run_dir))
-    atomic_write_json(run_dir / "eval.json", summary)
-    _write_report(run_dir, cfg, logger.history, job, test_metrics, result)
+    summary.update(job.finish(stage))
+    atomic_write_json(stage / "eval.json", summary)
+    _write_report(stage, run_dir.name, cfg, logger.history, job, test_metrics, result)
     log(job.summary(test_metrics))
-    log(f"run saved to {run_dir}  (model: {run_dir / 'model'}, report: {run_dir / 'report.html'})")
-    return run_dir
 
 
-def _write_report(run_dir: Path, cfg: RunConfig, history: list[dict], job, test_metrics: dict, result) -> None:
+def _write_report(run_dir: Path, name: str, cfg: RunConfig, history: list[dict], job, test_metrics: dict,
+                  result) -> None:
     from tunelab.evaluate.report import write_report
 
     notes = [f"task {cfg.task}, model {cfg.model.name}, method {cfg.method.name}; {result.steps} steps; "
              f"best validation {cfg.train.early_stopping.metric} at step {result.best_step}",
              job.summary(test_metrics)]
-    write_report(run_dir / "report.html", title=f"tunelab run: {run_dir.name}", config_text=dump_config(cfg),
+    write_report(run_dir / "report.html", title=f"tunelab run: {name}", config_text=dump_config(cfg),
                  history=history, metric=cfg.train.early_stopping.metric, test_metrics=test_metrics,
                  sections=job.report_sections(test_metrics), notes=notes)
