@@ -194,11 +194,9 @@ def run_config(args, overrides: list[str]):
     if fields and getattr(args, "command", None) == "eval" and getattr(args, "data", None) is None:
         raise TunelabError(f"eval: {', '.join(fields)} describe the file given with --data; the run's own test "
                            "split is read with the run's fields (add --data FILE)")
-    run_dir = args.run_dir
-
-    path = Path(run_dir) / "config.yaml"
+    path = Path(args.run_dir) / "config.yaml"
     if not path.is_file():
-        raise TunelabError(f"{run_dir} is not a finished tunelab run (needs config.yaml and model/); "
+        raise TunelabError(f"{args.run_dir} is not a finished tunelab run (needs config.yaml and model/); "
                            "pass the output_dir of `tunelab train`")
     return load_config(path, overrides)
 
@@ -255,7 +253,8 @@ def cmd_predict(args) -> int:
 
 
 def _run_text_field(run_dir: str) -> str:
-    from tunelab.infer import load_config  # the run's own config (load_run checks it is a run)
+    """The run's own text field, to name the --text inputs (predict_records then checks it is a run)."""
+    from tunelab.config import load_config
 
     path = Path(run_dir) / "config.yaml"
     return load_config(path).data.text_field if path.is_file() else "text"
@@ -264,8 +263,8 @@ def _run_text_field(run_dir: str) -> str:
 def prediction_inputs(args) -> str | None:
     """Check --text / --input / --output before any model loads; returns the input file (None for --text).
 
-    The output must be a file that is not the input (it would be overwritten before it is read to the end
-    next time, and is replaced now) and whose folder can exist.
+    --output must name a file that is not the input itself (the predictions would replace the records) and
+    is not under a file.
     """
     from tunelab.errors import TunelabError
 
@@ -278,14 +277,18 @@ def prediction_inputs(args) -> str | None:
         if out.is_dir():
             raise TunelabError(f"predict --output: {output} is a folder; give a file such as "
                                f"{out / 'predictions.jsonl'}")
-        if inp and out.exists() and Path(inp).exists() and os.path.samefile(out, inp) \
-                or inp and out.resolve() == Path(inp).resolve():
+        if inp and _same_file(out, Path(inp)):
             raise TunelabError(f"predict --output: {output} is the input file; it would be overwritten with the "
                                "predictions: give another file")
         parent = next((p for p in out.absolute().parents if p.exists()), None)
         if parent is not None and not parent.is_dir():
             raise TunelabError(f"predict --output: {output} is under {parent}, which is a file, not a folder")
     return inp
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """The same file after resolving `..` and links (samefile also catches hard links)."""
+    return os.path.samefile(a, b) if a.exists() and b.exists() else a.resolve() == b.resolve()
 
 
 def write_rows(rows: list[dict], output: str | None, what: str) -> None:
