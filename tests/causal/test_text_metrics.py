@@ -45,3 +45,17 @@ def test_generation_metrics_averages_and_every_score_is_on_a_0_1_scale():
     assert all(0.0 <= v <= 1.0 for k, v in m.items() if k != "generated")
     assert generation_metrics(["same text"], ["same text"])["chrf"] == pytest.approx(1.0)
     assert generation_metrics([], []) == {}
+
+
+def test_metrics_line_and_report_samples_name_the_definitions():
+    from tunelab.tasks.causal_lm import metrics_line, samples_table
+
+    m = {"loss": 1.0, "perplexity": 2.72, **generation_metrics(["paris"], ["Paris"]), "prompts_cut": 1, "n": 1}
+    line = metrics_line(m)
+    assert "exact_match 0.000" in line and "exact_match_normalised 1.000" in line
+    assert "token_f1 (normalised) 1.000" in line and "1 prompts cut" in line
+    assert "chrf 0." in line  # 0-1, not 0-100
+    table = samples_table([{"prompt": "Capital of France?", "reference": "Paris", "generated": "paris"}])
+    assert "<th>exact match</th><th>normalised match</th>" in table
+    assert "<td style='white-space:pre-wrap;vertical-align:top'>no</td><td style='white-space:pre-wrap;" \
+           "vertical-align:top'>yes</td>" in table
