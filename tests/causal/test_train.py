@@ -171,6 +171,21 @@ def test_generation_is_greedy_by_default_and_deterministic(lora_run):
     first = generate_texts(model, tok, prompts, kwargs, batch_size=2)
     alone = [generate_texts(model, tok, [p], kwargs)[0] for p in prompts]
     assert first == alone  # left padding in a batch does not change greedy answers
+    assert generate_texts(model, tok, prompts, kwargs, batch_size=2) == first  # deterministic
+
+    def argmax_decoding(prompt: list[int]) -> str:
+        """Greedy by hand: append the most likely next token until an end token or max_new_tokens."""
+        ids = list(prompt)
+        for _ in range(6):
+            with torch.no_grad():
+                token = int(model(input_ids=torch.tensor([ids])).logits[0, -1].argmax())
+            if token in kwargs["eos_token_id"]:
+                break
+            ids.append(token)
+        return tok.decode(ids[len(prompt):], skip_special_tokens=True).strip()
+
+    assert first == [argmax_decoding(p) for p in prompts]
+    assert any(first)  # something was generated, so the comparison says something
     sampled = generation_kwargs(tok, model, temperature=0.7, top_p=0.9, top_k=20)
     assert sampled["do_sample"] and sampled["top_k"] == 20
 
@@ -200,6 +215,11 @@ def test_text_corpus_of_one_file_is_split_by_chunks_and_packed(tiny_dir, tmp_pat
     counts = {line.split(":")[0]: int(line.split(":")[1].split()[0]) for line in logs
               if line.split(":")[0] in ("train", "validation", "test") and "examples" in line}
     assert counts["validation"] >= 1 and counts["test"] >= 1 and counts["train"] > counts["test"]
+    # One document cut into 128-token chunks: packed rows of 128 tokens hold them, every row but the last full.
+    packing = next(line for line in logs if line.startswith("packing:")).split()
+    train_line = next(line for line in logs if line.startswith("train:"))
+    tokens = int(train_line.split(",")[1].split()[0])
+    assert int(packing[1]) == counts["train"] and int(packing[4]) == -(-tokens // 128)
     assert json.loads((run / "eval.json").read_text())["test"]["perplexity"] > 1
 
 
