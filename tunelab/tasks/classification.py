@@ -221,12 +221,12 @@ def split_records(cfg, log) -> dict[str, tuple[list[dict], str]]:
     from tunelab.data.splits import stratified_split, stratified_subset
 
     d, seed = cfg.data, cfg.train.seed
-    train = load_records(d.train)
+    train = load_records(d.train, log)
     keys = raw_labels(train, d.label_field, d.train)
     splits: dict[str, tuple[list[dict], str]] = {}
     for name, given, fraction in (("test", d.test, d.test_fraction), ("validation", d.validation, d.val_fraction)):
         if given:
-            splits[name] = (load_records(given), given)
+            splits[name] = (load_records(given, log), given)
         elif fraction > 0:
             # the fraction is of the whole file, so carve test first, then validation from the rest
             frac = fraction / (1.0 - d.test_fraction) if name == "validation" and not d.test else fraction
