@@ -97,9 +97,12 @@ def test_continuing_from_a_finished_run_still_trains_the_head(trained, make_conf
     # RUN_DIR/model already has a classifier for these labels, so no parameter is newly initialised.
     cfg = make_config({"model.name": str(trained("full")[0] / "model"), "method.name": method,
                        "method.trainable_layers": 1})
-    helpers.train_quietly(cfg)
+    run_dir = helpers.train_quietly(cfg)
     trainable = {n for n, p in capture_trained_model["model"].named_parameters() if p.requires_grad}
     assert {"classifier.weight", "classifier.bias"} <= trainable
+    saved, previous = (load_file(str(d / "model" / "model.safetensors")) for d in (run_dir, trained("full")[0]))
+    assert torch.equal(capture_trained_model["before"]["classifier.weight"], previous["classifier.weight"])
+    assert not torch.equal(saved["classifier.weight"], previous["classifier.weight"])  # trained, not just unfrozen
 
 
 def test_freeze_more_layers_than_the_model_has_is_an_error(make_config, helpers):
