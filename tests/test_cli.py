@@ -85,7 +85,7 @@ def test_a_stray_word_is_still_an_error(capsys):
 
 def test_options_in_any_order_in_a_real_process(tiny_bert, tmp_path, helpers):
     data = helpers.write_jsonl(tmp_path / "d.jsonl", helpers.synthetic_records(2))
-    cfg = write_yaml(tmp_path / "c.yaml", f"model: {{name: {tiny_bert}}}\ntrain:\n  lr: 0.1\n")
+    cfg = write_yaml(tmp_path / "c.yaml", f"model: {{name: {tiny_bert}, max_length: 16}}\ntrain:\n  lr: 0.1\n")
     proc = subprocess.run([sys.executable, "-m", "tunelab.cli", "validate", str(cfg), "--show", "train.lr=0.25",
                            "--debug", f"data.train={data}"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
@@ -212,7 +212,7 @@ def test_validate_checks_the_sound_sections_beside_a_type_error(tmp_path, capsys
 
 def test_validate_is_ok_when_the_fields_are_named(tiny_bert, tmp_path, capsys, helpers):
     data = helpers.write_jsonl(tmp_path / "d.jsonl", renamed(helpers.synthetic_records(2)))
-    cfg = write_yaml(tmp_path / "c.yaml", f"model: {{name: {tiny_bert}}}\ndata: {{train: {data}}}\n")
+    cfg = write_yaml(tmp_path / "c.yaml", f"model: {{name: {tiny_bert}, max_length: 16}}\ndata: {{train: {data}}}\n")
     assert main(["validate", str(cfg), "data.text_field=body", "data.label_field=topic"]) == 0
     assert "OK (classification" in capsys.readouterr().out
     assert main(["validate", str(cfg), "data.text_field=body"]) == 2  # the label field is still 'label'
@@ -235,9 +235,22 @@ def test_validate_checks_the_model_reference(tmp_path, capsys, model, expected):
     assert len(err.splitlines()) == 1 and f"error: {cfg}: model.name: " in err and expected in err, err
 
 
+def test_validate_checks_max_length_against_the_model_and_the_output_dir(tiny_bert, tmp_path, capsys, helpers):
+    data = helpers.write_jsonl(tmp_path / "d.jsonl", helpers.synthetic_records(2))
+    (tmp_path / "a_file").write_text("x")
+    cfg = write_yaml(tmp_path / "c.yaml", f"model: {{name: {tiny_bert}, max_length: 65}}\ndata: {{train: {data}}}\n"
+                                          f"output_dir: {tmp_path / 'a_file' / 'run'}\n")
+    assert main(["validate", str(cfg)]) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 3
+    assert "model.max_length: got 65" in lines[1] and "at most 64 positions" in lines[1]
+    assert "output_dir" in lines[2] and "which is a file" in lines[2]
+    assert main(["validate", str(cfg), "model.max_length=64", f"output_dir={tmp_path / 'run'}"]) == 0
+
+
 def test_validate_causal_lm_needs_a_recognisable_format_and_its_metrics(tiny_bert, tmp_path, capsys, helpers):
     data = helpers.write_jsonl(tmp_path / "d.jsonl", [{"question": "q", "answer": "a"}])
-    cfg = write_yaml(tmp_path / "c.yaml", f"task: causal_lm\nmodel: {{name: {tiny_bert}}}\n"
+    cfg = write_yaml(tmp_path / "c.yaml", f"task: causal_lm\nmodel: {{name: {tiny_bert}, max_length: 16}}\n"
                                           f"data: {{train: {data}}}\ntrain: {{early_stopping: {{metric: f1_macro}}}}\n")
     assert main(["validate", str(cfg)]) == 2
     lines = capsys.readouterr().err.splitlines()

@@ -3,9 +3,10 @@ without training and without loading any weights.
 
 `check_config(cfg)` returns every problem it finds (one line each, starting with the config key to change):
 the data files exist and can be read, the model reference resolves (a known builtin name, a folder with
-config.json, an existing GGUF file, a known scratch kind), the first records of each data file have the
-fields the task needs, and the early-stopping metric is one the task computes. The config itself was
-checked by `tunelab.config.load_config` before.
+config.json, an existing GGUF file, a known scratch kind) and has positions for `model.max_length` (read from
+its config.json), the first records of each data file have the fields the task needs, the early-stopping
+metric is one the task computes, and `output_dir` can take a run. The config itself was checked by
+`tunelab.config.load_config` before.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from tunelab.errors import TunelabError
 RECORDS_CHECKED = 5  # records read per data file: a wrong field name shows in the first one
 
 
-PARTS = ("model", "data", "metric")
+PARTS = ("model", "data", "metric", "output")
 
 
 def check_config(cfg, parts: tuple[str, ...] = PARTS) -> list[str]:
@@ -26,12 +27,16 @@ def check_config(cfg, parts: tuple[str, ...] = PARTS) -> list[str]:
     (see `usable_parts`: a section with its own config problems is not checked further).
     """
     problems = check_model(cfg.task, cfg.model.name, cfg.model.tokenizer) if "model" in parts else []
+    if "model" in parts and not problems:
+        problems += check_positions(cfg.model.name, cfg.model.max_length)
     for key in ("train", "validation", "test") if "data" in parts else ():
         ref = getattr(cfg.data, key)
         if ref is not None:
             problems += check_data_file(f"data.{key}", ref, cfg.task, _is_scratch(cfg.model.name), cfg.data)
     if "metric" in parts:
         problems += check_metric(cfg.task, cfg.train.early_stopping.metric)
+    if "output" in parts:
+        problems += check_output(cfg.output_dir)
     return problems
 
 
@@ -65,7 +70,8 @@ def usable_parts(path: str | Path, overrides: list[str]):
     parts = []
     train = data.get("train") if isinstance(data.get("train"), dict) else {}
     for part, section in (("model", {"model": data.get("model", {})}), ("data", {"data": data.get("data", {})}),
-                          ("metric", {"train": {"early_stopping": train.get("early_stopping", {})}})):
+                          ("metric", {"train": {"early_stopping": train.get("early_stopping", {})}}),
+                          ("output", {"output_dir": data.get("output_dir", "runs/run")})):
         if loads({**base, **section}):
             base.update(section)
             parts.append(part)
@@ -100,6 +106,43 @@ def check_model(task: str, ref: str, tokenizer: str | None = None) -> list[str]:
     except TunelabError as e:
         return [str(e)]
     return []
+
+
+def check_positions(ref: str, max_length: int) -> list[str]:
+    """`model.max_length` against the positions in the model's config.json (read; no weights loaded).
+
+    GGUF files, built-ins that are converted on first use, and scratch models are checked when training starts.
+    """
+    from types import SimpleNamespace
+
+    from transformers import AutoConfig
+
+    from tunelab.models.load import check_max_length
+
+    folder = _config_folder(ref)
+    if folder is None:
+        return []
+    try:
+        config = AutoConfig.from_pretrained(str(folder))
+    except (OSError, ValueError):  # an unreadable config.json: loading the model says what is wrong
+        return []
+    try:
+        check_max_length(max_length, SimpleNamespace(config=config), ref)  # reads only `.config`
+    except TunelabError as e:
+        return [str(e)]
+    return []
+
+
+def _config_folder(ref: str) -> Path | None:
+    """The folder holding the config.json of a model reference, where finding it converts nothing."""
+    from tunelab.models.registry import BUILTIN_MODELS, resolve_model
+
+    if ref.startswith("gguf:") or _is_scratch(ref):
+        return None
+    if ref.startswith("builtin:"):
+        model = BUILTIN_MODELS[ref.removeprefix("builtin:")]
+        return None if model.where else model.locate()  # `where` is set where locate() would convert
+    return resolve_model(ref)
 
 
 def _check_builtin(ref: str, key: str = "model.name") -> None:
@@ -215,7 +258,7 @@ def _check_causal_format(records: list[dict], source: str, data_cfg) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# The early-stopping metric
+# The early-stopping metric and the output folder
 
 
 def check_metric(task: str, metric: str | None) -> list[str]:
@@ -230,3 +273,15 @@ def check_metric(task: str, metric: str | None) -> list[str]:
         return []
     return [f"train.early_stopping.metric: got {metric!r}; task {task} computes {', '.join(METRICS)} "
             "(null picks the task's default)"]
+
+
+def check_output(output_dir: str) -> list[str]:
+    """`output_dir` must be able to take a run (not a file, not under a file, writable, not a folder of
+    other files); an existing run is fine here, as `train --overwrite` may replace it."""
+    from tunelab.run import check_output_dir
+
+    try:
+        check_output_dir(Path(output_dir), overwrite=True)
+    except TunelabError as e:
+        return [str(e)]
+    return []
