@@ -21,6 +21,9 @@ EXIT_BROKEN_PIPE = 141  # what a shell reports for a program stopped by SIGPIPE 
 # references (`gguf:x=y`) do not match, so they stay positionals.
 OVERRIDE = re.compile(r"[A-Za-z_][\w-]*(\.[A-Za-z_][\w-]*)*=")
 
+CONFIG_HELP = "a YAML run config (see `tunelab config`); relative paths in it are read from the current directory"
+RUN_HELP = "a finished run: the output_dir of `tunelab train`"
+
 # Settings of a finished run that `predict` / `eval` may change: the rest was fixed by training.
 RUN_SETTINGS = ("data.text_field", "data.label_field", "generate.")
 
@@ -339,7 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="fine-tune a model from a YAML config",
                        description="Train from CONFIG; override any key with key.sub=value.")
-    t.add_argument("config")
+    t.add_argument("config", help=CONFIG_HELP)
     t.add_argument("overrides", nargs="*", help="config overrides, e.g. train.lr=1e-4 method.name=lora")
     t.add_argument("--output-dir", help="run directory (overrides output_dir)")
     t.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
@@ -348,7 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     v = sub.add_parser("validate", help="check a config, its data and model reference without training",
                        description="Check CONFIG (with overrides) as far as possible without training.")
-    v.add_argument("config")
+    v.add_argument("config", help=CONFIG_HELP)
     v.add_argument("overrides", nargs="*", help="config overrides, e.g. data.train=my.jsonl")
     v.add_argument("--show", action="store_true", help="print the resolved config")
     v.set_defaults(func=cmd_validate)
@@ -362,7 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="evaluate a finished run on labelled data",
                        description="Metrics of RUN_DIR's model on its test split or on --data FILE, written "
                                    "to RUN_DIR/eval-<name>.json.")
-    e.add_argument("run_dir")
+    e.add_argument("run_dir", help=RUN_HELP)
     e.add_argument("overrides", nargs="*", help="settings for this evaluation, e.g. generate.max_new_tokens=32")
     e.add_argument("--data", help="labelled file (default: the run's test split)")
     e.add_argument("--text-field", help="field of --data holding the text (default: the run's data.text_field)")
@@ -373,7 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("predict", help="predict with a finished run",
                         description="Add predictions (classification) or generations (causal_lm) to each "
                                     "record; JSONL to --output or to standard output.")
-    pr.add_argument("run_dir")
+    pr.add_argument("run_dir", help=RUN_HELP)
     pr.add_argument("overrides", nargs="*", help="settings for this prediction, e.g. generate.max_new_tokens=32")
     pr.add_argument("--input", help="records to predict (.jsonl/.csv/.parquet/...)")
     pr.add_argument("--output", help="where to write the predictions (.jsonl; default: standard output)")

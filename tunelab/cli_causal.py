@@ -128,7 +128,7 @@ def add_commands(subparsers) -> None:
     pv = dsub.add_parser("preview", help="show rendered examples, trained vs masked tokens, lengths",
                          description="Render examples the way training sees them: trained tokens in green "
                                      "(or [[brackets]] when not a terminal), token counts and a length histogram.")
-    pv.add_argument("config")
+    pv.add_argument("config", help="a YAML run config with task: causal_lm")
     pv.add_argument("overrides", nargs="*", help="config overrides, e.g. data.train_on_prompt=true")
     pv.add_argument("-n", type=int, default=3, help="examples to show (default 3)")
     pv.add_argument("--split", default="train", help="train | validation | test (default train)")
@@ -136,13 +136,13 @@ def add_commands(subparsers) -> None:
     pv.set_defaults(func=cmd_data_preview)
 
     m = subparsers.add_parser("merge", help="fold a LoRA run's adapter into the weights (RUN_DIR/merged)")
-    m.add_argument("run_dir")
+    m.add_argument("run_dir", help="a finished method: lora run")
     m.set_defaults(func=cmd_merge)
 
     c = subparsers.add_parser("chat", help="chat in the terminal with a causal_lm run or a model",
                               description="Interactive chat, streaming tokens. RUN_DIR may also be a model "
                                           "reference (builtin:smollm2-135m-instruct, gguf:PATH, a folder).")
-    c.add_argument("run_dir")
+    c.add_argument("run_dir", help="a finished causal_lm run, or a model reference")
     c.add_argument("overrides", nargs="*", help="generation settings, e.g. generate.temperature=0.7")
     c.add_argument("--system", help="a system prompt for the conversation")
     c.set_defaults(func=cmd_chat)
