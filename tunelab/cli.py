@@ -440,10 +440,10 @@ def _first_positional_in_place(args: argparse.Namespace) -> None:
     first = getattr(args, name, None) if name else None
     if first is None or not looks_like_override(first) or Path(first).exists():
         return
-    plain = next((w for w in args.overrides if not looks_like_override(w)), None)
-    if plain is not None:
-        args.overrides = [first if w is plain else w for w in args.overrides]
-        setattr(args, name, plain)
+    i = next((i for i, w in enumerate(args.overrides) if not looks_like_override(w)), None)
+    if i is not None:
+        setattr(args, name, args.overrides[i])
+        args.overrides = [first, *args.overrides[:i], *args.overrides[i + 1:]]
 
 
 def _quiet_broken_pipe() -> int:
