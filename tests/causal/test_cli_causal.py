@@ -126,3 +126,14 @@ def test_eval_takes_generation_settings(causal_run, capsys):
     assert metrics["generated"] == 2 and len(metrics["samples"]) == 2
     assert main(["eval", str(causal_run), "--data", str(causal_run / "nope.jsonl"), "--label-field", "x"]) == 2
     assert "has no labels" in capsys.readouterr().err
+
+
+def test_chat_command_in_a_real_process_reads_stdin_until_ctrl_d(tiny_dir):
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "tunelab.cli", "chat", str(tiny_dir), "generate.max_new_tokens=3"],
+                          input="/help\n/nonsense\nhi\n", capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "list these commands" in proc.stdout and "unknown command /nonsense" in proc.stdout
+    assert proc.stdout.count("bot> ") == 1  # only "hi" went to the model; end of input quits
