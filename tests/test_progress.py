@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import re
+import time
 import types
 
 import pytest
@@ -95,6 +96,7 @@ def test_switched_off_progress_is_silent(capsys, restore_switch):
 def test_plain_lines_come_at_a_modest_rate(monkeypatch, capsys):
     now = [0.0]
     monkeypatch.setattr(tl_logging, "time", types.SimpleNamespace(monotonic=lambda: now[0]))
+    monkeypatch.setattr(tl_logging, "PLAIN_TICK_S", 3600.0)  # the watcher stays out of this fake clock
 
     def run(items: int, seconds_each: float) -> list[str]:
         for _ in PlainProgress(range(items), desc="work", unit="batches"):
@@ -110,6 +112,16 @@ def test_plain_lines_come_at_a_modest_rate(monkeypatch, capsys):
     gaps = [b - a for a, b in zip([0] + elapsed, elapsed)]
     assert len(lines) > 10 and all(10 <= g <= 30 for g in gaps), lines
     assert len(run(3, 100.0)) == 3  # slow items: a line after each (at least every 30 s), the last says "in"
+
+
+def test_a_slow_first_item_is_announced_while_it_runs(monkeypatch, capsys):
+    """One evaluation batch of a real model can take 40 s: a line comes while it runs, not only after."""
+    monkeypatch.setattr(tl_logging, "PLAIN_MIN_S", 0.05)
+    monkeypatch.setattr(tl_logging, "PLAIN_TICK_S", 0.01)
+    for _ in PlainProgress(range(1), desc="evaluate", unit="batches"):
+        time.sleep(0.5)
+        assert re.fullmatch(r"evaluate: 0/1 batches \(0%\), \d+s\n", capsys.readouterr().err)
+    assert re.fullmatch(r"evaluate: 1/1 batches in \d+s\n", capsys.readouterr().err)
 
 
 def test_classification_prediction_shows_progress(tiny_bert, helpers, capsys, every_line, no_library_bars):

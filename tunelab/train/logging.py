@@ -10,22 +10,21 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 import time
+import weakref
 from pathlib import Path
 
 _enabled = True  # the process-wide switch: `--no-progress` turns every display off
 PLAIN_MIN_S = 10.0  # plain mode: at most one line per this many seconds at a 10% milestone ...
-PLAIN_MAX_S = 30.0  # ... and one at least this often while items keep coming
+PLAIN_MAX_S = 30.0  # ... and one at least this often, items finished or not
+PLAIN_TICK_S = 1.0  # how often a watcher thread checks whether a line is due (a slow item gives no signal)
 
 
 def set_progress(enabled: bool) -> None:
     """Switch every progress display of this process on or off (bars, plain lines, phase notes)."""
     global _enabled
     _enabled = bool(enabled)
-
-
-def progress_enabled() -> bool:
-    return _enabled
 
 
 def _on_terminal() -> bool:
@@ -55,12 +54,15 @@ def progress(iterable=None, total: int | None = None, desc: str = "", unit: str 
 def note(text: str) -> None:
     """A one-line progress note on standard error (a slow phase starting), unless progress is off."""
     if _enabled:
-        print(text, file=sys.stderr, flush=True)
+        sys.stderr.write(text + "\n")  # one write: a progress watcher thread may be writing lines too
+        sys.stderr.flush()
 
 
 class PlainProgress:
-    """Progress as whole lines, for logs: at a 10% milestone at most every PLAIN_MIN_S seconds, at least
-    every PLAIN_MAX_S seconds while items come, and a last line when the work took PLAIN_MIN_S or more.
+    """Progress as whole lines, for logs. A line comes at a 10% milestone at most every PLAIN_MIN_S seconds
+    and at least every PLAIN_MAX_S seconds; the first one after PLAIN_MIN_S even if no item has finished
+    (a watcher thread looks every PLAIN_TICK_S: one evaluation batch of a real model can take 40 s);
+    the last line only when the work took PLAIN_MIN_S or more, so quick steps stay quiet.
 
     Lines look like `evaluate: 40/100 batches (40%), 12s, about 18s left`.
     """
@@ -71,8 +73,20 @@ class PlainProgress:
         self.iterable, self.total, self.desc, self.unit = iterable, total, desc, unit
         self.n = 0
         self._start = self._last = time.monotonic()
-        self._milestone = 0  # the last 10% step reported
-        self._closed = False
+        self._milestone, self._said, self._closed = 0, False, False  # last 10% step reported, any line yet
+        self._lock, self._stop = threading.Lock(), threading.Event()
+        # the watcher holds a weak reference, so a display nobody closes does not print forever
+        threading.Thread(target=PlainProgress._watch, args=(weakref.ref(self), self._stop), daemon=True,
+                         name=f"tunelab-progress-{desc}").start()
+
+    @staticmethod
+    def _watch(ref, stop: threading.Event) -> None:
+        while not stop.wait(PLAIN_TICK_S):
+            display = ref()
+            if display is None:
+                return
+            display._check(time.monotonic())
+            del display
 
     def __iter__(self):
         try:
@@ -83,16 +97,20 @@ class PlainProgress:
             self.close()
 
     def update(self, n: int = 1) -> None:
-        self.n += n
-        now = time.monotonic()
-        milestone = int(10 * self.n / self.total) if self.total else 0
-        if self.total and self.n >= self.total:
-            return  # the last line (close) says it
-        if ((milestone > self._milestone and now - self._last >= PLAIN_MIN_S)
-                or now - self._last >= PLAIN_MAX_S):
-            self._milestone = milestone
-            self._last = now
-            self._line(now)
+        if n:
+            self.n += n
+            self._check(time.monotonic())
+
+    def _check(self, now: float) -> None:
+        """Print a line if one is due (called after each item and by the watcher)."""
+        with self._lock:
+            if self._closed or (self.total and self.n >= self.total):
+                return  # the last line (close) says it
+            milestone = int(10 * self.n / self.total) if self.total else 0
+            if (((milestone > self._milestone or not self._said) and now - self._last >= PLAIN_MIN_S)
+                    or now - self._last >= PLAIN_MAX_S):
+                self._milestone, self._last, self._said = milestone, now, True
+                self._line(now)
 
     def set_postfix(self, values: dict | None = None, refresh: bool = False, **kwargs) -> None:
         """Ignored: the values a bar shows beside itself are printed as their own lines (RunLogger.log)."""
@@ -101,9 +119,11 @@ class PlainProgress:
         print(text, flush=True)
 
     def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
+        self._stop.set()
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
         elapsed = time.monotonic() - self._start
         if elapsed >= PLAIN_MIN_S:
             count = f"{self.n}/{self.total}" if self.total else str(self.n)
@@ -112,15 +132,17 @@ class PlainProgress:
     def _line(self, now: float) -> None:
         elapsed = now - self._start
         if self.total:
-            left = elapsed * (self.total - self.n) / max(self.n, 1)
-            text = f"{self.n}/{self.total} {self.unit} ({100 * self.n / self.total:.0f}%), {elapsed:.0f}s, " \
-                   f"about {left:.0f}s left"
+            text = f"{self.n}/{self.total} {self.unit} ({100 * self.n / self.total:.0f}%), {elapsed:.0f}s"
+            if self.n:
+                text += f", about {elapsed * (self.total - self.n) / self.n:.0f}s left"
         else:
             text = f"{self.n} {self.unit}, {elapsed:.0f}s"
         self._emit(text)
 
     def _emit(self, text: str) -> None:
-        print(f"{self.desc}: {text}" if self.desc else text, file=sys.stderr, flush=True)
+        # one write per line: the watcher thread and the loop must not interleave half lines
+        sys.stderr.write((f"{self.desc}: {text}" if self.desc else text) + "\n")
+        sys.stderr.flush()
 
 
 def format_train_line(step: int, total: int, values: dict) -> str:
