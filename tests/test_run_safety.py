@@ -357,6 +357,11 @@ def test_a_lora_run_copies_the_base_weights_where_links_are_refused(tiny_bert, d
 
     moved = shutil.move(run_dir, tmp_path / "moved")
     assert run_logits(Path(moved)).shape == (3, 3)
+    weights = Path(moved) / "base" / "model.safetensors"
+    weights.unlink()
+    weights.symlink_to(tmp_path / "gone" / "model.safetensors")  # how runs of tunelab 0.1.0 held the base
+    with pytest.raises(TunelabError, match="links to base weights that are gone"):
+        run_logits(Path(moved))
     shutil.rmtree(Path(moved) / "base")
     with pytest.raises(TunelabError, match="base model .* is missing; copy or move the whole run folder"):
         run_logits(Path(moved))
