@@ -214,11 +214,11 @@ def train(cfg: RunConfig, *, overwrite: bool = False, show_progress: bool = True
             discard_staging(stage, made)
             raise
         kept = rescue_model(stage, place, cfg, progress.job, progress.saved)
-        if not isinstance(e, (OSError, TunelabError)):
-            log(f"the trained model is safe in {kept}")
+        if not isinstance(e, (OSError, TunelabError)):  # a bug: its traceback follows
+            log(f"the trained model is kept in {kept / 'model'}")
             raise
         raise TunelabError(f"writing the run to {run_dir} failed after training ({e}); the trained model is "
-                           f"safe in {kept} (`tunelab predict {kept}` loads it): fix the cause, then move it "
+                           f"kept in {kept / 'model'} (with config.yaml beside it): fix the cause, then move it "
                            "into place or train again") from e
     except BaseException:
         discard_staging(stage, made)
