@@ -24,8 +24,9 @@ demo: venv
 test: venv
 	$(PY) -m pytest -q
 
+# make bench: every part; make bench PART=lm: one (classification, lm, scratch, peak)
 bench: venv
-	$(PY) bench/run.py
+	$(PY) bench/run.py $(if $(PART),--part $(PART))
 
 docs: venv
 	$(PY) -c "from pathlib import Path; from tunelab.config import readme_with_reference as r; p = Path('README.md'); p.write_text(r(p.read_text()))"

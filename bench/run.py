@@ -1,15 +1,19 @@
-"""`make bench`: the same fine-tuning job in tunelab and in Hugging Face `Trainer`, one after the other.
+"""`make bench`: the same fine-tuning job in tunelab and in Hugging Face `Trainer`, measured so a sceptic can
+check it.
 
 Each side runs in its own child process (so peak memory is its own), on the same data split, model,
-hyper-parameters and batch size. Each tool runs twice: in float32, and in bf16 mixed precision (autocast;
-weights and optimizer in float32), so that every ratio compares the same arithmetic. tunelab's default
-(`train.precision: auto`) is bf16 on a CPU with native bf16, fp32 elsewhere; Trainer's default is fp32.
-Results go to bench/results.md (and bench/out/results.json); sections of parts left out with --skip keep
-their previous text.
+hyper-parameters, batch size, learning-rate schedule (the Trainer gets tunelab's optimizer and schedule, and
+the bench fails if any side's per-step rates differ), checkpoint policy (the best by validation, evaluated at
+each epoch's end, on both sides) and timing span (seconds inside optimizer steps on both sides; see fair.py).
+The sides run interleaved, the order reversed every round (A B C D, D C B A, ...), `--repeats` times each;
+tables give the median and range. Every run is stored with its time, load and machine in
+bench/out/<part>-<stamp>.json; results.md is rendered from those files alone.
 
-    python bench/run.py                          # everything
-    python bench/run.py --skip lm scratch        # the classification part only
-    python bench/run.py --only tunelab-fp32      # one side (prints JSON)
+    python bench/run.py                                   # every part: classification lm scratch
+    python bench/run.py --part lm                         # one part (also: classification, scratch, peak)
+    python bench/run.py --part classification --smoke     # a tiny job, 2 repeats: checks the bench end to end
+    python bench/run.py --rewrite                         # results.md again from the stored measurements
+    python bench/run.py --only tunelab-fp32               # one side in this process (prints JSON)
 """
 from __future__ import annotations
 
@@ -19,18 +23,26 @@ import os
 import resource
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-from tunelab.train.memory import TRIM_THRESHOLD
-
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-# One job, two implementations. MiniLM full fine-tuning on BBC News.
-JOB = dict(limit=400, max_length=256, epochs=2, batch_size=16, lr=1.0e-4, weight_decay=0.01, warmup_ratio=0.06,
+import record  # noqa: E402  (bench/record.py)
+from tunelab.train.memory import TRIM_THRESHOLD  # noqa: E402
+
+SMOKE = os.environ.get("BENCH_SMOKE") == "1"  # set by --smoke, inherited by the children
+MARKER = "<!-- bench method 2 -->"  # sections measured as described in this file carry it
+
+# MiniLM full fine-tuning on BBC News. 160 articles x 1 epoch (10 steps) keeps the part with 5 sides x 3
+# repeats, their validation and test passes, near 15 minutes on an idle 2-core machine.
+JOB = dict(limit=160, max_length=256, epochs=1, batch_size=16, lr=1.0e-4, weight_decay=0.01, warmup_ratio=0.1,
            max_grad_norm=1.0, seed=42)
+SMOKE_SIZES = dict(limit=32, max_length=64, epochs=2, batch_size=8, warmup_ratio=0.25)  # 2 epochs: 2 evaluations
+if SMOKE:
+    JOB.update(SMOKE_SIZES)
 
 
 def peak_rss_mb() -> float:
@@ -49,7 +61,8 @@ def tunelab_config(out_dir: str, precision: str = "auto"):
         "train": {"epochs": j["epochs"], "batch_size": j["batch_size"], "lr": j["lr"],
                   "weight_decay": j["weight_decay"], "warmup_ratio": j["warmup_ratio"],
                   "max_grad_norm": j["max_grad_norm"], "seed": j["seed"], "scheduler": "linear",
-                  "precision": precision, "early_stopping": {"metric": "f1_macro", "patience": None}},
+                  "precision": precision, "log_every": 1,  # every step's lr, for the schedule check
+                  "early_stopping": {"metric": "f1_macro", "patience": None}},
         "output_dir": out_dir})
 
 
@@ -61,71 +74,100 @@ def resolved_precision(name: str) -> str:
     return "bf16" if resolve_precision(name, torch.device("cpu")) == torch.bfloat16 else "fp32"
 
 
-def run_tunelab(precision: str = "auto") -> dict:
-    from tunelab.run import train
+def capture(job_class):
+    """A job factory for `tunelab.run.train` that keeps the job, to read its data and model afterwards."""
+    kept = {}
 
-    out = HERE / "out" / f"tunelab-{precision}"
-    run_dir = train(tunelab_config(str(out), precision), overwrite=True, show_progress=False, log=lambda m: None)
-    ev = json.loads((run_dir / "eval.json").read_text())
+    def factory(cfg, device, log):
+        kept["job"] = job_class(cfg, device, log)
+        return kept["job"]
+    return factory, kept
+
+
+def classification_facts(examples: dict, epochs: int) -> dict:
+    """What the job really trains and tests on (tunelab's tokenised splits; the Trainer gets the same ids)."""
+    return {"epochs": epochs, **{f"{name}_{what}": value for name, ex in examples.items()
+                                 for what, value in (("examples", len(ex)), ("tokens", ex.real_tokens))}}
+
+
+def classification_flops(model, examples) -> float:
+    """Model FLOPs of the training (record.training_flops; full fine-tuning, bidirectional attention)."""
+    cfg = model.config
+    return JOB["epochs"] * record.training_flops(
+        record.matmul_params(model), [(len(ids), 1) for ids in examples.ids], layers=cfg.num_hidden_layers,
+        hidden=cfg.hidden_size, full=True, causal=False)
+
+
+def run_tunelab(precision: str = "auto") -> dict:
+    from fair import tunelab_lrs
+    from tunelab.run import train
+    from tunelab.tasks.classification import ClassificationJob
+
+    factory, kept = capture(ClassificationJob)
+    run_dir = train(tunelab_config(str(HERE / "out" / f"tunelab-{precision}"), precision), overwrite=True,
+                    show_progress=False, log=lambda m: None, job_factory=factory)
+    ev, job = json.loads((run_dir / "eval.json").read_text()), kept["job"]
+    test = job.examples["test"]
     return {"tokens_per_s": ev["train_tokens_per_s"], "train_seconds": ev["train_seconds"],
-            "train_tokens": ev["train_tokens"], "accuracy": ev["test"]["accuracy"],
-            "f1_macro": ev["test"]["f1_macro"], "peak_rss_mb": peak_rss_mb(),
-            "precision": resolved_precision(precision)}
+            "train_tokens": ev["train_tokens"], "steps": ev["steps"], "best_step": ev["best_step"],
+            "lrs": tunelab_lrs(run_dir / "metrics.jsonl"), "accuracy": ev["test"]["accuracy"],
+            "f1_macro": ev["test"]["f1_macro"],
+            "test_correct": [int(p == y) for p, y in zip(job._test_probs.argmax(1).tolist(), test.labels)],
+            "peak_rss_mb": peak_rss_mb(), "precision": resolved_precision(precision),
+            "model_flops": classification_flops(job.model, job.examples["train"]),
+            "params": record.matmul_params(job.model),
+            "data": classification_facts(job.examples, JOB["epochs"])}
 
 
 def run_trainer(bf16: bool = False) -> dict:
-    """The Hugging Face baseline: Trainer + DataCollatorWithPadding (dynamic padding), same split."""
-    import numpy as np
+    """The Hugging Face baseline: Trainer + DataCollatorWithPadding (dynamic padding), on tunelab's split and
+    token ids, with tunelab's optimizer and schedule, best-by-validation checkpoint and timing span."""
     import torch
-    from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding,
-                              Trainer, TrainingArguments)
+    from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding, Trainer, TrainingArguments
     from transformers.utils import logging as hf_logging
 
+    from fair import BestByValidation, StepTimer, tunelab_optimizers, tunelab_steps
+    from tunelab.evaluate.metrics import classification_metrics
     from tunelab.models.registry import resolve_model
-    from tunelab.tasks.classification import label_set, raw_labels, split_records
+    from tunelab.tasks.classification import ClassificationJob, predict_proba
 
     hf_logging.set_verbosity_error()
     j = JOB
-    cfg = tunelab_config(str(HERE / "out" / "unused"))
-    splits = split_records(cfg, lambda m: None)  # the very same train/test records as tunelab
-    path = resolve_model("builtin:minilm-l6")
-    tok = AutoTokenizer.from_pretrained(str(path))
-    labels = label_set(raw_labels(splits["train"][0], "label", "train"))
-    l2i = {lab: i for i, lab in enumerate(labels)}
+    job = ClassificationJob(tunelab_config(str(HERE / "out" / "unused")), torch.device("cpu"), lambda m: None)
+    job.prepare()  # the very same split, labels and token ids as tunelab
+    examples, labels, tok = job.examples, job.labels, job.tokenizer
+    del job
+    train_items = [{"input_ids": ids, "attention_mask": [1] * len(ids), "labels": y}
+                   for ids, y in zip(examples["train"].ids, examples["train"].labels)]
 
-    class DS(torch.utils.data.Dataset):
-        def __init__(self, recs):
-            enc = tok([r["text"] for r in recs], truncation=True, max_length=j["max_length"])
-            self.items = [{"input_ids": ids, "attention_mask": am, "labels": l2i[r["label"]]}
-                          for ids, am, r in zip(enc["input_ids"], enc["attention_mask"], recs)]
+    def metrics(model, split: str) -> dict:
+        probs = predict_proba(model, examples[split], 2 * j["batch_size"], tok.pad_token_id, torch.device("cpu"))
+        return {**classification_metrics(examples[split].labels, probs.numpy(), labels), "probs": probs}
 
-        def __len__(self):
-            return len(self.items)
-
-        def __getitem__(self, i):
-            return self.items[i]
-
-    train_ds, test_ds = DS(splits["train"][0]), DS(splits["test"][0])
     torch.manual_seed(j["seed"])
-    model = AutoModelForSequenceClassification.from_pretrained(str(path), num_labels=len(labels))
+    model = AutoModelForSequenceClassification.from_pretrained(str(resolve_model("builtin:minilm-l6")),
+                                                               num_labels=len(labels))
+    total, warmup = tunelab_steps(-(-len(train_items) // j["batch_size"]), j["epochs"], j["warmup_ratio"])
+    timer = StepTimer()
+    best = BestByValidation(lambda m: metrics(m, "validation")["f1_macro"], minimise=False)
     args = TrainingArguments(output_dir=str(HERE / "out" / "trainer-run"), num_train_epochs=j["epochs"], bf16=bf16,
-                             per_device_train_batch_size=j["batch_size"], per_device_eval_batch_size=32,
-                             learning_rate=j["lr"], weight_decay=j["weight_decay"],
-                             warmup_steps=int(j["warmup_ratio"] * (len(train_ds) // j["batch_size"] + 1) * j["epochs"]),
-                             lr_scheduler_type="linear", max_grad_norm=j["max_grad_norm"], seed=j["seed"],
-                             save_strategy="no", eval_strategy="no", logging_steps=10, report_to=[],
-                             disable_tqdm=True, use_cpu=True, dataloader_num_workers=0)
-    trainer = Trainer(model=model, args=args, train_dataset=train_ds, data_collator=DataCollatorWithPadding(tok))
-    result = trainer.train()
-    pred = trainer.predict(test_ds)
-    y_pred, y_true = pred.predictions.argmax(-1), np.array(pred.label_ids)
-    from sklearn.metrics import f1_score
-
-    real_tokens = sum(len(x["input_ids"]) for x in train_ds.items) * j["epochs"]
-    secs = result.metrics["train_runtime"]
-    return {"tokens_per_s": real_tokens / secs, "train_seconds": secs, "train_tokens": real_tokens,
-            "accuracy": float((y_pred == y_true).mean()), "f1_macro": float(f1_score(y_true, y_pred, average="macro")),
-            "peak_rss_mb": peak_rss_mb(), "precision": "bf16" if bf16 else "fp32"}
+                             per_device_train_batch_size=j["batch_size"], max_grad_norm=j["max_grad_norm"],
+                             seed=j["seed"], save_strategy="no", eval_strategy="no", logging_steps=10,
+                             report_to=[], disable_tqdm=True, use_cpu=True, dataloader_num_workers=0)
+    trainer = Trainer(model=model, args=args, train_dataset=train_items, data_collator=DataCollatorWithPadding(tok),
+                      callbacks=[timer, best], optimizers=tunelab_optimizers(
+                          model, lr=j["lr"], weight_decay=j["weight_decay"], total=total, warmup=warmup))
+    trainer.train()
+    test = metrics(model, "test")
+    tokens = examples["train"].real_tokens * j["epochs"]
+    return {"tokens_per_s": tokens / timer.seconds, "train_seconds": timer.seconds, "train_tokens": tokens,
+            "steps": len(timer.lrs), "best_step": best.best_step, "lrs": timer.lrs, "accuracy": test["accuracy"],
+            "f1_macro": test["f1_macro"],
+            "test_correct": [int(p == y) for p, y in zip(test["probs"].argmax(1).tolist(), examples["test"].labels)],
+            "peak_rss_mb": peak_rss_mb(), "precision": "bf16" if bf16 else "fp32",
+            "model_flops": classification_flops(model, examples["train"]),
+            "params": record.matmul_params(model),
+            "data": classification_facts(examples, j["epochs"])}
 
 
 def _lm(name, *args):
@@ -136,27 +178,33 @@ def _lm(name, *args):
     return run
 
 
-# Column order of the tables: tunelab's default, then each tool in each precision.
-SIDES = {"tunelab": run_tunelab, "tunelab-fp32": lambda: run_tunelab("fp32"),
-         "trainer": run_trainer, "trainer-bf16": lambda: run_trainer(bf16=True),
-         "trainer-keepmem": run_trainer,  # run by child() with KEEP_MEMORY_ENV
-         "tunelab-lm": _lm("run_tunelab_lm"), "tunelab-lm-fp32": _lm("run_tunelab_lm", "fp32"),
-         "trainer-lm": _lm("run_trainer_lm"), "trainer-lm-bf16": _lm("run_trainer_lm", True)}
-PARTS = {"classification": ("tunelab", "tunelab-fp32", "trainer", "trainer-bf16", "trainer-keepmem"),
-         "lm": ("tunelab-lm", "tunelab-lm-fp32", "trainer-lm", "trainer-lm-bf16")}
-HEADINGS = {"classification": "## Classification", "lm": "## Instruction tuning",
-            "scratch": "## Classification from scratch",
+SIDES = {"tunelab-fp32": lambda: run_tunelab("fp32"), "tunelab-bf16": lambda: run_tunelab("bf16"),
+         "trainer-fp32": run_trainer, "trainer-bf16": lambda: run_trainer(bf16=True),
+         "trainer-fp32-keepmem": run_trainer,  # child() runs it with KEEP_MEMORY_ENV
+         "tunelab-lm-fp32": _lm("run_tunelab_lm", "fp32"), "tunelab-lm-bf16": _lm("run_tunelab_lm", "bf16"),
+         "trainer-lm-fp32": _lm("run_trainer_lm"), "trainer-lm-bf16": _lm("run_trainer_lm", True),
+         "peak": record.peak}
+PARTS = {"classification": ("tunelab-fp32", "tunelab-bf16", "trainer-fp32", "trainer-bf16", "trainer-fp32-keepmem"),
+         "lm": ("tunelab-lm-fp32", "tunelab-lm-bf16", "trainer-lm-fp32", "trainer-lm-bf16")}
+ALL_PARTS = ("classification", "lm", "scratch", "peak")
+HEADINGS = {"peak": "## Machine and matmul peak", "classification": "## Classification",
+            "lm": "## Instruction tuning", "scratch": "## Classification from scratch",
             # written by bench/seeds.py
             "classification_seeds": "## Classification: test accuracy over seeds",
             "lm_seeds": "## Instruction tuning: validation loss over seeds"}
-
 
 # glibc's environment form of what `train.reuse_memory` sets in tunelab (tunelab/train/memory.py): the
 # Trainer run with it shows how much of the difference is the allocator.
 KEEP_MEMORY_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(TRIM_THRESHOLD)}
 
 
+def sides_of(part: str, fast_bf16: bool) -> list[str]:
+    """A part's sides; the bf16 ones only on a CPU with native bf16 (elsewhere bf16 is ~100x slower)."""
+    return [s for s in PARTS[part] if fast_bf16 or "bf16" not in s]
+
+
 def child(side: str) -> dict:
+    """One side in a fresh process; its result is the last line of its standard output."""
     env = {**os.environ, **KEEP_MEMORY_ENV} if side.endswith("-keepmem") else None
     out = subprocess.run([sys.executable, __file__, "--only", side], capture_output=True, text=True, env=env)
     if out.returncode != 0:
@@ -164,149 +212,81 @@ def child(side: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def comparison_table(cols: dict[str, dict], rows: list[tuple[str, str, str]]) -> list[str]:
-    """A markdown table: one column per side; rows are (label, key, format)."""
-    lines = ["| | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
-    for label, key, fmt in rows:
-        lines.append(f"| {label} | " + " | ".join(format(c[key], fmt) for c in cols.values()) + " |")
-    return lines
+def check_same_job(runs: list[dict]) -> None:
+    """Fail loudly unless every run used the same per-step learning rates and trained the same tokens."""
+    from fair import same_lrs
+
+    first = runs[0]
+    for run in runs[1:]:
+        problem = same_lrs(first["result"]["lrs"], run["result"]["lrs"])
+        if problem:
+            raise SystemExit(f"learning-rate schedules differ: {first['side']} vs {run['side']}: {problem}")
+        if run["result"]["train_tokens"] != first["result"]["train_tokens"]:
+            raise SystemExit(f"trained tokens differ: {first['side']} {first['result']['train_tokens']} vs "
+                             f"{run['side']} {run['result']['train_tokens']}")
 
 
-def ratio_lines(t: dict, t32: dict, h: dict, h16: dict) -> list[str]:
-    """tunelab over Trainer in real tokens/s: same arithmetic each time, then the two defaults."""
-    r = lambda a, b: a["tokens_per_s"] / b["tokens_per_s"]  # noqa: E731
-    bf16 = t if t["precision"] == "bf16" else None
-    lines = [f"- both fp32: tunelab **{r(t32, h):.2f}x** the Trainer's tokens/s"]
-    if bf16:
-        lines.append(f"- both bf16 mixed precision: tunelab **{r(bf16, h16):.2f}x**")
-    lines.append(f"- each tool's default (tunelab {t['precision']}, Trainer fp32): tunelab **{r(t, h):.2f}x**")
-    return lines
+def measure(part: str, repeats: int) -> dict:
+    """Interleaved repeats of a part's sides, each run stored as it finishes; the peak before and after."""
+    path, machine = record.new_path(part, SMOKE), record.machine()
+    sides = sides_of(part, machine["fast_bf16"])
+    rec = {"part": part, "smoke": SMOKE, "job": job_of(part), "sides": sides, "repeats": repeats,
+           "machine": machine, "peak": [child("peak")], "runs": [], "complete": False}
+    for r in range(repeats):
+        for side in (sides if r % 2 == 0 else sides[::-1]):  # A B C, C B A: drift hits every side alike
+            run = {"side": side, "repeat": r, "started": record.utc_now(), "load_before": record.load()}
+            run["result"] = child(side)
+            run.update(finished=record.utc_now(), load_after=record.load(), machine=machine)
+            rec["runs"].append(run)
+            record.save(path, rec)
+            check_same_job(rec["runs"])
+            print(f"{part} {side} repeat {r}: {run['result']['tokens_per_s']:.0f} tokens/s, load "
+                  f"{run['load_before'][0]:.2f} -> {run['load_after'][0]:.2f}", flush=True)
+    rec["peak"].append(child("peak"))
+    rec["complete"] = True
+    record.save(path, rec)
+    return rec
 
 
-def columns(res: dict, sides: tuple[str, ...], names: tuple[str, str]) -> dict[str, dict]:
-    t, t32, h, h16 = (res[s] for s in sides[:4])
-    return {f"{names[0]} default ({t['precision']})": t, f"{names[0]} fp32": t32,
-            f"{names[1]} fp32 (default)": h, f"{names[1]} bf16": h16}
+def job_of(part: str) -> dict:
+    if part == "lm":
+        import causal
 
-
-def classification_section(res: dict) -> list[str]:
-    j = JOB
-    sides = PARTS["classification"]
-    return [
-        "## Classification: MiniLM-L6 full fine-tuning on BBC News", "",
-        f"Same split (seeded, stratified), {j['limit']} training articles, max_length {j['max_length']}, "
-        f"{j['epochs']} epochs, batch {j['batch_size']}, AdamW lr {j['lr']}, linear schedule, warmup "
-        f"{j['warmup_ratio']}, clip {j['max_grad_norm']}, seed {j['seed']}. Tokens/s counts real (non-padding) "
-        "training tokens over training time (evaluation excluded). Trainer uses DataCollatorWithPadding "
-        "(pads each random batch to its longest example). tunelab computes only the [CLS] position in the last "
-        "layer and draws dropout masks from 16-bit random words (`train.fast_dropout`); its batches are random "
-        "too, as grouping by length would save no padding (nearly every article fills 256 tokens).", "",
-        *comparison_table(columns(res, sides, ("tunelab", "HF Trainer")), [
-            ("real tokens/s", "tokens_per_s", ".0f"), ("training time (s)", "train_seconds", ".1f"),
-            ("peak RSS (MB)", "peak_rss_mb", ".0f"), ("test accuracy", "accuracy", ".4f"),
-            ("test F1 macro", "f1_macro", ".4f")]), "",
-        *ratio_lines(*(res[s] for s in sides[:4])), *keepmem_lines(res), ""]
-
-
-def keepmem_lines(res: dict) -> list[str]:
-    """The Trainer with glibc told to keep freed memory, as tunelab does (`train.reuse_memory`)."""
-    if "trainer-keepmem" not in res:
-        return []
-    k, t32 = res["trainer-keepmem"], res["tunelab-fp32"]
-    env = " ".join(f"{n}={v}" for n, v in KEEP_MEMORY_ENV.items())
-    return ["", f"tunelab keeps freed memory for reuse (`train.reuse_memory`). The Trainer in fp32 with the same "
-            f"setting (`{env}`) ran at {k['tokens_per_s']:.0f} tokens/s (peak RSS {k['peak_rss_mb']:.0f} MB, "
-            f"test accuracy {k['accuracy']:.4f}); tunelab fp32 is **{t32['tokens_per_s'] / k['tokens_per_s']:.2f}x** "
-            "that, the part of the gain that is not the allocator."]
-
-
-def previous_sections() -> dict[str, str]:
-    """The parts of the current results.md, by part name, to keep those not re-run."""
-    path = HERE / "results.md"
-    if not path.is_file():
-        return {}
-    text, found = path.read_text(), {}
-    chunks = ["## " + c for c in text.split("\n## ")[1:]]
-    for part, heading in HEADINGS.items():
-        # the longest matching heading wins ("## Classification from scratch" vs "## Classification")
-        match = [c for c in chunks if c.startswith(heading)
-                 and not any(c.startswith(h) for h in HEADINGS.values() if len(h) > len(heading))]
-        if match:
-            found[part] = match[0].rstrip("\n") + "\n"
-    return found
-
-
-def write_results(res: dict) -> None:
-    import platform
-
-    import torch
-
-    from tunelab.train.precision import cpu_has_fast_bf16
-
-    old = previous_sections()
-    lines = [
-        "# tunelab benchmark", "",
-        "Produced by `make bench` (`python bench/run.py`). Each side runs in its own process, one after the "
-        "other; peak RSS is that process's maximum resident memory. Sections carry the date of their run.", ""]
-    def when(part: str) -> list[str]:
-        return [f"Measured {time.strftime('%Y-%m-%d')} on {os.cpu_count()} CPU cores "
-                f"({platform.processor() or platform.machine()}, native bf16: "
-                f"{'yes' if cpu_has_fast_bf16() else 'no'}), torch {torch.__version__}, "
-                f"{res.get('threads', 2)} threads; load average {res[f'load_before_{part}']:.2f} before the part.", ""]
-
-    if "tunelab" in res:
-        lines += classification_section(res) + when("classification")
-    elif "classification" in old:
-        lines += [old["classification"]]
-    if "tunelab-lm" in res:
-        from causal import section
-
-        lines += section(res) + when("lm")
-    elif "lm" in old:
-        lines += [old["lm"]]
-    if "scratch" in res:
-        lines += [res["scratch"]]
-    elif "scratch" in old:
-        lines += [old["scratch"]]
-    for part in ("classification_seeds", "lm_seeds"):
-        if part in old:
-            lines += [old[part]]
-    (HERE / "results.md").write_text("\n".join(lines).rstrip("\n") + "\n")
-    print("\n".join(lines))
+        return dict(causal.LM_JOB)
+    return dict(JOB)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--only", choices=list(SIDES))
-    ap.add_argument("--skip", nargs="*", default=[], choices=["classification", "lm", "scratch"],
-                    help="leave out parts of the benchmark")
-    ap.add_argument("--rewrite", action="store_true",
-                    help="rebuild results.md from the figures of the last run (bench/out/results.json)")
+    ap.add_argument("--only", choices=list(SIDES), help="run one side in this process and print its JSON")
+    ap.add_argument("--part", nargs="+", choices=ALL_PARTS, default=list(ALL_PARTS[:3]),
+                    help="the parts to measure (default: classification lm scratch)")
+    ap.add_argument("--repeats", type=int, default=None, help="runs per side (default 3; 2 with --smoke)")
+    ap.add_argument("--smoke", action="store_true",
+                    help="tiny jobs, to check the bench end to end; results go to bench/out/results-smoke.md")
+    ap.add_argument("--rewrite", action="store_true", help="only rebuild results.md from the stored measurements")
     args = ap.parse_args()
     if args.only:
         print(json.dumps(SIDES[args.only]()))
         return
-    if args.rewrite:
-        write_results(json.loads((HERE / "out" / "results.json").read_text()))
-        return
-    (HERE / "out").mkdir(exist_ok=True)
-    import torch
+    if args.smoke:
+        os.environ["BENCH_SMOKE"] = "1"
+        global SMOKE
+        SMOKE = True
+        JOB.update(SMOKE_SIZES)
+    import results
 
-    res: dict = {"threads": torch.get_num_threads()}  # the sides' (bench/scratch.py later sets 1 in here)
-    for part, sides in PARTS.items():
-        if part not in args.skip:
-            res[f"load_before_{part}"] = os.getloadavg()[0]
-            for side in sides:
-                res[side] = child(side)
-                print(f"{side}: {res[side]}", flush=True)
-    saved = HERE / "out" / "results.json"  # merged with earlier runs: bench/scratch.py reads the MiniLM row
-    merged = {**(json.loads(saved.read_text()) if saved.is_file() else {}), **res}
-    saved.write_text(json.dumps(merged, indent=2))
-    if "scratch" not in args.skip:
-        import scratch
+    if not args.rewrite:
+        for part in args.part:
+            if part == "scratch":
+                import scratch
 
-        res["scratch"] = scratch.run()
-    write_results(res)
+                scratch.run(smoke=SMOKE)
+            elif part == "peak":
+                record.save(record.new_path("peak", SMOKE), {"part": "peak", **child("peak"), "complete": True})
+            else:
+                measure(part, args.repeats or (2 if SMOKE else 3))
+    print(results.write(SMOKE))
 
 
 if __name__ == "__main__":

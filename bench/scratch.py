@@ -1,15 +1,16 @@
 """Scratch classifiers (LSTM, GRU, Transformer) on BBC News, beside the fine-tuned pretrained MiniLM.
 
-The split is the main bench's (bench/run.py JOB: the same seeded, stratified train/validation/test split and
-training-set limit), so the test articles are the same ones MiniLM is scored on. A lowercase WordPiece
+The split is the main bench's (the same seeded, stratified train/validation/test split as bench/run.py JOB,
+so the test articles are the same ones MiniLM is scored on), with its own training-set limit (LIMIT: 400
+articles, the size the MiniLM job had before it was shrunk for repeats). A lowercase WordPiece
 tokenizer is trained on the training split only (no test text leaks into the vocabulary). Each model runs
 through `tunelab.run.train` in this process on one thread: the step-by-step RNN loops are faster on one
 thread than on two, and far more so when anything else is using the second core.
 
     python bench/scratch.py                     # all three, prints the markdown section
     python bench/scratch.py --only lstm         # one model
-`run()` returns the section (bench/run.py can append it to results.md); numbers also go to
-bench/out/scratch.json.
+`run()` stores the figures with their date, load and machine in bench/out/scratch-<stamp>.json, from which
+bench/results.py renders the section (`markdown`).
 """
 from __future__ import annotations
 
@@ -17,7 +18,6 @@ import argparse
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -25,11 +25,13 @@ sys.path.insert(0, str(HERE))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from run import JOB  # noqa: E402  (bench/run.py: the main bench's split and limit)
+import record  # noqa: E402
+from run import JOB, MARKER, SMOKE  # noqa: E402  (bench/run.py: the main bench's split)
 
 OUT = HERE / "out" / "scratch"
 VOCAB_SIZE = 8000
 MAX_LENGTH = 128  # half the main bench's 256: keeps every run under ~3 minutes; the lead names the topic
+LIMIT = 400  # training articles
 # 16 epochs: models that start from nothing need many passes over a few hundred articles (MiniLM: 2).
 # Per kind: its model: section and learning rate (RNNs from scratch want a larger one); the rest is TRAIN.
 MODELS = {
@@ -40,6 +42,9 @@ MODELS = {
 }
 TRAIN = dict(epochs=16, batch_size=32, weight_decay=0.01, warmup_ratio=0.06, max_grad_norm=1.0,
              scheduler="linear", threads=1)
+if SMOKE:
+    LIMIT, MAX_LENGTH, VOCAB_SIZE = 32, 32, 500
+    TRAIN.update(epochs=2)
 
 
 def scratch_config(kind: str, tokenizer: Path | None, out_dir: Path):
@@ -51,7 +56,7 @@ def scratch_config(kind: str, tokenizer: Path | None, out_dir: Path):
         "task": "classification",
         "model": {**model, "max_length": MAX_LENGTH, "dropout": 0.1,
                   "tokenizer": None if tokenizer is None else str(tokenizer)},
-        "data": {"train": "builtin:bbc-news", "limit": JOB["limit"], "val_fraction": 0.1, "test_fraction": 0.1},
+        "data": {"train": "builtin:bbc-news", "limit": LIMIT, "val_fraction": 0.1, "test_fraction": 0.1},
         "method": {"name": "full"},
         "train": {**TRAIN, "lr": lr, "seed": JOB["seed"], "early_stopping": {"metric": "f1_macro", "patience": None}},
         "output_dir": str(out_dir)})
@@ -82,56 +87,69 @@ def run_one(kind: str, tokenizer: Path) -> dict:
             "steps": ev["steps"], "parameters": count_parameters(model)[1]}
 
 
-def minilm_figure() -> dict | None:
-    """The fine-tuned MiniLM's figures from the main bench's last run (bench/out/results.json), if any."""
-    path = HERE / "out" / "results.json"
-    return json.loads(path.read_text()).get("tunelab") if path.is_file() else None  # absent: classification skipped
+def minilm_figure(smoke: bool) -> dict | None:
+    """The fine-tuned MiniLM's figures (tunelab's default precision, first repeat) from the newest stored
+    classification measurement, if any."""
+    rec = record.latest("classification", smoke)
+    if rec is None:
+        return None
+    side = "tunelab-bf16" if "tunelab-bf16" in rec["sides"] else "tunelab-fp32"
+    run = next(r for r in rec["runs"] if r["side"] == side)
+    return {**run["result"], "job": rec["job"], "side": side}
 
 
-def markdown(results: dict, minilm: dict | None) -> str:
-    j, t = JOB, TRAIN
+def markdown(rec: dict) -> str:
+    """The section, from a stored scratch measurement (and the newest classification one for MiniLM)."""
+    j, t, results = JOB, rec["train"], rec["results"]
+    minilm = minilm_figure(rec.get("smoke", False))
     lines = [
-        "## Classification from scratch: LSTM, GRU, Transformer on BBC News", "",
-        f"The main bench's split ({j['limit']} training articles, seed {j['seed']}; the same test articles); "
-        f"max_length {MAX_LENGTH} (MiniLM: {j['max_length']}); a lowercase WordPiece tokenizer ({VOCAB_SIZE} "
+        "## Classification from scratch: LSTM, GRU, Transformer on BBC News", MARKER, "",
+        f"The main bench's split ({rec['limit']} training articles, seed {j['seed']}; the same test articles); "
+        f"max_length {rec['max_length']}; a lowercase WordPiece tokenizer ({rec['vocab_size']} "
         f"tokens) trained on the training split; {t['epochs']} epochs, batch {t['batch_size']}, AdamW (lr "
-        f"{MODELS['lstm'][1]} for the RNNs, {MODELS['transformer'][1]} for the Transformer), linear schedule, "
+        f"{rec['lr']['lstm']} for the RNNs, {rec['lr']['transformer']} for the Transformer), linear schedule, "
         f"dropout 0.1, {t['threads']} thread; the best validation F1 checkpoint is tested. RNNs: 1 "
         "bidirectional layer, hidden 128 (embeddings 128), final states pooled; Transformer: 2 pre-norm layers, "
-        "hidden 128, 4 heads, learned positions, mean pooling.", "",
+        "hidden 128, 4 heads, learned positions, mean pooling. One run per model.", "",
+        f"Measured {rec['started']} to {rec['finished']} (UTC), load {rec['load_before'][0]:.2f} before and "
+        f"{rec['load_after'][0]:.2f} after, on {record.describe_machine(rec['machine'])}. Figures: "
+        f"`{rec['file']}`." + (" **Smoke run: tiny job, figures mean nothing.**" if rec.get("smoke") else ""), "",
         "| model | parameters | test accuracy | test F1 macro | training time (s) |", "|---|---|---|---|---|"]
     for kind, r in results.items():
         lines.append(f"| scratch {kind} | {r['parameters'] / 1e6:.2f}M | {r['accuracy']:.4f} | {r['f1_macro']:.4f} "
                      f"| {r['train_seconds']:.1f} |")
     if minilm:
-        lines.append(f"| MiniLM-L6, pretrained, fine-tuned ({j['epochs']} epochs) | 22.7M | {minilm['accuracy']:.4f} "
-                     f"| {minilm['f1_macro']:.4f} | {minilm['train_seconds']:.1f} |")
+        mj = minilm["job"]
+        lines.append(f"| MiniLM-L6, pretrained, fine-tuned ({minilm['data']['train_examples']} articles, "
+                     f"{mj['epochs']} epoch(s), max_length {mj['max_length']}, {minilm['precision']}; part "
+                     f"classification) | 22.7M | {minilm['accuracy']:.4f} | {minilm['f1_macro']:.4f} "
+                     f"| {minilm['train_seconds']:.1f} |")
     else:
-        lines.append("| MiniLM-L6, pretrained, fine-tuned | 22.7M | not measured: run `make bench` | | |")
+        lines.append("| MiniLM-L6, pretrained, fine-tuned | 22.7M | not measured: run `make bench PART=classification` "
+                     "| | |")
     return "\n".join(lines) + "\n"
 
 
-def run(kinds: tuple[str, ...] = tuple(MODELS), minilm: dict | None = None) -> str:
-    """Train each scratch model, write bench/out/scratch.json, return the markdown section.
-
-    `minilm`: the main bench's tunelab classification result (default: read from bench/out/results.json).
-    """
+def run(kinds: tuple[str, ...] = tuple(MODELS), smoke: bool = SMOKE) -> dict:
+    """Train each scratch model; store and return the measurement (bench/out/scratch[-smoke]-<stamp>.json)."""
     OUT.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
+    path = record.new_path("scratch", smoke)
+    rec = {"part": "scratch", "smoke": smoke, "started": record.utc_now(), "load_before": record.load(),
+           "machine": record.machine(), "limit": LIMIT, "max_length": MAX_LENGTH, "vocab_size": VOCAB_SIZE,
+           "train": TRAIN, "lr": {k: lr for k, (_, lr) in MODELS.items()}}
     tokenizer = train_split_tokenizer(OUT / "tokenizer")
-    results = {kind: run_one(kind, tokenizer) for kind in kinds}
-    (HERE / "out" / "scratch.json").write_text(json.dumps(
-        {"results": results, "job": JOB, "max_length": MAX_LENGTH, "train": TRAIN,
-         "lr": {k: lr for k, (_, lr) in MODELS.items()}, "wall_seconds": round(time.perf_counter() - t0, 1)},
-        indent=2))
-    return markdown(results, minilm or minilm_figure())
+    rec["results"] = {kind: run_one(kind, tokenizer) for kind in kinds}
+    rec.update(finished=record.utc_now(), load_after=record.load(), complete=True)
+    record.save(path, rec)
+    return rec
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--only", choices=list(MODELS), action="append")
     args = ap.parse_args()
-    print(run(tuple(args.only or MODELS)))
+    rec = run(tuple(args.only or MODELS))
+    print(markdown({**rec, "file": "bench/out/scratch"}))
 
 
 if __name__ == "__main__":

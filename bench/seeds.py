@@ -94,8 +94,9 @@ def child(part: str, side: str, seed: int) -> float:
 
 
 def section(part: str, seeds: list[int], res: dict[str, list[float]]) -> str:
+    import record
     from causal import LM_JOB
-    from run import JOB
+    from run import JOB, MARKER
 
     rows = ["| seed | " + " | ".join(str(s) for s in seeds) + " | mean | sd |",
             "|---" * (len(seeds) + 3) + "|"]
@@ -113,9 +114,10 @@ def section(part: str, seeds: list[int], res: dict[str, list[float]]) -> str:
                 "classification head's initialisation, the batch order and the dropout masks. Test accuracy "
                 "on the same 223 articles")
     return "\n".join([
-        HEADINGS[part], "",
+        HEADINGS[part], MARKER, "",
         f"`python bench/seeds.py --part {part}`: {what}, both tools in bf16, the data split of seed 42 "
-        "throughout:", "",
+        "throughout; the Trainer with tunelab's optimizer, schedule and best-by-validation checkpoint "
+        f"(bench/fair.py). Written {record.utc_now()} on {record.describe_machine(record.machine())}.", "",
         *rows, "",
         f"Mean difference tunelab - Trainer: {diff:+.4f}.", ""])
 
