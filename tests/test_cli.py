@@ -76,6 +76,23 @@ def test_debug_is_accepted_after_the_subcommand(tmp_path):
     assert main(["validate", str(tmp_path / "nope.yaml")]) == 2
 
 
+@pytest.mark.parametrize("argv, first, overrides", [
+    (["data", "preview", "c.yaml", "-n", "2", "data.train_on_prompt=true", "--debug"], "c.yaml",
+     ["data.train_on_prompt=true"]),
+    (["pretrain", "c.yaml", "--no-progress", "train.max_steps=2", "--debug"], "c.yaml", ["train.max_steps=2"]),
+    (["chat", "builtin:x", "--system", "a=b", "generate.top_k=5", "--debug"], "builtin:x", ["generate.top_k=5"]),
+    (["eval", "generate.top_k=5", "runs/x", "--data", "d.jsonl", "--debug", "data.text_field=b"], "runs/x",
+     ["generate.top_k=5", "data.text_field=b"]),
+    (["predict", "runs/x", "--text", "k=v", "generate.top_k=5", "--debug"], "runs/x", ["generate.top_k=5"]),
+])
+def test_every_command_with_overrides_takes_them_anywhere(argv, first, overrides):
+    from tunelab.cli import parse_args
+
+    args = parse_args(build_parser(), argv)
+    assert getattr(args, "config", getattr(args, "run_dir", None)) == first
+    assert args.overrides == overrides and args.debug is True
+
+
 def test_a_stray_word_is_still_an_error(capsys):
     with pytest.raises(SystemExit) as e:
         main(["merge", "runs/x", "--bogus"])
