@@ -101,7 +101,7 @@ def _load_dequantized(gguf_path: Path):
     try:
         note("  reading the tokenizer ...")
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-        note("  reading the weights ...")
+        note("  reading and dequantizing the weights (the slow part) ...")
         with _tensor_display():
             loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
     except Exception as e:  # transformers raises many types for an unsupported or corrupt GGUF
