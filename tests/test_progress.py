@@ -84,6 +84,17 @@ def test_on_a_terminal_progress_is_a_tqdm_bar(monkeypatch, restore_switch):
     assert "work:" in terminal.getvalue() and "\r" in terminal.getvalue()
 
 
+def test_a_terminal_without_a_width_gets_plain_lines(monkeypatch, restore_switch):
+    """A pseudo-terminal nobody sized (`script`, containers run with -t) is 0 columns wide: tqdm draws nothing."""
+    import os
+
+    leader, follower = os.openpty()  # a fresh pseudo-terminal: 0 x 0
+    with open(follower, "w") as stream:
+        monkeypatch.setattr("sys.stderr", stream)
+        assert stream.isatty() and isinstance(progress(range(2), desc="work"), PlainProgress)
+    os.close(leader)
+
+
 def test_switched_off_progress_is_silent(capsys, restore_switch):
     set_progress(False)
     assert list(progress(range(3), desc="work")) == [0, 1, 2]

@@ -9,6 +9,7 @@ bar; the plain reporter is ours because tqdm has no line mode (with `file=` a lo
 from __future__ import annotations
 
 import json
+import os
 import sys
 import threading
 import time
@@ -28,12 +29,21 @@ def set_progress(enabled: bool) -> None:
 
 
 def _on_terminal() -> bool:
-    """True when standard error is an interactive terminal, where a redrawn bar is readable."""
+    """True when standard error is an interactive terminal with a width, where a redrawn bar is readable.
+
+    A terminal of width 0 (a pseudo-terminal nobody sized: `script`, some containers run with -t) gets
+    plain lines: tqdm would draw nothing at all there.
+    """
     isatty = getattr(sys.stderr, "isatty", None)
     try:
-        return bool(isatty and isatty())
+        if not (isatty and isatty()):
+            return False
     except ValueError:  # a closed stream
         return False
+    try:
+        return os.get_terminal_size(sys.stderr.fileno()).columns > 0
+    except (OSError, ValueError):  # a stand-in stream without a descriptor: trust its isatty
+        return True
 
 
 def progress(iterable=None, total: int | None = None, desc: str = "", unit: str = "it", leave: bool = False):
