@@ -59,7 +59,7 @@ def curves_figure(history: list[dict], metric: str) -> str:
     for ax, points in ((axes[0], train + val_loss), (axes[1], val_metric)):
         steps = [x for x, _ in points]
         if steps:
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers (no 0.96 ... 1.04)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 5, 10]))  # whole steps: 10, 20, 30
             if max(steps) - min(steps) < 2:  # one step: give it room, as matplotlib would otherwise zoom in
                 ax.set_xlim(min(steps) - 1, max(steps) + 1)
     return _png(fig)
