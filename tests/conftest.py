@@ -191,10 +191,10 @@ def quiet(*_args, **_kwargs) -> None:
     """A `log` callback that drops messages."""
 
 
-def train_quietly(cfg: RunConfig, **kwargs) -> Path:
+def train_quietly(cfg: RunConfig, log=None, **kwargs) -> Path:
     from tunelab.run import train
 
-    return train(cfg, show_progress=False, log=quiet, **kwargs)
+    return train(cfg, show_progress=False, log=log or quiet, **kwargs)
 
 
 def read_metrics(run_dir: Path, kind: str | None = None) -> list[dict]:

@@ -29,7 +29,10 @@ def lora_run(tiny_bert, data_dir, tmp_path_factory, helpers):
     """(RUN_DIR, spy dict) of a 3-step LoRA run with method.merge=true."""
     cfg = helpers.tiny_config(tiny_bert, data_dir / "train.jsonl", tmp_path_factory.mktemp("lora") / "run",
                               {"method.name": "lora", "method.merge": True, "train.lr": 1e-2})
-    return helpers.train_and_capture(cfg)
+    lines: list[str] = []
+    run_dir, seen = helpers.train_and_capture(cfg, log=lines.append)
+    seen["log"] = lines
+    return run_dir, seen
 
 
 @torch.no_grad()
@@ -133,6 +136,9 @@ def test_merged_lora_model_matches_the_adapter(lora_run):
                                atol=1e-5, rtol=0)
     summary = json.loads((run_dir / "eval.json").read_text())
     assert 0.0 <= summary["merge_max_abs_logit_diff"] <= 1e-5
+    # the log names the merged folder where the run ends up, not the staging folder it was written in
+    said = [line for line in seen["log"] if line.startswith("merged model written to")]
+    assert len(said) == 1 and said[0].startswith(f"merged model written to {run_dir / 'merged'};"), said
 
 
 def test_no_merged_model_unless_merge_is_set(full_run):

@@ -317,7 +317,9 @@ class CausalLMJob:
         sample = padded_batch(data.examples[:4], self.pad_id)
         inputs = {k: sample[k].to(self.device) for k in ("input_ids", "attention_mask")}
         diff = write_merged(self.model, self.tokenizer, run_dir / "merged", inputs)
-        self.log(f"merged model written to {run_dir / 'merged'}; max |logit difference| vs adapter: {diff:.2e}")
+        # run_dir is still the staging folder here: name the place the run will have
+        self.log(f"merged model written to {Path(self.cfg.output_dir) / 'merged'}; "
+                 f"max |logit difference| vs adapter: {diff:.2e}")
         return {"merge_max_abs_logit_diff": diff}
 
     def report_sections(self, test_metrics: dict) -> list[tuple[str, str]]:
