@@ -181,26 +181,27 @@ def test_chat_passes_the_model_context(small_dir, monkeypatch):
     assert len(whole) > 16 and sent == [whole]
 
 
-def test_no_room_to_generate_keeps_the_trained_run_and_predict_says_which_setting(small_dir, tmp_path):
-    """max_new_tokens 64 fills the whole 64-position context: training keeps its run (loss, no generation,
-    the reason said); predict on it is a one-line error naming the setting."""
+def test_no_room_to_generate_is_an_error_before_training_and_in_predict(small_dir, tmp_path):
+    """max_new_tokens 64 fills the whole 64-position context: `train` refuses before training (nothing is
+    left behind), `samples_in_eval: 0` trains, and predict on that run is a one-line error naming the setting."""
     from tunelab.infer import predict_causal_records
     from tunelab.run import train
-    from tunelab.tasks.causal_lm import metrics_line
 
     train_file = write_jsonl(tmp_path / "train.jsonl", [{"prompt": f"{i}+1=", "completion": str(i + 1)}
                                                        for i in range(8)])
-    cfg = config_from_dict({
+    data = {
         "task": "causal_lm", "model": {"name": str(small_dir), "max_length": 16},
         "data": {"train": str(train_file), "test": str(train_file), "format": "prompt_completion"},
         "method": {"name": "full"}, "train": {"max_steps": 1, "batch_size": 4},
-        "generate": {"max_new_tokens": CONTEXT, "samples_in_eval": 2}, "output_dir": str(tmp_path / "run")})
+        "generate": {"max_new_tokens": CONTEXT, "samples_in_eval": 2}, "output_dir": str(tmp_path / "run")}
     logs: list[str] = []
-    run = train(cfg, show_progress=False, log=logs.append)
+    with pytest.raises(TunelabError, match=r"generate\.max_new_tokens: got 64.*set generate\.max_new_tokens below 64"):
+        train(config_from_dict(data), show_progress=False, log=logs.append)
+    assert not any(line.startswith("training on") for line in logs)  # refused before the loop
+    assert not (tmp_path / "run").exists()
+    data["generate"]["samples_in_eval"] = 0
+    run = train(config_from_dict(data), show_progress=False, log=QUIET)
     test = json.loads((run / "eval.json").read_text())["test"]
     assert "loss" in test and "exact_match" not in test
-    assert "generate.max_new_tokens: got 64" in test["generation_skipped"]
-    assert any(line.startswith("warning: test-split generation skipped: generate.max_new_tokens") for line in logs)
-    assert "generation skipped" in metrics_line(test)
     with pytest.raises(TunelabError, match=r"set generate\.max_new_tokens below 64"):
         predict_causal_records(run, [{"prompt": PROMPT}], "t", log=QUIET)

@@ -198,6 +198,10 @@ class CausalLMJob:
         self.fmt = resolve_format(d.format, records, d.train, self.log, d.text_field)
         model, self.tokenizer = load_causal_lm_and_tokenizer(cfg.model.name, cfg.model.dropout)
         check_max_length(cfg.model.max_length, model, cfg.model.name)
+        if cfg.generate.samples_in_eval > 0:  # before training: the test-split generation needs room for a prompt
+            from tunelab.generation import model_context, prompt_budget
+
+            prompt_budget(model_context(model, self.tokenizer), cfg.generate.max_new_tokens)
         self.pad_id = self.tokenizer.pad_token_id
         self.data = self._encode_splits(records)
         for name, data in self.data.items():
@@ -275,8 +279,6 @@ class CausalLMJob:
         metrics = evaluate_loss(self.model, data, self.eval_batch_size, self.pad_id, self.device)
         metrics["n"] = len(data)
         g = self.cfg.generate
-        if g.samples_in_eval > 0 and not self._room_to_generate(metrics):
-            return metrics
         if g.samples_in_eval > 0:
             gen, self.samples = generation_eval(self.model, self.tokenizer, data, gen_cfg=g,
                                                 batch_size=self.eval_batch_size, device=self.device,
@@ -284,19 +286,6 @@ class CausalLMJob:
             metrics.update(gen)
             metrics["samples"] = self.samples[:REPORT_SAMPLES]
         return metrics
-
-    def _room_to_generate(self, metrics: dict) -> bool:
-        """False (with a warning, and the reason in `metrics`) when generate.max_new_tokens fills the model's
-        whole context: the trained run and its loss are kept rather than lost to that setting."""
-        from tunelab.generation import model_context, prompt_budget
-
-        try:
-            prompt_budget(model_context(self.model, self.tokenizer), self.cfg.generate.max_new_tokens)
-        except TunelabError as e:
-            self.log(f"warning: test-split generation skipped: {e}")
-            metrics["generation_skipped"] = str(e)
-            return False
-        return True
 
     def save(self, model_dir: Path, run_dir: Path) -> None:
         from tunelab.io import atomic_write_json
@@ -342,8 +331,6 @@ def metrics_line(m: dict) -> str:
                   f"exact_match_normalised {m['exact_match_normalised']:.3f}",
                   f"token_f1 (normalised) {m['token_f1']:.3f}", f"rouge_l {m['rouge_l']:.3f}",
                   f"chrf {m['chrf']:.3f} ({m['generated']} generated{cut})"]
-    if "generation_skipped" in m:
-        parts.append("generation skipped: generate.max_new_tokens leaves no room for a prompt")
     return "  ".join(parts) + (f"  (n={m['n']})" if "n" in m else "")
 
 
