@@ -119,10 +119,13 @@ def evaluate_blocks(model: nn.Module, rows: list[list[int]], batch_size: int, pa
     """Mean next-token loss, perplexity and the number of target tokens over `rows`."""
     import torch
 
+    from tunelab.train.logging import progress
+
     model.eval()
     total, count = 0.0, 0
+    starts = range(0, len(rows), batch_size)
     with torch.no_grad():
-        for k in range(0, len(rows), batch_size):
+        for k in progress(starts, total=len(starts), desc="evaluate", unit="batches"):
             batch = block_batch(rows[k:k + batch_size], pad_id)
             loss, n = lm_loss_sum(model, {name: t.to(device) for name, t in batch.items()})
             total, count = total + float(loss), count + n

@@ -176,3 +176,22 @@ def test_lora_on_a_scratch_model_is_a_clear_error():
     model = build_scratch_model("lstm", vocab_size=50, num_labels=2)
     with pytest.raises(TunelabError, match="lora needs a Hugging Face model"):
         apply_method("lora", model, {"classifier.weight"})
+
+
+def test_pretraining_evaluation_shows_progress(monkeypatch, capsys):
+    """The scratch GPT's validation (evaluate_blocks) reports batches like every other long step."""
+    import torch
+
+    from tunelab.nn.models import GPT
+    from tunelab.pretrain import evaluate_blocks
+    from tunelab.train import logging as tl_logging
+
+    for name, value in (("PLAIN_MIN_S", 0.0), ("PLAIN_MAX_S", 0.0), ("_enabled", True)):
+        monkeypatch.setattr(tl_logging, name, value)  # every line, even for millisecond batches
+    torch.manual_seed(0)
+    model = GPT(vocab_size=50, hidden_size=16, num_layers=1, num_heads=2, max_position=16)
+    rows = [[(i * 7 + j) % 50 for j in range(12)] for i in range(5)]
+    metrics = evaluate_blocks(model, rows, 2, 0, torch.device("cpu"))
+    assert metrics["tokens"] == 5 * 11
+    err = capsys.readouterr().err
+    assert "evaluate: 1/3 batches (33%)" in err and "evaluate: 3/3 batches in " in err and "\r" not in err
