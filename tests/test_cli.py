@@ -20,6 +20,13 @@ from tunelab.errors import TunelabError
 TEXTS = ["goal match team coach the today", "bread cheese soup the a news", "chip code robot some new very"]
 
 
+@pytest.fixture(autouse=True)
+def in_empty_folder(tmp_path, monkeypatch):
+    """Run from an empty folder: configs without output_dir default to runs/run, which validate checks, and the
+    checkout's own runs/ (a user's earlier runs) must not change what these tests see."""
+    monkeypatch.chdir(tmp_path)
+
+
 @pytest.fixture(scope="module")
 def run_dir(tiny_bert, data_dir, tmp_path_factory, helpers) -> Path:
     """A 3-step full fine-tune of the tiny BERT (classes food, sport, tech)."""
