@@ -19,12 +19,12 @@ NAMES = {"tunelab-fp32": "tunelab fp32", "tunelab-bf16": "tunelab bf16", "traine
 OLD_LABEL = {
     "classification": "400 articles x 2 epochs, one run per side, sides one after the other; the Trainer's "
                       "warmup started at lr 0 (tunelab's at lr/warmup); tunelab's time counted optimizer steps "
-                      "only, the Trainer's `train_runtime` its whole loop; tunelab tested its best-by-validation "
-                      "checkpoint, the Trainer its last weights",
+                      "only, the Trainer's `train_runtime` its whole `train()` call; tunelab tested its "
+                      "best-by-validation checkpoint, the Trainer its last weights",
     "lm": "160 conversations (139 examples trained), validation 2,210 trained tokens: too few to resolve the loss "
           "differences shown; one run per side, sides one after the other; the Trainer's warmup started at lr 0 "
           "(+11% total learning rate for tunelab); tunelab's time counted optimizer steps only, the Trainer's "
-          "`train_runtime` its whole loop",
+          "`train_runtime` its whole `train()` call; best = last on both (1 epoch, one evaluation)",
     "scratch": "one run per model, no load or machine recorded beyond this text",
     "classification_seeds": "the 400-article, 2-epoch job with the Trainer's own schedule (warmup from lr 0) "
                             "and its last weights",
@@ -119,10 +119,11 @@ def paired(res: dict[str, list[dict]], lm: bool) -> list[str]:
     return lines
 
 
-def determinism(res: dict[str, list[dict]], key: str) -> str:
+def determinism(res: dict[str, list[dict]], key: str, what: str) -> str:
+    """Whether a quality figure came out the same in every repeat (same seed, same threads)."""
     varied = [side_name(s) for s, rs in res.items() if len({round(r[key], 6) for r in rs}) > 1]
-    return (f"The {key.replace('_', ' ')} was identical in every repeat of each side." if not varied else
-            f"The {key.replace('_', ' ')} varied across repeats for {', '.join(varied)} (ranges in the table).")
+    return (f"The {what} was identical in every repeat of each side." if not varied else
+            f"The {what} varied across repeats for {', '.join(varied)} (ranges in the table).")
 
 
 def gflops(peaks: list[dict], precision: str) -> str:
@@ -168,7 +169,7 @@ def classification_section(rec: dict) -> list[str]:
         *table(rec, res, [("test accuracy", "accuracy", ".4f"), ("test F1 macro", "f1_macro", ".4f")]), "",
         *ratios(res, False, rec["machine"]["fast_bf16"]), "",
         f"Test accuracy resolution: ± {_acc_se(res):.4f} (binomial SE on {d['test_examples']} articles). "
-        + determinism(res, "accuracy"), "",
+        + determinism(res, "accuracy", "test accuracy"), "",
         *paired(res, False), "",
         "Model FLOPs, full fine-tuning: 6 N n + 12 L d n^2 per article of n tokens (N: the encoder's linear "
         f"weights, {millions(res, 'body')}, not the embeddings; L layers, width d; forward 1/3, backward 2/3). "
@@ -205,14 +206,14 @@ def lm_section(rec: dict) -> list[str]:
         f"{d['validation_trained_tokens']:,} trained tokens. LoRA r={j['r']} alpha={j['alpha']} dropout="
         f"{j['dropout']} on {j['target_modules']}, lr {j['lr']} linear with warmup {j['warmup_ratio']}, seed "
         f"{j['seed']}. Job shrunk from 160 conversations (batch 8) so that 3 repeats of 4 sides fit in about 20 "
-        "minutes; the validation split was enlarged from 10% to 40% of the pool.", "",
+        "minutes; the validation split was enlarged from 10% to 50% of the pool.", "",
         *measured(rec),
         *table(rec, res, [("validation loss", "val_loss", ".4f")]),
         "| SE of the validation loss | " + " | ".join(f"{ses[s]:.4f}" for s in res) + " |", "",
         *ratios(res, True, rec["machine"]["fast_bf16"]), "",
         "The SE of a validation loss is taken over conversations (tokens of one conversation are not "
-        "independent). The sides score the same conversations, so their difference is known much better "
-        "than either loss: " + determinism(res, "val_loss"), "",
+        "independent). The sides score the same conversations, so the SE of their difference (below) is much "
+        "smaller than that of either loss. " + determinism(res, "val_loss", "validation loss"), "",
         *paired(res, True), "",
         "Model FLOPs, LoRA: 4 N n + 6 N_A n + 4 N_V m + 6 L d n^2 per conversation of n tokens with m trained "
         f"positions. N: the decoder's frozen linear weights ({millions(res, 'body')}; forward 2N, gradients "

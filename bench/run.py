@@ -39,8 +39,10 @@ MARKER = "<!-- bench method 2 -->"  # sections measured as described in this fil
 # MiniLM full fine-tuning on BBC News. 160 articles x 1 epoch (10 steps) keeps the part with 5 sides x 3
 # repeats, their validation and test passes, near 15 minutes on an idle 2-core machine.
 JOB = dict(limit=160, max_length=256, epochs=1, batch_size=16, lr=1.0e-4, weight_decay=0.01, warmup_ratio=0.1,
-           max_grad_norm=1.0, seed=42)
-SMOKE_SIZES = dict(limit=32, max_length=64, epochs=2, batch_size=8, warmup_ratio=0.25)  # 2 epochs: 2 evaluations
+           max_grad_norm=1.0, seed=42, val_fraction=0.1, test_fraction=0.1)
+# smoke: 2 epochs, so the best-of-two-evaluations path runs too; small held-out splits
+SMOKE_SIZES = dict(limit=32, max_length=64, epochs=2, batch_size=8, warmup_ratio=0.25, val_fraction=0.02,
+                   test_fraction=0.02)
 if SMOKE:
     JOB.update(SMOKE_SIZES)
 
@@ -56,7 +58,8 @@ def tunelab_config(out_dir: str, precision: str = "auto"):
     return config_from_dict({
         "task": "classification",
         "model": {"name": "builtin:minilm-l6", "max_length": j["max_length"]},
-        "data": {"train": "builtin:bbc-news", "limit": j["limit"], "val_fraction": 0.1, "test_fraction": 0.1},
+        "data": {"train": "builtin:bbc-news", "limit": j["limit"], "val_fraction": j["val_fraction"],
+                 "test_fraction": j["test_fraction"]},
         "method": {"name": "full"},
         "train": {"epochs": j["epochs"], "batch_size": j["batch_size"], "lr": j["lr"],
                   "weight_decay": j["weight_decay"], "warmup_ratio": j["warmup_ratio"],

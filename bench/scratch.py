@@ -56,7 +56,8 @@ def scratch_config(kind: str, tokenizer: Path | None, out_dir: Path):
         "task": "classification",
         "model": {**model, "max_length": MAX_LENGTH, "dropout": 0.1,
                   "tokenizer": None if tokenizer is None else str(tokenizer)},
-        "data": {"train": "builtin:bbc-news", "limit": LIMIT, "val_fraction": 0.1, "test_fraction": 0.1},
+        "data": {"train": "builtin:bbc-news", "limit": LIMIT, "val_fraction": JOB["val_fraction"],
+                 "test_fraction": JOB["test_fraction"]},
         "method": {"name": "full"},
         "train": {**TRAIN, "lr": lr, "seed": JOB["seed"], "early_stopping": {"metric": "f1_macro", "patience": None}},
         "output_dir": str(out_dir)})
