@@ -9,7 +9,7 @@ The sides run interleaved, the order reversed every round (A B C D, D C B A, ...
 tables give the median and range. Every run is stored with its time, load and machine in
 bench/out/<part>-<stamp>.json; results.md is rendered from those files alone.
 
-    python bench/run.py                                   # every part: classification lm scratch
+    python bench/run.py                                   # every part: classification lm scratch peak
     python bench/run.py --part lm                         # one part (also: classification, scratch, peak)
     python bench/run.py --part classification --smoke     # a tiny job, 2 repeats: checks the bench end to end
     python bench/run.py --rewrite                         # results.md again from the stored measurements
@@ -262,8 +262,8 @@ def job_of(part: str) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--only", choices=list(SIDES), help="run one side in this process and print its JSON")
-    ap.add_argument("--part", nargs="+", choices=ALL_PARTS, default=list(ALL_PARTS[:3]),
-                    help="the parts to measure (default: classification lm scratch)")
+    ap.add_argument("--part", nargs="+", choices=ALL_PARTS, default=list(ALL_PARTS),
+                    help="the parts to measure (default: all of them)")
     ap.add_argument("--repeats", type=int, default=None, help="runs per side (default 3; 2 with --smoke)")
     ap.add_argument("--smoke", action="store_true",
                     help="tiny jobs, to check the bench end to end; results go to bench/out/results-smoke.md")
