@@ -127,6 +127,8 @@ def run_tunelab_lm(precision: str = "auto") -> dict:
 
 def run_trainer_lm(bf16: bool = False) -> dict:
     """Trainer + peft with the standard recipe: full-vocabulary logits, DataCollatorForSeq2Seq padding."""
+    import gc
+
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, DataCollatorForSeq2Seq, Trainer, TrainingArguments
@@ -144,6 +146,7 @@ def run_trainer_lm(bf16: bool = False) -> dict:
     tok, data = job.tokenizer, job.data
     path = job.model.get_base_model().config._name_or_path
     del job
+    gc.collect()  # its model is freed before the Trainer's is loaded: peak memory holds one
 
     def items(encoded):  # HF labels are unshifted: label[t] = id[t] where t is a trained position
         return [{"input_ids": e.ids, "attention_mask": [1] * len(e.ids), "labels": [IGNORE] + e.targets[:-1]}

@@ -122,6 +122,24 @@ def run_tunelab(precision: str = "auto") -> dict:
             "data": classification_facts(job.examples, JOB["epochs"])}
 
 
+def tunelab_examples():
+    """tunelab's split, label set and token ids (Examples per split) and the tokenizer, without its model: the
+    Trainer side trains the very same ids, and its peak memory holds one model only."""
+    from tunelab.models.load import load_tokenizer
+    from tunelab.models.registry import resolve_model
+    from tunelab.tasks.classification import label_set, make_examples, raw_labels, split_records
+
+    cfg = tunelab_config(str(HERE / "out" / "unused"))
+    splits = split_records(cfg, lambda m: None)
+    labels = label_set(raw_labels(splits["train"][0], cfg.data.label_field, cfg.data.train))
+    tok = load_tokenizer(resolve_model(cfg.model.name))
+    examples = {name: make_examples(tok, recs, text_field=cfg.data.text_field, label_field=cfg.data.label_field,
+                                    label2id={lab: i for i, lab in enumerate(labels)},
+                                    max_length=cfg.model.max_length, source=src)
+                for name, (recs, src) in splits.items()}
+    return examples, labels, tok
+
+
 def run_trainer(bf16: bool = False) -> dict:
     """The Hugging Face baseline: Trainer + DataCollatorWithPadding (dynamic padding), on tunelab's split and
     token ids, with tunelab's optimizer and schedule, best-by-validation checkpoint and timing span."""
@@ -132,14 +150,11 @@ def run_trainer(bf16: bool = False) -> dict:
     from fair import BestByValidation, StepTimer, tunelab_optimizers, tunelab_steps
     from tunelab.evaluate.metrics import classification_metrics
     from tunelab.models.registry import resolve_model
-    from tunelab.tasks.classification import ClassificationJob, predict_proba
+    from tunelab.tasks.classification import predict_proba
 
     hf_logging.set_verbosity_error()
     j = JOB
-    job = ClassificationJob(tunelab_config(str(HERE / "out" / "unused")), torch.device("cpu"), lambda m: None)
-    job.prepare()  # the very same split, labels and token ids as tunelab
-    examples, labels, tok = job.examples, job.labels, job.tokenizer
-    del job
+    examples, labels, tok = tunelab_examples()
     train_items = [{"input_ids": ids, "attention_mask": [1] * len(ids), "labels": y}
                    for ids, y in zip(examples["train"].ids, examples["train"].labels)]
 
