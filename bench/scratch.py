@@ -1,8 +1,8 @@
 """Scratch classifiers (LSTM, GRU, Transformer) on BBC News, beside the fine-tuned pretrained MiniLM.
 
-The split is the main bench's (the same seeded, stratified train/validation/test split as bench/run.py JOB,
-so the test articles are the same ones MiniLM is scored on), with its own training-set limit (LIMIT: 400
-articles, the size the MiniLM job had before it was shrunk for repeats). A lowercase WordPiece
+The split is seeded and stratified like the main bench's (bench/run.py JOB), so the test articles are the
+same ones MiniLM is scored on; validation (10%) and the training-set limit (LIMIT: 400 articles) are those
+the MiniLM job had before it was shrunk for repeats. A lowercase WordPiece
 tokenizer is trained on the training split only (no test text leaks into the vocabulary). Each model runs
 through `tunelab.run.train` in this process on one thread: the step-by-step RNN loops are faster on one
 thread than on two, and far more so when anything else is using the second core.
@@ -31,7 +31,7 @@ from run import JOB, MARKER, SMOKE  # noqa: E402  (bench/run.py: the main bench'
 OUT = HERE / "out" / "scratch"
 VOCAB_SIZE = 8000
 MAX_LENGTH = 128  # half the main bench's 256: keeps every run under ~3 minutes; the lead names the topic
-LIMIT = 400  # training articles
+LIMIT, VAL_FRACTION = 400, 0.1  # training articles, validation share
 # 16 epochs: models that start from nothing need many passes over a few hundred articles (MiniLM: 2).
 # Per kind: its model: section and learning rate (RNNs from scratch want a larger one); the rest is TRAIN.
 MODELS = {
@@ -43,7 +43,7 @@ MODELS = {
 TRAIN = dict(epochs=16, batch_size=32, weight_decay=0.01, warmup_ratio=0.06, max_grad_norm=1.0,
              scheduler="linear", threads=1)
 if SMOKE:
-    LIMIT, MAX_LENGTH, VOCAB_SIZE = 32, 32, 500
+    LIMIT, MAX_LENGTH, VOCAB_SIZE, VAL_FRACTION = 32, 32, 500, 0.02
     TRAIN.update(epochs=2)
 
 
@@ -56,7 +56,7 @@ def scratch_config(kind: str, tokenizer: Path | None, out_dir: Path):
         "task": "classification",
         "model": {**model, "max_length": MAX_LENGTH, "dropout": 0.1,
                   "tokenizer": None if tokenizer is None else str(tokenizer)},
-        "data": {"train": "builtin:bbc-news", "limit": LIMIT, "val_fraction": JOB["val_fraction"],
+        "data": {"train": "builtin:bbc-news", "limit": LIMIT, "val_fraction": VAL_FRACTION,
                  "test_fraction": JOB["test_fraction"]},
         "method": {"name": "full"},
         "train": {**TRAIN, "lr": lr, "seed": JOB["seed"], "early_stopping": {"metric": "f1_macro", "patience": None}},
@@ -105,7 +105,7 @@ def markdown(rec: dict) -> str:
     minilm = minilm_figure(rec.get("smoke", False))
     lines = [
         "## Classification from scratch: LSTM, GRU, Transformer on BBC News", MARKER, "",
-        f"The main bench's split ({rec['limit']} training articles, seed {j['seed']}; the same test articles); "
+        f"{rec['limit']} training articles, {rec['val_fraction']:.0%} validation, the main bench's test articles (seed {j['seed']}); "
         f"max_length {rec['max_length']}; a lowercase WordPiece tokenizer ({rec['vocab_size']} "
         f"tokens) trained on the training split; {t['epochs']} epochs, batch {t['batch_size']}, AdamW (lr "
         f"{rec['lr']['lstm']} for the RNNs, {rec['lr']['transformer']} for the Transformer), linear schedule, "
@@ -136,7 +136,7 @@ def run(kinds: tuple[str, ...] = tuple(MODELS), smoke: bool = SMOKE) -> dict:
     OUT.mkdir(parents=True, exist_ok=True)
     path = record.new_path("scratch", smoke)
     rec = {"part": "scratch", "smoke": smoke, "started": record.utc_now(), "load_before": record.load(),
-           "machine": record.machine(), "limit": LIMIT, "max_length": MAX_LENGTH, "vocab_size": VOCAB_SIZE,
+           "machine": record.machine(), "limit": LIMIT, "val_fraction": VAL_FRACTION, "max_length": MAX_LENGTH, "vocab_size": VOCAB_SIZE,
            "train": TRAIN, "lr": {k: lr for k, (_, lr) in MODELS.items()}}
     tokenizer = train_split_tokenizer(OUT / "tokenizer")
     rec["results"] = {kind: run_one(kind, tokenizer) for kind in kinds}
