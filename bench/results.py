@@ -113,9 +113,15 @@ def paired(res: dict[str, list[dict]], lm: bool) -> list[str]:
             dd = [x - y for x, y in zip(ra["test_correct"], rb["test_correct"])]
             d, se = statistics.mean(dd), statistics.stdev(dd) / math.sqrt(len(dd))
             what = "test accuracy"
-        verdict = "resolved" if abs(d) > 2 * se else "**not resolved** (|difference| < 2 SE): no claim either way"
+        verdict = ("larger than the sampling of examples explains (this seed)" if abs(d) > 2 * se else
+                   "**not resolved** (|difference| < 2 SE): no claim either way")
         lines.append(f"- {what}, {prec}: tunelab - Trainer = {d:+.4f} ± {se:.4f} (SE, paired over the same "
                      f"examples): {verdict}")
+    if lines:
+        lines += ["", "This SE covers which examples were scored, not the randomness of training: the two tools "
+                  "start from different random weights for the new head (LoRA: adapters) and draw their batches "
+                  "in a different order, so a difference of one seed is not by itself a property of the tool, "
+                  "least of all in a short job. `python bench/seeds.py` repeats the quality side over seeds."]
     return lines
 
 
