@@ -197,3 +197,50 @@ def test_mean_loss_is_the_sum_of_sums_over_the_items():
     mean.add(1.0, 1)
     assert mean.take() == 7.0 / 4
     assert mean.take() == 0.0  # nothing since
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop keeps its place in the state
+
+
+class _Counter(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+
+
+@pytest.mark.parametrize("settings, expected", [
+    # 5 micro-batches in windows of 2, 2, 1: 3 steps per epoch
+    # a constant validation loss: the first evaluation stays the best
+    (dict(epochs=2), dict(step=6, epoch=1, batch_in_epoch=5, last_eval_step=6, evals=2, best_step=3)),
+    (dict(epochs=2, max_steps=4), dict(step=4, epoch=1, batch_in_epoch=2, last_eval_step=4, evals=2, best_step=3)),
+    (dict(epochs=1, eval_every=1), dict(step=3, epoch=0, batch_in_epoch=5, last_eval_step=3, evals=3, best_step=1)),
+])
+def test_loop_leaves_the_state_where_the_run_ended(monkeypatch, settings, expected):
+    import tunelab.train.loop as loop
+    from tunelab.config import EarlyStoppingConfig, TrainConfig
+    from tunelab.train.logging import RunLogger
+
+    states, asked = [], []
+
+    def recorded() -> LoopState:
+        states.append(LoopState())
+        return states[-1]
+
+    def epoch_batches(epoch):
+        asked.append(epoch)
+        return ({"attention_mask": torch.ones(1, 3)} for _ in range(5))
+
+    monkeypatch.setattr(loop, "LoopState", recorded)
+    cfg = TrainConfig(grad_accum=2, optimizer="sgd", lr=0.1, momentum=0.0, weight_decay=0.0, warmup_steps=0,
+                      scheduler="constant", max_grad_norm=None, log_every=1, device="cpu",
+                      early_stopping=EarlyStoppingConfig(metric="loss", patience=None), **settings)
+    result = loop.train_loop(_Counter(), epoch_batches=epoch_batches, micro_batches_per_epoch=5,
+                             loss_fn=lambda model, batch: (-model.w.sum(), 1), evaluate=lambda m: {"loss": 1.0},
+                             cfg=cfg, device=torch.device("cpu"), logger=RunLogger(None, 6, show_progress=False))
+    (state,) = states
+    assert {k: getattr(state, k) for k in expected} == expected
+    assert asked == list(range(expected["epoch"] + 1))
+    micro_batches = 5 * expected["epoch"] + expected["batch_in_epoch"]
+    assert state.train_tokens == result.train_tokens == 3 * micro_batches
+    assert (result.steps, result.best_step) == (state.step, state.best_step)
