@@ -118,7 +118,7 @@ def test_keeper_skips_undefined_evaluations_for_best_and_patience():
     assert sum("is undefined" in s for s in said) == 2
     assert said[3] == "step 4: validation roc_auc_ovr=0.6000 (best 0.7000 at step 3)"
     keeper.finish(model)
-    assert float(model.w) == 3.0 and len(said) == 6  # the best weights are back; nothing more to say
+    assert float(model.w.detach()) == 3.0 and len(said) == 6  # the best weights are back; nothing more to say
 
 
 def test_keeper_minimises_losses_and_an_equal_value_is_no_improvement():
@@ -145,7 +145,7 @@ def test_keeper_keeps_the_last_weights_and_says_why_when_the_metric_is_never_def
     state, keeper, model, said, decisions = script("roc_auc_ovr", [None, None], patience=1)
     assert decisions == [(False, None, 0), (False, None, 0)] and keeper.best_weights is None
     keeper.finish(model)
-    assert float(model.w) == 2.0
+    assert float(model.w.detach()) == 2.0
     assert "undefined at all 2 evaluations" in said[-1] and "train.early_stopping.metric" in said[-1]
 
 
@@ -158,7 +158,7 @@ def test_keeper_rejects_a_metric_validation_does_not_report():
 def test_keeper_without_evaluations_leaves_the_model_alone():
     said, model = [], _Weight()
     BestKeeper(LoopState(), "loss", 3, say=said.append).finish(model)
-    assert said == [] and float(model.w) == 0.0
+    assert said == [] and float(model.w.detach()) == 0.0
 
 
 # ---------------------------------------------------------------------------------------------
