@@ -24,7 +24,7 @@ from tunelab.train.optim import build_optimizer, build_scheduler
 
 
 def tunelab_steps(micro_batches_per_epoch: int, epochs: int, warmup_ratio: float) -> tuple[int, int]:
-    """(total, warmup) optimizer steps, by tunelab's own formula (tunelab/train/loop.py, grad_accum 1)."""
+    """(total, warmup) optimizer steps, by tunelab's own formula (tunelab/train/plan.py, grad_accum 1)."""
     total = max(1, math.ceil(epochs * micro_batches_per_epoch))
     return total, int(warmup_ratio * total)
 
