@@ -202,8 +202,8 @@ def causal_prompts(tokenizer, records: list[dict], source: str, fmt: str, contex
 
     `fmt` "auto" detects the format from the first record's fields.
     """
-    from tunelab.data.chat import CHAT_FORMATS, detect_format, normalise, prompt_and_reference, \
-        require_chat_template
+    from tunelab.data.chat_template import prompt_and_reference, require_chat_template
+    from tunelab.data.formats import CHAT_FORMATS, detect_format, normalise
     from tunelab.generation import fit_prompts
 
     fmt = detect_format(records, source, text_field) if fmt == "auto" else fmt
@@ -267,7 +267,8 @@ def evaluate_causal_run(run_dir: str | Path, data: str | None = None, log=print,
 
     Written to RUN_DIR/eval-<data name>.json (the run's own eval.json is left as it is).
     """
-    from tunelab.data.chat import detect_format, encode_records
+    from tunelab.data.encoding import encode_records
+    from tunelab.data.formats import detect_format
     from tunelab.data.sources import load_records
     from tunelab.io import atomic_write_json
     from tunelab.tasks.causal_lm import evaluate_loss, generation_eval, split_records
@@ -303,7 +304,7 @@ def evaluate_causal_run(run_dir: str | Path, data: str | None = None, log=print,
 
 def merge_run(run_dir: str | Path, log=print) -> tuple[Path, float]:
     """Write RUN_DIR/merged (LoRA folded into the weights); returns it and max |logit diff| vs the adapter."""
-    from tunelab.data.chat import padded_batch
+    from tunelab.data.batching import padded_batch
     from tunelab.models.build import is_peft, write_merged
     from tunelab.train.logging import note
 
@@ -321,10 +322,10 @@ def merge_run(run_dir: str | Path, log=print) -> tuple[Path, float]:
 
 def _merge_sample(cfg, tokenizer, fmt: str) -> list:
     """Up to 4 encoded examples of the run's own data, or a fixed sentence when that cannot be read."""
-    from tunelab.data.chat import Encoded, encode_records
+    from tunelab.data.encoding import Encoded, encode_records
+    from tunelab.data.formats import detect_format
     from tunelab.data.sources import load_records
-
-    from tunelab.data.chat import detect_format
+    from tunelab.data.tokens import IGNORE_INDEX
 
     try:
         records = load_records(cfg.data.train)[:4]
@@ -337,4 +338,4 @@ def _merge_sample(cfg, tokenizer, fmt: str) -> list:
     except TunelabError:
         pass
     ids = tokenizer("The quick brown fox jumps over the lazy dog.")["input_ids"]
-    return [Encoded(ids, ids[1:] + [-100], 0)]
+    return [Encoded(ids, ids[1:] + [IGNORE_INDEX], 0)]
