@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 
 from tunelab.config import load_config
+from tunelab.data.tokens import ensure_pad_token, pad_id_of
 from tunelab.errors import TunelabError
 
 
@@ -84,10 +85,6 @@ def _use_settings(cfg, text_field: str | None = None, label_field: str | None = 
     return cfg
 
 
-def _pad_id(tokenizer) -> int:
-    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-
-
 def evaluate_run(run_dir: str | Path, data: str | None = None, log=print, *, text_field: str | None = None,
                  label_field: str | None = None) -> tuple[dict, Path]:
     """Metrics of a run's model on labelled `data` (default: the run's own test split).
@@ -117,7 +114,7 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, log=print, *, tex
     ex = make_examples(tokenizer, records, text_field=cfg.data.text_field, label_field=cfg.data.label_field,
                        label2id={lab: i for i, lab in enumerate(labels)}, max_length=cfg.model.max_length,
                        source=source)
-    probs = predict_proba(model, ex, 32, _pad_id(tokenizer), torch.device("cpu")).numpy()
+    probs = predict_proba(model, ex, 32, pad_id_of(tokenizer), torch.device("cpu")).numpy()
     metrics = classification_metrics(ex.labels, probs, labels)
     metrics["loss"] = float(-np.log(np.clip(probs[np.arange(len(ex)), ex.labels], 1e-12, None)).mean())
     out = Path(run_dir) / f"eval-{name}.json"
@@ -137,7 +134,7 @@ def predict_records(run_dir: str | Path, records: list[dict], source: str, *,
     _use_settings(cfg, text_field)
     ex = make_examples(tokenizer, records, text_field=cfg.data.text_field, label_field=None, label2id=None,
                        max_length=cfg.model.max_length, source=source)
-    probs = predict_proba(model, ex, 32, _pad_id(tokenizer), torch.device("cpu"))
+    probs = predict_proba(model, ex, 32, pad_id_of(tokenizer), torch.device("cpu"))
     out = []
     for rec, p in zip(records, probs.tolist()):
         clean = {k: v for k, v in rec.items() if not k.startswith("_")}
@@ -170,9 +167,7 @@ def load_causal_model(model_dir: str | Path):
         model = load_adapter(model_dir, AutoModelForCausalLM)
     else:
         model = AutoModelForCausalLM.from_pretrained(str(model_dir))
-    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer = ensure_pad_token(AutoTokenizer.from_pretrained(str(model_dir)))
     model.eval()
     return model, tokenizer
 

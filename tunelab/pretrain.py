@@ -25,7 +25,7 @@ import random
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tunelab.data.tokens import IGNORE_INDEX
+from tunelab.data.tokens import IGNORE_INDEX, pad_id_of
 from tunelab.errors import DataError, TunelabError
 
 if TYPE_CHECKING:  # torch is imported where it is used: `tunelab --help` registers this module's command
@@ -154,7 +154,7 @@ class PretrainJob:
         cfg = self.cfg
         model, self.tokenizer, _ = build_scratch_causal_lm(cfg.model)
         self.eos_id = end_of_document_id(self.tokenizer)
-        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_id
+        self.pad_id = pad_id_of(self.tokenizer, fallback=self.eos_id)
         self.blocks = self._blocks(corpus_splits(cfg.data, cfg.train.seed, self.log))
         m = cfg.method
         self.model = apply_method(m.name, model, set(), trainable_layers=m.trainable_layers).to(self.device)
