@@ -50,7 +50,7 @@ def example_losses(model, data, pad_id: int) -> list[list[float]]:
     """[summed loss, trained tokens] of each example, in fp32 (no autocast), by tunelab's loss function."""
     import torch
 
-    from tunelab.data.chat import padded_batch
+    from tunelab.data.batching import padded_batch
     from tunelab.tasks.causal_lm import labelled_loss
 
     model.eval()
@@ -135,7 +135,7 @@ def run_trainer_lm(bf16: bool = False) -> dict:
     from transformers.utils import logging as hf_logging
 
     from fair import BestByValidation, StepTimer, tunelab_optimizers, tunelab_steps
-    from tunelab.data.chat import IGNORE
+    from tunelab.data.tokens import IGNORE_INDEX
     from tunelab.tasks.causal_lm import CausalLMJob
 
     hf_logging.set_verbosity_error()
@@ -149,7 +149,8 @@ def run_trainer_lm(bf16: bool = False) -> dict:
     gc.collect()  # its model is freed before the Trainer's is loaded: peak memory holds one
 
     def items(encoded):  # HF labels are unshifted: label[t] = id[t] where t is a trained position
-        return [{"input_ids": e.ids, "attention_mask": [1] * len(e.ids), "labels": [IGNORE] + e.targets[:-1]}
+        return [{"input_ids": e.ids, "attention_mask": [1] * len(e.ids),
+                 "labels": [IGNORE_INDEX] + e.targets[:-1]}
                 for e in encoded.examples]
 
     train_items = items(data["train"])
@@ -170,7 +171,7 @@ def run_trainer_lm(bf16: bool = False) -> dict:
                              seed=j["seed"], save_strategy="no", eval_strategy="no", logging_steps=10,
                              report_to=[], disable_tqdm=True, use_cpu=True, dataloader_num_workers=0)
     trainer = Trainer(model=model, args=args, train_dataset=train_items,
-                      data_collator=DataCollatorForSeq2Seq(tok, padding=True, label_pad_token_id=IGNORE),
+                      data_collator=DataCollatorForSeq2Seq(tok, padding=True, label_pad_token_id=IGNORE_INDEX),
                       callbacks=[timer, best], optimizers=tunelab_optimizers(
                           model, lr=j["lr"], weight_decay=0.0, total=total, warmup=warmup))
     trainer.train()

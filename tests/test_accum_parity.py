@@ -92,7 +92,8 @@ def test_classification_5_x_1_equals_2_2_1(tiny_bert, helpers):
 def test_causal_lm_whole_batch_equals_micro_batches_of_different_token_counts():
     sys.path.insert(0, str(Path(__file__).parent / "causal"))  # the tiny Llama helpers (as tests/causal does)
     from causal_tiny import make_model as make_llama, make_tokenizer
-    from tunelab.data.chat import encode_records, padded_batch
+    from tunelab.data.batching import padded_batch
+    from tunelab.data.encoding import encode_records
     from tunelab.tasks.causal_lm import labelled_loss
 
     tok = make_tokenizer()

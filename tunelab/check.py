@@ -235,7 +235,7 @@ def _check_classification_fields(records: list[dict], source: str, data_cfg) -> 
 
 def _check_fields(records: list[dict], source: str, fields: list[str], key: str) -> None:
     """Raise a DataError (file:line) for the first record without one of `fields`."""
-    from tunelab.data.chat import fields_of, where
+    from tunelab.data.formats import fields_of, where
     from tunelab.errors import DataError
 
     for i, rec in enumerate(records):
@@ -248,7 +248,7 @@ def _check_fields(records: list[dict], source: str, fields: list[str], key: str)
 
 def _check_causal_format(records: list[dict], source: str, data_cfg) -> None:
     """The records' format (data.format, or detected from the first record) and each record's fields."""
-    from tunelab.data.chat import detect_format, normalise
+    from tunelab.data.formats import detect_format, normalise
 
     fmt = data_cfg.format
     if fmt == "auto":

@@ -62,7 +62,7 @@ def _chat_model(ref: str, overrides: list[str]):
 
 
 def cmd_chat(args) -> int:
-    from tunelab.data.chat import require_chat_template
+    from tunelab.data.chat_template import require_chat_template
     from tunelab.generation import chat_loop, settings_kwargs
 
     model, tokenizer, gen, max_length = _chat_model(args.run_dir, list(args.overrides))

@@ -10,6 +10,7 @@ from typing import Iterable
 
 import torch
 
+from tunelab.data.tokens import pad_id_of
 from tunelab.errors import TunelabError
 
 
@@ -21,8 +22,8 @@ def generation_kwargs(tokenizer, model, *, max_new_tokens: int = 128, temperatur
     eos |= set(model_eos) if isinstance(model_eos, (list, tuple)) else {model_eos}
     eos.discard(None)
     kwargs: dict = {"max_new_tokens": max_new_tokens, "eos_token_id": sorted(eos) or None,
-                    "pad_token_id": tokenizer.pad_token_id if tokenizer.pad_token_id is not None
-                    else tokenizer.eos_token_id, "repetition_penalty": repetition_penalty}
+                    "pad_token_id": pad_id_of(tokenizer, fallback=tokenizer.eos_token_id),
+                    "repetition_penalty": repetition_penalty}
     if temperature > 0:
         kwargs.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=top_k or None)
     else:  # say so explicitly: a model's generation_config may ask for sampling

@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 
 from tunelab.config import load_config
+from tunelab.data.tokens import ensure_pad_token, pad_id_of
 from tunelab.errors import TunelabError
 
 
@@ -84,10 +85,6 @@ def _use_settings(cfg, text_field: str | None = None, label_field: str | None = 
     return cfg
 
 
-def _pad_id(tokenizer) -> int:
-    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-
-
 def evaluate_run(run_dir: str | Path, data: str | None = None, log=print, *, text_field: str | None = None,
                  label_field: str | None = None) -> tuple[dict, Path]:
     """Metrics of a run's model on labelled `data` (default: the run's own test split).
@@ -117,7 +114,7 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, log=print, *, tex
     ex = make_examples(tokenizer, records, text_field=cfg.data.text_field, label_field=cfg.data.label_field,
                        label2id={lab: i for i, lab in enumerate(labels)}, max_length=cfg.model.max_length,
                        source=source)
-    probs = predict_proba(model, ex, 32, _pad_id(tokenizer), torch.device("cpu")).numpy()
+    probs = predict_proba(model, ex, 32, pad_id_of(tokenizer), torch.device("cpu")).numpy()
     metrics = classification_metrics(ex.labels, probs, labels)
     metrics["loss"] = float(-np.log(np.clip(probs[np.arange(len(ex)), ex.labels], 1e-12, None)).mean())
     out = Path(run_dir) / f"eval-{name}.json"
@@ -137,7 +134,7 @@ def predict_records(run_dir: str | Path, records: list[dict], source: str, *,
     _use_settings(cfg, text_field)
     ex = make_examples(tokenizer, records, text_field=cfg.data.text_field, label_field=None, label2id=None,
                        max_length=cfg.model.max_length, source=source)
-    probs = predict_proba(model, ex, 32, _pad_id(tokenizer), torch.device("cpu"))
+    probs = predict_proba(model, ex, 32, pad_id_of(tokenizer), torch.device("cpu"))
     out = []
     for rec, p in zip(records, probs.tolist()):
         clean = {k: v for k, v in rec.items() if not k.startswith("_")}
@@ -170,9 +167,7 @@ def load_causal_model(model_dir: str | Path):
         model = load_adapter(model_dir, AutoModelForCausalLM)
     else:
         model = AutoModelForCausalLM.from_pretrained(str(model_dir))
-    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer = ensure_pad_token(AutoTokenizer.from_pretrained(str(model_dir)))
     model.eval()
     return model, tokenizer
 
@@ -202,8 +197,8 @@ def causal_prompts(tokenizer, records: list[dict], source: str, fmt: str, contex
 
     `fmt` "auto" detects the format from the first record's fields.
     """
-    from tunelab.data.chat import CHAT_FORMATS, detect_format, normalise, prompt_and_reference, \
-        require_chat_template
+    from tunelab.data.chat_template import prompt_and_reference, require_chat_template
+    from tunelab.data.formats import CHAT_FORMATS, detect_format, normalise
     from tunelab.generation import fit_prompts
 
     fmt = detect_format(records, source, text_field) if fmt == "auto" else fmt
@@ -267,7 +262,8 @@ def evaluate_causal_run(run_dir: str | Path, data: str | None = None, log=print,
 
     Written to RUN_DIR/eval-<data name>.json (the run's own eval.json is left as it is).
     """
-    from tunelab.data.chat import detect_format, encode_records
+    from tunelab.data.encoding import encode_records
+    from tunelab.data.formats import detect_format
     from tunelab.data.sources import load_records
     from tunelab.io import atomic_write_json
     from tunelab.tasks.causal_lm import evaluate_loss, generation_eval, split_records
@@ -303,7 +299,7 @@ def evaluate_causal_run(run_dir: str | Path, data: str | None = None, log=print,
 
 def merge_run(run_dir: str | Path, log=print) -> tuple[Path, float]:
     """Write RUN_DIR/merged (LoRA folded into the weights); returns it and max |logit diff| vs the adapter."""
-    from tunelab.data.chat import padded_batch
+    from tunelab.data.batching import padded_batch
     from tunelab.models.build import is_peft, write_merged
     from tunelab.train.logging import note
 
@@ -321,10 +317,10 @@ def merge_run(run_dir: str | Path, log=print) -> tuple[Path, float]:
 
 def _merge_sample(cfg, tokenizer, fmt: str) -> list:
     """Up to 4 encoded examples of the run's own data, or a fixed sentence when that cannot be read."""
-    from tunelab.data.chat import Encoded, encode_records
+    from tunelab.data.encoding import Encoded, encode_records
+    from tunelab.data.formats import detect_format
     from tunelab.data.sources import load_records
-
-    from tunelab.data.chat import detect_format
+    from tunelab.data.tokens import IGNORE_INDEX
 
     try:
         records = load_records(cfg.data.train)[:4]
@@ -337,4 +333,4 @@ def _merge_sample(cfg, tokenizer, fmt: str) -> list:
     except TunelabError:
         pass
     ids = tokenizer("The quick brown fox jumps over the lazy dog.")["input_ids"]
-    return [Encoded(ids, ids[1:] + [-100], 0)]
+    return [Encoded(ids, ids[1:] + [IGNORE_INDEX], 0)]

@@ -25,6 +25,7 @@ import random
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from tunelab.data.tokens import IGNORE_INDEX, pad_id_of
 from tunelab.errors import DataError, TunelabError
 
 if TYPE_CHECKING:  # torch is imported where it is used: `tunelab --help` registers this module's command
@@ -33,7 +34,6 @@ if TYPE_CHECKING:  # torch is imported where it is used: `tunelab --help` regist
 
 METRICS = ("loss", "perplexity")
 METHODS = ("full", "freeze")
-IGNORE = -100
 SAMPLES, SAMPLE_PROMPT_TOKENS, SAMPLE_NEW_TOKENS = 3, 16, 32
 
 
@@ -102,16 +102,16 @@ def lm_loss_sum(model: nn.Module, batch: dict[str, torch.Tensor], label_smoothin
 
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # (B, T, V)
     targets = batch["labels"][:, 1:]  # (B, T-1): position t predicts token t + 1
-    loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE,
-                           reduction="sum", label_smoothing=label_smoothing)
-    return loss, int((targets != IGNORE).sum())
+    loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets.flatten(),
+                           ignore_index=IGNORE_INDEX, reduction="sum", label_smoothing=label_smoothing)
+    return loss, int((targets != IGNORE_INDEX).sum())
 
 
 def block_batch(rows: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
-    """input_ids / attention_mask / labels (B, T), right-padded; labels are -100 at padding."""
+    """input_ids / attention_mask / labels (B, T), right-padded; labels are IGNORE_INDEX at padding."""
     from tunelab.data.batching import pad_batch
 
-    return pad_batch(rows, pad_id, {"labels": rows}, {"labels": IGNORE})
+    return pad_batch(rows, pad_id, {"labels": rows}, {"labels": IGNORE_INDEX})
 
 
 def evaluate_blocks(model: nn.Module, rows: list[list[int]], batch_size: int, pad_id: int,
@@ -154,7 +154,7 @@ class PretrainJob:
         cfg = self.cfg
         model, self.tokenizer, _ = build_scratch_causal_lm(cfg.model)
         self.eos_id = end_of_document_id(self.tokenizer)
-        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_id
+        self.pad_id = pad_id_of(self.tokenizer, fallback=self.eos_id)
         self.blocks = self._blocks(corpus_splits(cfg.data, cfg.train.seed, self.log))
         m = cfg.method
         self.model = apply_method(m.name, model, set(), trainable_layers=m.trainable_layers).to(self.device)

@@ -20,7 +20,8 @@ def test_causal_examples_load():
 
 
 def test_sample_data_encodes_as_alpaca(tok):
-    from tunelab.data.chat import detect_format, encode_records
+    from tunelab.data.encoding import encode_records
+    from tunelab.data.formats import detect_format
     from tunelab.data.sources import load_records
 
     records = load_records(str(ROOT / "examples" / "data" / "tiny-instructions.jsonl"))

@@ -6,15 +6,18 @@ import json
 import pytest
 
 from causal_helpers import alpaca_records, chat_records, write_jsonl
-from tunelab.data.chat import (IGNORE, Encoded, detect_format, encode_records, label_mask_from_spans,
-                               length_histogram, render_tokens)
+from tunelab.data.chat_template import label_mask_from_spans
+from tunelab.data.encoding import Encoded, encode_records
+from tunelab.data.formats import detect_format
+from tunelab.data.preview import length_histogram, render_tokens
 from tunelab.data.sharegpt import clean_conversation, salvage_json_list
+from tunelab.data.tokens import IGNORE_INDEX
 from tunelab.errors import DataError, TunelabError
 
 
 def trained_text(tok, ex: Encoded) -> list[str]:
     """The runs of trained tokens of an example, decoded (token t is trained when targets[t-1] is set)."""
-    trained = [False] + [t != IGNORE for t in ex.targets[:-1]]
+    trained = [False] + [t != IGNORE_INDEX for t in ex.targets[:-1]]
     runs, cur = [], []
     for tid, tr in zip(ex.ids, trained):
         if tr:
@@ -46,8 +49,8 @@ def test_alpaca_labels_only_the_answer_and_end_of_turn(tok):
     assert trained_text(tok, ex) == ["3<|im_end|>\n"]
     assert "Add 1 and 2.\n\nBe brief." in tok.decode(ex.ids)
     # every target is the next token, exactly where it is set
-    assert all(t in (IGNORE, nxt) for t, nxt in zip(ex.targets, ex.ids[1:]))
-    assert ex.targets[-1] == IGNORE
+    assert all(t in (IGNORE_INDEX, nxt) for t, nxt in zip(ex.targets, ex.ids[1:]))
+    assert ex.targets[-1] == IGNORE_INDEX
 
 
 def test_messages_multi_turn_trains_every_assistant_turn(tok):
@@ -72,7 +75,7 @@ def test_prompt_completion_is_plain_text_with_eos(tok):
 
 def test_train_on_prompt_labels_everything_but_the_first_token(tok):
     ex = encode(tok, alpaca_records(1), "alpaca", train_on_prompt=True).examples[0]
-    assert ex.targets == ex.ids[1:] + [IGNORE]
+    assert ex.targets == ex.ids[1:] + [IGNORE_INDEX]
 
 
 def test_text_is_chunked_and_fully_trained(tok):
@@ -80,7 +83,7 @@ def test_text_is_chunked_and_fully_trained(tok):
     # 30 chars + EOS = 31 tokens -> 8, 8, 8, 7; "short" + EOS = 6 tokens
     assert [len(e.ids) for e in data.examples] == [8, 8, 8, 7, 6]
     assert data.truncated == 1 and data.dropped == 0
-    assert all(e.targets == e.ids[1:] + [IGNORE] for e in data.examples)
+    assert all(e.targets == e.ids[1:] + [IGNORE_INDEX] for e in data.examples)
 
 
 def test_truncation_is_counted_and_never_leaves_an_unlabelled_example(tok):

@@ -95,7 +95,7 @@ def test_generation_eval_sends_whole_prompts_and_counts_cut_ones(small_dir, seen
     from transformers import AutoModelForCausalLM
 
     from tunelab.config import GenerateConfig
-    from tunelab.data.chat import encode_records
+    from tunelab.data.encoding import encode_records
     from tunelab.tasks.causal_lm import generation_eval
 
     tok = make_tokenizer()

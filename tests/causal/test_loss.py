@@ -8,7 +8,10 @@ import torch
 
 from causal_helpers import alpaca_records, chat_records
 from causal_tiny import make_model
-from tunelab.data.chat import IGNORE, encode_records, pack, packed_batch, padded_batch
+from tunelab.data.batching import padded_batch
+from tunelab.data.encoding import encode_records
+from tunelab.data.packing import pack, packed_batch
+from tunelab.data.tokens import IGNORE_INDEX
 from tunelab.tasks.causal_lm import labelled_loss
 
 
@@ -25,10 +28,10 @@ def model(tok):
 
 def hf_loss_sum(model, batch) -> tuple[float, int]:
     """transformers' own loss (full logits, shift inside) times the number of labelled tokens."""
-    labels = torch.full_like(batch["targets"], IGNORE)
+    labels = torch.full_like(batch["targets"], IGNORE_INDEX)
     labels[:, 1:] = batch["targets"][:, :-1]  # HF wants labels aligned with inputs
     out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels)
-    n = int((labels != IGNORE).sum())
+    n = int((labels != IGNORE_INDEX).sum())
     return float(out.loss) * n, n
 
 
@@ -50,7 +53,7 @@ def test_packed_per_example_losses_equal_unpacked(model, examples, tok):
         start = 0
         for i in row:
             n = len(examples[i].ids)
-            only = torch.full_like(batch["targets"], IGNORE)  # keep this example's targets only
+            only = torch.full_like(batch["targets"], IGNORE_INDEX)  # keep this example's targets only
             only[b, start:start + n] = batch["targets"][b, start:start + n]
             packed, k = labelled_loss(model, {**batch, "targets": only})
             alone, k2 = labelled_loss(model, padded_batch([examples[i]], tok.pad_token_id))
@@ -102,7 +105,7 @@ def test_loss_gradients_only_flow_through_labelled_positions(tok):
     model.model.norm.register_forward_hook(keep_grad("hidden"))  # (B, T, H): what the output head reads
     loss, n = labelled_loss(model, batch)
     loss.backward()
-    labelled = batch["targets"] != IGNORE  # (B, T)
+    labelled = batch["targets"] != IGNORE_INDEX  # (B, T)
     assert n == int(labelled.sum()) == sum(e.n_labels for e in ex)
     assert (~labelled & (batch["attention_mask"] == 1)).any() and (batch["attention_mask"] == 0).any()
     hidden = seen["hidden"].grad.abs().sum(-1)  # (B, T)

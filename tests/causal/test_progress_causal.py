@@ -26,7 +26,7 @@ def model(tok):
 
 
 def test_evaluation_loss_shows_progress(tok, model, capsys):
-    from tunelab.data.chat import encode_records
+    from tunelab.data.encoding import encode_records
     from tunelab.tasks.causal_lm import evaluate_loss
 
     data = encode_records(tok, alpaca_records(12), "alpaca", max_length=64, train_on_prompt=False, source="t")

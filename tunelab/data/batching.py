@@ -1,15 +1,21 @@
 """Length-grouped batching with dynamic padding.
 
 Examples are shuffled, then sorted by length inside windows of `batch_size * window` examples and cut
-into batches, and the batches are shuffled again. Each batch is padded only to its own longest example,
-so little compute goes to padding while the order stays random from epoch to epoch.
+into batches, and the batches are shuffled again. Each batch is padded only to its own longest example
+(`pad_batch`; `padded_batch` for causal-LM examples), so little compute goes to padding while the order
+stays random from epoch to epoch.
 """
 from __future__ import annotations
 
 import random
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
+
+from tunelab.data.tokens import IGNORE_INDEX
+
+if TYPE_CHECKING:
+    from tunelab.data.encoding import Encoded
 
 
 def length_grouped_batches(lengths: Sequence[int], batch_size: int, seed: int, window: int = 50,
@@ -63,8 +69,8 @@ def pad_batch(sequences: list[list[int]], pad_id: int, extra: dict[str, list] | 
               pad_values: dict[str, int] | None = None) -> dict[str, torch.Tensor]:
     """Right-pad token id lists to the longest one: input_ids and attention_mask (B, T), plus extras.
 
-    `extra` maps a name to per-example lists (padded with `pad_values[name]`, e.g. -100 for labels) or to
-    per-example scalars (stacked as a (B,) tensor).
+    `extra` maps a name to per-example lists (padded with `pad_values[name]`, e.g. IGNORE_INDEX for labels)
+    or to per-example scalars (stacked as a (B,) tensor).
     """
     T = max(len(s) for s in sequences)
     B = len(sequences)
@@ -84,3 +90,8 @@ def pad_batch(sequences: list[list[int]], pad_id: int, extra: dict[str, list] | 
             out[name] = torch.tensor(values)
     return out
 
+
+def padded_batch(examples: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded (B, T) input_ids / attention_mask / targets (targets IGNORE_INDEX on padding)."""
+    return pad_batch([e.ids for e in examples], pad_id, {"targets": [e.targets for e in examples]},
+                     {"targets": IGNORE_INDEX})

@@ -16,7 +16,7 @@ import json
 import re
 from collections import Counter
 
-from tunelab.data.chat import SHAREGPT_ROLES
+from tunelab.data.formats import SHAREGPT_ROLES
 from tunelab.data.sources import default_log
 
 LAST_STATS: dict[str, int] = {}

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from tunelab.data.tokens import ensure_pad_token
 from tunelab.io import atomic_replace_dir, atomic_write_json, follow_umask, staging_dir
 from tunelab.models.load import load_sequence_classifier, load_tokenizer
 from tunelab.models.registry import resolve_model
@@ -139,7 +140,4 @@ def load_causal_lm_and_tokenizer(name: str, dropout: float | None = None) -> tup
     except ValueError as e:  # e.g. an encoder-only folder: "Unrecognized configuration class ..."
         raise TunelabError(f"model.name: {name!r} is not a causal language model ({e}); use a decoder such "
                            "as builtin:smollm2-135m-instruct") from None
-    tokenizer = load_tokenizer(path)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token  # padding is never trained on, so any id will do
-    return model, tokenizer
+    return model, ensure_pad_token(load_tokenizer(path))

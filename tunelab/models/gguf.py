@@ -21,6 +21,7 @@ import sys
 import time
 from pathlib import Path
 
+from tunelab.data.tokens import ensure_pad_token
 from tunelab.errors import TunelabError
 from tunelab.train.logging import note, progress
 
@@ -116,9 +117,7 @@ def _load_dequantized(gguf_path: Path):
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(loaded.state_dict())
     model.generation_config = copy.deepcopy(loaded.generation_config)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return model, tokenizer
+    return model, ensure_pad_token(tokenizer)
 
 
 def _tensor_display():

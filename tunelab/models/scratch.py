@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from tunelab.data.tokens import ensure_pad_token, pad_id_of
 from tunelab.errors import TunelabError
 from tunelab.nn.models import (CONFIG_NAME, GPT, ROTARY_BASE, WEIGHTS_NAME, Embeddings, ModelOutput,
                                build_scratch_model, load_scratch_model, save_scratch_model)
@@ -120,12 +121,10 @@ def load_tokenizer_ref(ref: str | None):
                            "create one with `tunelab tokenizer train --input DATA --vocab-size 8000 --output "
                            f"{ref}`, or use builtin:minilm-l6")
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
-    if tokenizer.pad_token_id is None:
-        if tokenizer.eos_token is None:
-            raise TunelabError(f"model.tokenizer: {ref!r} has neither a pad nor an EOS token; train one with "
-                               "`tunelab tokenizer train` (it adds both)")
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
+    if tokenizer.pad_token_id is None and tokenizer.eos_token is None:
+        raise TunelabError(f"model.tokenizer: {ref!r} has neither a pad nor an EOS token; train one with "
+                           "`tunelab tokenizer train` (it adds both)")
+    return ensure_pad_token(tokenizer)
 
 
 # --------------------------------------------------------------------------------------------- builders
@@ -288,8 +287,7 @@ def load_scratch_for_training(path: str | Path, *, labels: list[str] | None = No
 
 def _as_classifier(model: nn.Module, labels: list[str], path: Path, tokenizer) -> nn.Module:
     if isinstance(model, GPT):
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        return GPTClassifier.from_gpt(model, len(labels), pad_token_id=pad)
+        return GPTClassifier.from_gpt(model, len(labels), pad_token_id=pad_id_of(tokenizer))
     if not hasattr(model, "classifier"):
         raise TunelabError(f"model.name: {str(path)!r} holds a scratch {model.scratch_kind} model, which "
                            "cannot classify; use a classifier or GPT folder, or scratch:KIND")

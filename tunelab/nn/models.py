@@ -3,7 +3,7 @@
 Every model's `forward(input_ids, attention_mask=None, labels=None, ...)` returns a `ModelOutput`:
 - classifiers (`RNNClassifier`, `TransformerClassifier`): logits (B, num_labels), loss = cross entropy;
 - language models (`GPT`, `EncoderDecoderTransformer`): logits (B, T, V), loss = token cross entropy
-  ignoring label -100.
+  ignoring label IGNORE_INDEX (-100, `tunelab.data.tokens`).
 
 Conventions shared by all of them:
 - `attention_mask` (B, T) is Hugging Face's: 1 at real tokens, 0 at padding. Classifiers and the seq2seq
@@ -29,13 +29,13 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from tunelab.data.tokens import IGNORE_INDEX
 from tunelab.nn.positions import LearnedPositionalEmbedding, SinusoidalPositionalEncoding
 from tunelab.nn.rnn import GRU, LSTM, RNN
 from tunelab.nn.transformer import TransformerDecoder, TransformerEncoder
 
 POSITIONS = ("sinusoidal", "learned", "rotary")
 ROTARY_BASE = 10000.0
-IGNORE_INDEX = -100
 
 
 @dataclass

@@ -1,9 +1,9 @@
 """Causal language modelling (instruction tuning, chat, continued pretraining): data, loss, evaluation.
 
-Records are encoded by `tunelab.data.chat` into token ids and next-token targets (-100 where no loss is
-taken: prompts, padding). The loss runs the decoder for hidden states, keeps only the positions that carry
-a target and applies the vocabulary projection to those alone: with SmolLM2's 49,152-token vocabulary
-the full (B, T, V) logits of a batch would cost more memory and time than the rest of the step.
+Records are encoded by `tunelab.data.encoding` into token ids and next-token targets (IGNORE_INDEX where
+no loss is taken: prompts, padding). The loss runs the decoder for hidden states, keeps only the positions
+that carry a target and applies the vocabulary projection to those alone: with SmolLM2's 49,152-token
+vocabulary the full (B, T, V) logits of a batch would cost more memory and time than the rest of the step.
 
 With `data.packing`, examples are packed into rows of up to `model.max_length` tokens; positions restart
 at 0 per example and no 2-D attention mask is passed, so transformers builds a block-diagonal causal mask:
@@ -19,8 +19,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from tunelab.data.chat import (IGNORE, EncodedSet, detect_format, encode_records, pack, packed_batch,
-                               padded_batch, prompt_and_reference)
+from tunelab.data.batching import padded_batch
+from tunelab.data.chat_template import prompt_and_reference
+from tunelab.data.encoding import EncodedSet, encode_records
+from tunelab.data.formats import detect_format
+from tunelab.data.packing import pack, packed_batch
+from tunelab.data.tokens import IGNORE_INDEX
 from tunelab.errors import DataError, TunelabError
 from tunelab.train.linear_ce import linear_cross_entropy
 
@@ -49,7 +53,7 @@ def labelled_loss(model, batch: dict[str, torch.Tensor], label_smoothing: float 
     hidden = base.get_decoder()(input_ids=batch["input_ids"], position_ids=batch.get("position_ids"),
                                 use_cache=False).last_hidden_state  # (B, T, H)
     targets = batch["targets"]  # (B, T)
-    keep = targets != IGNORE
+    keep = targets != IGNORE_INDEX
     head = base.get_output_embeddings()
     cap = getattr(base.config, "final_logit_softcapping", None)
     if cap or not isinstance(head, torch.nn.Linear):
@@ -365,7 +369,7 @@ def preview(cfg, n: int = 3, split: str = "train", color: bool = False, max_reco
 
     Loads only the tokenizer. Statistics cover up to `max_records` records of the split (a seeded sample).
     """
-    from tunelab.data.chat import length_histogram, render_tokens
+    from tunelab.data.preview import length_histogram, render_tokens
     from tunelab.data.sources import load_records
     from tunelab.models.load import load_tokenizer
     from tunelab.models.registry import resolve_model

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from tunelab.data.batching import length_grouped_batches, pad_batch, training_batches
+from tunelab.data.tokens import pad_id_of
 from tunelab.errors import DataError
 from tunelab.evaluate.metrics import classification_metrics, roc_curves
 
@@ -292,7 +293,7 @@ class ClassificationJob:
         label2id = {lab: i for i, lab in enumerate(self.labels)}
         model, self.tokenizer, head = load_classifier_and_tokenizer(cfg.model, self.labels)
         check_max_length(cfg.model.max_length, model, cfg.model.name)
-        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        self.pad_id = pad_id_of(self.tokenizer)
         self.examples = {
             name: make_examples(self.tokenizer, recs, text_field=cfg.data.text_field,
                                 label_field=cfg.data.label_field, label2id=label2id,
