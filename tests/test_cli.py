@@ -142,15 +142,15 @@ def test_predict_without_output_writes_only_jsonl_to_stdout(run_dir, tmp_path, c
 
 
 def test_predict_keeps_library_prints_off_stdout(run_dir, tmp_path, capsys, helpers, monkeypatch):
-    import tunelab.infer
+    import tunelab.runs
 
-    real = tunelab.infer.predict_records
+    real = tunelab.runs.predict_records
 
     def chatty(*args, **kwargs):
         print("loading the model ...")  # as a progress or loading message would
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(tunelab.infer, "predict_records", chatty)
+    monkeypatch.setattr(tunelab.runs, "predict_records", chatty)
     source = helpers.write_jsonl(tmp_path / "in.jsonl", [{"text": t} for t in TEXTS])
     assert main(["predict", str(run_dir), "--input", str(source)]) == 0
     out, err = capsys.readouterr()

@@ -16,9 +16,6 @@ import yaml
 
 from tunelab.errors import ConfigError
 
-TASKS = ("classification", "causal_lm")
-
-
 @dataclass
 class ModelConfig:
     name: str = "builtin:minilm-l6"
@@ -179,7 +176,8 @@ class GenerateConfig:
 
 @dataclass
 class RunConfig:
-    task: Literal["classification", "causal_lm"] = "classification"
+    task: str = "classification"
+    """What to train for: one of the registered tasks (tunelab.tasks)."""
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
@@ -308,6 +306,18 @@ def _check_ranges(cfg: RunConfig, problems: list[str]) -> None:
         problems.append("data.val_fraction + data.test_fraction must leave some training data (sum < 0.9)")
 
 
+def _check_task(task: Any, problems: list[str]) -> None:
+    """`task` must name a registered task (a wrong type was reported already)."""
+    from tunelab.errors import TunelabError
+    from tunelab.tasks import get_task
+
+    if isinstance(task, str):
+        try:
+            get_task(task)
+        except TunelabError as e:
+            problems.append(f"task: {e}")
+
+
 def _check_max_length(value: Any, problems: list[str]) -> None:
     if isinstance(value, int) and value < MIN_MAX_LENGTH:
         problems.append(f"model.max_length: got {value}; must be >= {MIN_MAX_LENGTH} (room for the model's "
@@ -356,6 +366,7 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
 def config_from_dict(data: Any, source: str | None = None) -> RunConfig:
     problems: list[str] = []
     cfg = _build(RunConfig, data, "", problems)
+    _check_task(cfg.task, problems)
     _check_ranges(cfg, problems)  # also after type problems: every problem at once
     if problems:
         raise ConfigError(problems, source)
@@ -404,8 +415,13 @@ SECTIONS = (("model", ModelConfig), ("data", DataConfig), ("method", MethodConfi
 
 def reference_markdown() -> str:
     """Every config key with its type, default and meaning, as a Markdown table (README / `tunelab config`)."""
+    from tunelab.tasks import tasks
+
+    registry = tasks()
+    task_choices = " \\| ".join(repr(name) for name in registry.names())
+    task_docs = "; ".join(f"{name}: {registry.get(name).summary}" for name in registry.names())
     rows = ["| key | type | default | meaning |", "|---|---|---|---|",
-            "| `task` | 'classification' \\| 'causal_lm' | `classification` | what to train for |",
+            f"| `task` | {task_choices} | `classification` | what to train for: {task_docs} |",
             "| `output_dir` | str | `runs/run` | the run directory (`--output-dir` overrides) |"]
     for prefix, cls in SECTIONS:
         hints, docs, default = typing.get_type_hints(cls), field_docs(cls), cls()

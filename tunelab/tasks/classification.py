@@ -380,3 +380,105 @@ class ClassificationJob:
         auc = f"{m['roc_auc_ovr']:.4f}" if m.get("roc_auc_ovr") is not None else "n/a"
         return (f"test: accuracy {m['accuracy']:.4f}  f1_macro {m['f1_macro']:.4f}  "
                 f"f1_weighted {m['f1_weighted']:.4f}  roc_auc {auc}  (n={m['n']})")
+
+
+# ---------------------------------------------------------------------------------------------
+# A finished classification run: load it, evaluate it, predict with it
+
+
+def load_model(run_dir: Path, cfg) -> tuple:
+    """(model in eval mode, tokenizer, {"labels": [...]}) of a classification run's RUN_DIR/model."""
+    import json
+
+    model_dir = run_dir / "model"
+    labels = json.loads((model_dir / "labels.json").read_text()) if (model_dir / "labels.json").exists() else None
+    if (model_dir / "scratch_config.json").exists():
+        from tunelab.models.scratch import load_scratch
+
+        model, tokenizer = load_scratch(model_dir)
+    else:
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        from tunelab.runs import load_adapter
+
+        if (model_dir / "adapter_config.json").exists():
+            model = load_adapter(model_dir, AutoModelForSequenceClassification)
+        else:
+            model = AutoModelForSequenceClassification.from_pretrained(str(model_dir))
+        tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    model.eval()
+    return model, tokenizer, {"labels": labels}
+
+
+def _pad_id(tokenizer) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+
+def evaluate(run, records: list[dict] | None, source: str, log) -> dict:
+    """Metrics of a run's model on labelled `records` (None: the run's own test split)."""
+    from tunelab.errors import TunelabError
+
+    cfg, labels = run.cfg, run.meta["labels"]
+    if records is None:
+        splits = split_records(cfg, lambda _: None)
+        if "test" not in splits:
+            raise TunelabError(f"{run.dir} has no test split (data.test_fraction is 0 and no data.test file); "
+                               "pass --data FILE with labelled records to evaluate on")
+        records, source = splits["test"]
+    ex = make_examples(run.tokenizer, records, text_field=cfg.data.text_field, label_field=cfg.data.label_field,
+                       label2id={lab: i for i, lab in enumerate(labels)}, max_length=cfg.model.max_length,
+                       source=source)
+    probs = predict_proba(run.model, ex, 32, _pad_id(run.tokenizer), torch.device("cpu")).numpy()
+    metrics = classification_metrics(ex.labels, probs, labels)
+    metrics["loss"] = float(-np.log(np.clip(probs[np.arange(len(ex)), ex.labels], 1e-12, None)).mean())
+    return metrics
+
+
+def predict(run, records: list[dict], source: str, log) -> list[dict]:
+    """Each record plus `prediction` (a label) and `scores` (label -> probability)."""
+    cfg, labels = run.cfg, run.meta["labels"]
+    ex = make_examples(run.tokenizer, records, text_field=cfg.data.text_field, label_field=None, label2id=None,
+                       max_length=cfg.model.max_length, source=source)
+    probs = predict_proba(run.model, ex, 32, _pad_id(run.tokenizer), torch.device("cpu"))
+    out = []
+    for rec, p in zip(records, probs.tolist()):
+        clean = {k: v for k, v in rec.items() if not k.startswith("_")}
+        clean["prediction"] = labels[max(range(len(p)), key=p.__getitem__)]
+        clean["scores"] = {lab: round(v, 6) for lab, v in zip(labels, p)}
+        out.append(clean)
+    return out
+
+
+def metrics_line(m: dict) -> str:
+    """One line of evaluation metrics (`tunelab eval`)."""
+    auc = m.get("roc_auc_ovr")
+    return (f"accuracy {m['accuracy']:.4f}  f1_macro {m['f1_macro']:.4f}  f1_weighted {m['f1_weighted']:.4f}  "
+            f"roc_auc {auc if auc is None else round(auc, 4)}  loss {m['loss']:.4f}  (n={m['n']})")
+
+
+def check_records(records: list[dict], source: str, data_cfg) -> None:
+    """`tunelab validate`: the first records have the text and the label field."""
+    from tunelab.check import require_fields
+
+    require_fields(records, source, [data_cfg.text_field], "data.text_field")
+    require_fields(records, source, [data_cfg.label_field], "data.label_field")
+
+
+def _register() -> None:
+    from tunelab.models.scratch import CLASSIFIER_KINDS
+    from tunelab.tasks import TASKS
+    from tunelab.tasks.base import Task
+
+    TASKS.register("classification", Task(
+        name="classification", summary="a label per text (sequence classification)",
+        job=ClassificationJob, metrics=METRICS, methods=("full", "head", "freeze", "lora"),
+        load=load_model, evaluate=evaluate, predict=predict, metrics_line=metrics_line,
+        settings=("data.text_field", "data.label_field"),
+        refused_settings={"generate.": "generate.* applies to causal_lm runs; {run} is a classification run"},
+        text_records=lambda texts, run: [{run.cfg.data.text_field: t} for t in texts],
+        check_records=check_records,
+        scratch_kinds=CLASSIFIER_KINDS),
+        options=("data.label_field",))
+
+
+_register()
