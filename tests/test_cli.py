@@ -338,3 +338,16 @@ def test_help_imports_nothing_heavy():
             "print(sorted({'torch', 'transformers', 'numpy', 'peft', 'yaml'} & set(sys.modules)))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.stdout.strip() == "[]", proc.stderr
+
+
+@pytest.mark.parametrize("command", ["train", "pretrain"])
+def test_output_dir_is_a_path_for_train_and_pretrain(command, monkeypatch):
+    # `tunelab pretrain examples/pretrain-gpt.yaml --output-dir 2024` failed with "expected str": the two
+    # commands share one set of run arguments now.
+    import tunelab.run
+
+    seen = {}
+    monkeypatch.setattr(tunelab.run, "train", lambda cfg, **_: seen.setdefault("output_dir", cfg.output_dir))
+    config = Path(__file__).resolve().parents[1] / "examples" / "pretrain-gpt.yaml"
+    assert main([command, str(config), "--output-dir", "2024", "train.max_steps=1"]) == 0
+    assert seen["output_dir"] == "2024"
