@@ -85,8 +85,14 @@ def test_pretraining_documents_are_split_and_pinned(tmp_path):
 
 def test_chunk_and_block_splits_are_pinned():
     """When too few documents can be held out: causal_lm text chunks and pretraining blocks."""
-    from tunelab.data.corpus import split_documents
-    from tunelab.tasks.causal_lm import carve
+    from tunelab.data.splits import split_indices
+
+    def carve(n, val, test, carve_val, carve_test, seed):  # causal_lm's text chunks (was causal_lm.carve)
+        hold_out = [name for name, wanted in (("validation", carve_val), ("test", carve_test)) if wanted]
+        return split_indices(n, val, test, seed, hold_out=hold_out)
+
+    def split_documents(n, val, test, seed):  # pretraining's blocks (was pretrain.split_documents)
+        return split_indices(n, val, test, seed, draw="once")
 
     rest = [0, 1, 2, 3, 4, 6, 7, 9, 10, 11, 12, 13, 14, 15, 16, 17, 19, 20, 22]
     assert carve(23, 0.1, 0.1, True, True, 7) == {"test": [5, 18], "validation": [8, 21], "train": rest}

@@ -12,7 +12,8 @@ from safetensors.torch import load_file
 from tunelab.errors import ConfigError, TunelabError
 from tunelab.models.scratch import GPTClassifier, build_scratch_classifier, is_scratch_dir, load_scratch
 from tunelab.cli.train import add_commands
-from tunelab.data.corpus import make_blocks, split_documents
+from tunelab.data.corpus import make_blocks
+from tunelab.data.splits import split_indices
 from tunelab.tasks.pretrain import pretrain
 
 BODY_PARAM = "decoder.layers.0.self_attn.q_proj.weight"
@@ -30,6 +31,9 @@ def test_blocks_predict_every_token_but_the_first_once():
 
 
 def test_document_splits_are_seeded_and_disjoint():
+    def split_documents(n, val, test, seed):  # how pretraining splits its documents
+        return split_indices(n, val, test, seed, draw="once")
+
     parts = split_documents(20, 0.1, 0.2, seed=3)
     assert [len(parts[n]) for n in ("train", "validation", "test")] == [14, 2, 4]
     assert sorted(sum(parts.values(), [])) == list(range(20))

@@ -7,7 +7,6 @@ documents into one token stream with an end-of-document token after each and cut
 """
 from __future__ import annotations
 
-import random
 from pathlib import Path
 
 from tunelab.errors import DataError, TunelabError
@@ -59,15 +58,6 @@ def _non_empty(ref: str, named: list[tuple[str, str]], log) -> list[str]:
     return [text for _, text in named if text.strip()]
 
 
-def split_documents(n: int, val_fraction: float, test_fraction: float, seed: int) -> dict[str, list[int]]:
-    """Seeded random train / validation / test index lists over n items; fractions are of the whole."""
-    order = list(range(n))
-    random.Random(seed).shuffle(order)
-    n_test, n_val = round(n * test_fraction), round(n * val_fraction)
-    return {"test": sorted(order[:n_test]), "validation": sorted(order[n_test:n_test + n_val]),
-            "train": sorted(order[n_test + n_val:])}
-
-
 def end_of_document_id(tokenizer) -> int:
     """The token put after every document: EOS (BPE tokenizers) or SEP (WordPiece/BERT tokenizers)."""
     for token_id in (tokenizer.eos_token_id, tokenizer.sep_token_id):
@@ -95,11 +85,12 @@ def encode_documents(tokenizer, texts: list[str]) -> list[list[int]]:
 
 def corpus_splits(d, seed: int, log) -> dict[str, tuple[list[str], str]]:
     """Document texts of each split (train, and validation / test when they have any) with their source."""
+    from tunelab.data.splits import held_out, split_indices
+
     docs = corpus_documents(d.train, d.text_field, log)  # empty documents are dropped and reported
     if not docs:
         raise DataError(d.train, "holds no text to pretrain on")
-    parts = split_documents(len(docs), 0.0 if d.validation else d.val_fraction,
-                            0.0 if d.test else d.test_fraction, seed)
+    parts = split_indices(len(docs), d.val_fraction, d.test_fraction, seed, hold_out=held_out(d), draw="once")
     splits = {name: ([docs[i] for i in idx], f"{d.train} ({name} split)" if name != "train" else d.train)
               for name, idx in parts.items() if idx}
     if d.limit is not None and "train" in splits and len(splits["train"][0]) > d.limit:

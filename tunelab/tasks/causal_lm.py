@@ -119,22 +119,6 @@ def generation_eval(model, tokenizer, data: EncodedSet, *, gen_cfg, batch_size: 
 # Splits
 
 
-def carve(n: int, val_fraction: float, test_fraction: float, carve_val: bool, carve_test: bool,
-          seed: int) -> dict[str, list[int]]:
-    """Seeded random train / validation / test index lists over n items (fractions of the whole)."""
-    from tunelab.data.splits import stratified_split
-
-    rest, out = list(range(n)), {}
-    for name, fraction, wanted in (("test", test_fraction, carve_test), ("validation", val_fraction, carve_val)):
-        if wanted and fraction > 0:
-            frac = fraction / (1.0 - test_fraction) if name == "validation" and carve_test else fraction
-            keep, held = stratified_split([0] * len(rest), frac, seed)
-            out[name] = [rest[i] for i in held]
-            rest = [rest[i] for i in keep]
-    out["train"] = rest
-    return out
-
-
 def split_records(d, seed: int, records: list[dict], log) -> dict[str, tuple[list[dict], str]]:
     """train / validation / test records: given files, or seeded random splits carved out of `records`.
 
@@ -143,13 +127,16 @@ def split_records(d, seed: int, records: list[dict], log) -> dict[str, tuple[lis
     """
     from tunelab.data.sources import load_records
 
-    carve_val, carve_test = not d.validation, not d.test
+    from tunelab.data.splits import held_out, split_indices, subset_indices
+
+    hold_out = held_out(d)
     if d.limit is not None:
-        share = 1.0 - (d.val_fraction if carve_val else 0.0) - (d.test_fraction if carve_test else 0.0)
-        pool = min(len(records), math.ceil(d.limit / share))
-        if pool < len(records):
-            records = [records[i] for i in sorted(random.Random(seed).sample(range(len(records)), pool))]
-    parts = carve(len(records), d.val_fraction, d.test_fraction, carve_val, carve_test, seed)
+        share = 1.0
+        for name in hold_out:  # validation, then test: the same float arithmetic as ever
+            share -= d.val_fraction if name == "validation" else d.test_fraction
+        pool = subset_indices(len(records), min(len(records), math.ceil(d.limit / share)), seed)
+        records = [records[i] for i in pool]
+    parts = split_indices(len(records), d.val_fraction, d.test_fraction, seed, hold_out=hold_out)
     splits = {name: ([records[i] for i in idx], d.train if name == "train" else f"{d.train} ({name} split)")
               for name, idx in parts.items()}
     if d.limit is not None and len(splits["train"][0]) > d.limit:
@@ -224,6 +211,8 @@ class CausalLMJob:
                  f"({100 * trainable / total:.2f}%)")
 
     def _encode_splits(self, records: list[dict]) -> dict[str, EncodedSet]:
+        from tunelab.data.splits import split_indices
+
         cfg, d = self.cfg, self.cfg.data
         splits = split_records(d, cfg.train.seed, records, self.log)
 
@@ -236,8 +225,7 @@ class CausalLMJob:
             return {name: encode(recs, src) for name, (recs, src) in splits.items()}
         # A corpus of too few documents to hold any out (e.g. one .txt file): split its chunks instead.
         whole = encode(splits["train"][0], d.train)
-        parts = carve(len(whole), d.val_fraction, d.test_fraction, "validation" in empty, "test" in empty,
-                      cfg.train.seed)
+        parts = split_indices(len(whole), d.val_fraction, d.test_fraction, cfg.train.seed, hold_out=empty)
         self.log(f"too few documents to hold some out: splitting {len(whole)} chunks instead")
         out = {name: encode(recs, src) for name, (recs, src) in splits.items() if name not in parts}
         for name, idx in parts.items():

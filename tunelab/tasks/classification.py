@@ -218,26 +218,25 @@ METRICS = ("accuracy", "f1_macro", "f1_weighted", "precision_macro", "recall_mac
 def split_records(cfg, log) -> dict[str, tuple[list[dict], str]]:
     """train/validation/test records: given files, or stratified seeded splits carved out of train."""
     from tunelab.data.sources import load_records
-    from tunelab.data.splits import stratified_split, stratified_subset
+    from tunelab.data.splits import split_indices, subset_indices
 
     d, seed = cfg.data, cfg.train.seed
-    train = load_records(d.train, log)
-    keys = raw_labels(train, d.label_field, d.train)
+    records = load_records(d.train, log)
+    keys = raw_labels(records, d.label_field, d.train)
+    given = {"test": d.test, "validation": d.validation}
+    parts = split_indices(len(records), d.val_fraction, d.test_fraction, seed, keys=keys,
+                          hold_out=[name for name, ref in given.items() if not ref])
     splits: dict[str, tuple[list[dict], str]] = {}
-    for name, given, fraction in (("test", d.test, d.test_fraction), ("validation", d.validation, d.val_fraction)):
-        if given:
-            splits[name] = (load_records(given, log), given)
-        elif fraction > 0:
-            # the fraction is of the whole file, so carve test first, then validation from the rest
-            frac = fraction / (1.0 - d.test_fraction) if name == "validation" and not d.test else fraction
-            rest, held = stratified_split(keys, frac, seed)
-            splits[name] = ([train[i] for i in held], f"{d.train} ({name} split)")
-            train, keys = [train[i] for i in rest], [keys[i] for i in rest]
+    for name, ref in given.items():  # a given file, or the records carved out of train
+        if ref:
+            splits[name] = (load_records(ref, log), ref)
+        elif name in parts:
+            splits[name] = ([records[i] for i in parts[name]], f"{d.train} ({name} split)")
+    train = parts["train"]
     if d.limit is not None and d.limit < len(train):
-        keep = stratified_subset(keys, d.limit, seed)
-        train = [train[i] for i in keep]
+        train = [train[i] for i in subset_indices(len(train), d.limit, seed, [keys[i] for i in train])]
         log(f"data.limit: using {len(train)} training records")
-    splits["train"] = (train, d.train)
+    splits["train"] = ([records[i] for i in train], d.train)
     return splits
 
 

@@ -25,8 +25,8 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tunelab.data.corpus import corpus_splits, encode_documents, end_of_document_id, make_blocks, \
-    split_documents
+from tunelab.data.corpus import corpus_splits, encode_documents, end_of_document_id, make_blocks
+from tunelab.data.splits import split_indices
 from tunelab.errors import DataError, TunelabError
 
 if TYPE_CHECKING:  # torch is imported where it is used
@@ -116,7 +116,8 @@ class PretrainJob:
         wanted = {"validation": 0.0 if d.validation else d.val_fraction, "test": 0.0 if d.test else d.test_fraction}
         missing = {n: (f if not blocks.get(n) else 0.0) for n, f in wanted.items()}
         if any(missing.values()) and blocks.get("train"):
-            parts = split_documents(len(blocks["train"]), missing["validation"], missing["test"], self.cfg.train.seed)
+            parts = split_indices(len(blocks["train"]), missing["validation"], missing["test"], self.cfg.train.seed,
+                                  draw="once")
             self.log(f"too few documents to hold some out: splitting {len(blocks['train'])} blocks instead")
             blocks.update({n: [blocks["train"][i] for i in idx] for n, idx in parts.items() if idx or n == "train"})
         if not blocks.get("train"):
