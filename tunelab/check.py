@@ -39,6 +39,9 @@ def check_config(cfg, parts: tuple[str, ...] = PARTS) -> list[str]:
         problems += check_metric(cfg.task, cfg.train.early_stopping.metric)
     if "output" in parts:
         problems += check_output(cfg.output_dir)
+    if set(parts) == set(PARTS):  # what the task itself asks of a whole config (e.g. pretraining's model)
+        keys = {p.split(":", 1)[0] for p in problems}
+        problems += [p for p in task_for(cfg).check_config(cfg) if p.split(":", 1)[0] not in keys]
     return problems
 
 

@@ -172,7 +172,7 @@ class CausalLMJob:
 
     def prepare(self) -> None:
         from tunelab.data.sources import load_records
-        from tunelab.methods import apply_method
+        from tunelab.methods import apply_method, options_of
         from tunelab.methods.common import count_parameters
         from tunelab.models.build import load_causal_lm_and_tokenizer
         from tunelab.models.load import check_max_length
@@ -203,9 +203,7 @@ class CausalLMJob:
             self.log(f"packing: {len(train)} examples in {len(self.rows)} rows of up to "
                      f"{cfg.model.max_length} tokens ({100 * fill:.0f}% full)")
         m = cfg.method
-        self.model = apply_method(m.name, model, set(), trainable_layers=m.trainable_layers, r=m.r,
-                                  alpha=m.alpha, dropout=m.dropout, target_modules=m.target_modules,
-                                  task_type="CAUSAL_LM").to(self.device)
+        self.model = apply_method(m.name, model, set(), task_type="CAUSAL_LM", **options_of(m)).to(self.device)
         trainable, total = count_parameters(self.model)
         self.log(f"method {m.name}: {trainable:,} trainable of {total:,} parameters "
                  f"({100 * trainable / total:.2f}%)")

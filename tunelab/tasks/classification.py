@@ -275,7 +275,7 @@ class ClassificationJob:
         self.eval_batch_size = cfg.train.eval_batch_size or 2 * cfg.train.batch_size
 
     def prepare(self) -> None:
-        from tunelab.methods import apply_method
+        from tunelab.methods import apply_method, options_of
         from tunelab.methods.common import count_parameters
         from tunelab.models.build import load_classifier_and_tokenizer
         from tunelab.models.load import check_max_length
@@ -303,9 +303,7 @@ class ClassificationJob:
         for line in small_class_warnings(self.examples, self.labels):
             self.log(line)
         m = cfg.method
-        self.model = apply_method(m.name, model, head, trainable_layers=m.trainable_layers, r=m.r,
-                                  alpha=m.alpha, dropout=m.dropout, target_modules=m.target_modules,
-                                  task_type="SEQ_CLS").to(self.device)
+        self.model = apply_method(m.name, model, head, task_type="SEQ_CLS", **options_of(m)).to(self.device)
         if cls_only_last_layer(self.model):
             self.log("speed-up: the last encoder layer computes only the [CLS] position (all the head reads)")
         trainable, total = count_parameters(self.model)

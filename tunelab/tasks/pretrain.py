@@ -93,7 +93,7 @@ class PretrainJob:
         self.samples: list[dict] = []
 
     def prepare(self) -> None:
-        from tunelab.methods import apply_method
+        from tunelab.methods import apply_method, options_of
         from tunelab.methods.common import count_parameters
         from tunelab.models.scratch import build_scratch_causal_lm
 
@@ -103,7 +103,7 @@ class PretrainJob:
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_id
         self.blocks = self._blocks(corpus_splits(cfg.data, cfg.train.seed, self.log))
         m = cfg.method
-        self.model = apply_method(m.name, model, set(), trainable_layers=m.trainable_layers).to(self.device)
+        self.model = apply_method(m.name, model, set(), **options_of(m)).to(self.device)
         trainable, total = count_parameters(self.model)
         self.log(f"method {m.name}: {trainable:,} trainable of {total:,} parameters; vocabulary "
                  f"{len(self.tokenizer):,} tokens")
