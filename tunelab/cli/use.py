@@ -3,7 +3,6 @@ everything task-specific (metrics, predictions, verbs such as merge and chat) co
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 from tunelab.cli.common import RUN_HELP, same_file, stdout_to_stderr, write_rows
