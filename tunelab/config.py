@@ -371,7 +371,12 @@ def _is_set(cfg: RunConfig, key: str) -> bool:
 
 def _is_pretrained(name: str) -> bool:
     """A model reference that is surely not a scratch model: builtin:, gguf: or a folder with config.json."""
-    return name.startswith(("builtin:", "gguf:")) or (Path(name).expanduser() / "config.json").is_file()
+    if name.startswith(("builtin:", "gguf:")):
+        return True
+    try:
+        return (Path(name).expanduser() / "config.json").is_file()
+    except OSError:  # unreadable: cannot tell here (loading the model will say what is wrong)
+        return False
 
 
 def _check_max_length(value: Any, problems: list[str]) -> None:

@@ -19,13 +19,15 @@ QUIET = lambda *a, **k: None  # noqa: E731
 
 def make_cfg(model_dir: Path, data: Path, out: Path, **over) -> object:
     cfg = {"task": "causal_lm", "model": {"name": str(model_dir), "max_length": 128},
-           "data": {"train": str(data)}, "method": {"name": "full", "trainable_layers": 1},
+           "data": {"train": str(data)}, "method": {"name": "full"},
            "train": {"max_steps": 3, "batch_size": 4, "lr": 1e-2, "log_every": 1, "scheduler": "constant",
                      "early_stopping": {"metric": "loss"}},
            "generate": {"max_new_tokens": 8, "samples_in_eval": 0}, "output_dir": str(out)}
     for key, value in over.items():
         section, name = key.split("__")
         cfg[section][name] = value
+    if cfg["method"]["name"] == "freeze":  # method.trainable_layers applies to freeze only
+        cfg["method"].setdefault("trainable_layers", 1)
     return config_from_dict(cfg)
 
 
