@@ -142,15 +142,15 @@ def test_predict_without_output_writes_only_jsonl_to_stdout(run_dir, tmp_path, c
 
 
 def test_predict_keeps_library_prints_off_stdout(run_dir, tmp_path, capsys, helpers, monkeypatch):
-    import tunelab.infer
+    import tunelab.runs
 
-    real = tunelab.infer.predict_records
+    real = tunelab.runs.predict_records
 
     def chatty(*args, **kwargs):
         print("loading the model ...")  # as a progress or loading message would
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(tunelab.infer, "predict_records", chatty)
+    monkeypatch.setattr(tunelab.runs, "predict_records", chatty)
     source = helpers.write_jsonl(tmp_path / "in.jsonl", [{"text": t} for t in TEXTS])
     assert main(["predict", str(run_dir), "--input", str(source)]) == 0
     out, err = capsys.readouterr()
@@ -338,3 +338,16 @@ def test_help_imports_nothing_heavy():
             "print(sorted({'torch', 'transformers', 'numpy', 'peft', 'yaml'} & set(sys.modules)))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.stdout.strip() == "[]", proc.stderr
+
+
+@pytest.mark.parametrize("command", ["train", "pretrain"])
+def test_output_dir_is_a_path_for_train_and_pretrain(command, monkeypatch):
+    # `tunelab pretrain examples/pretrain-gpt.yaml --output-dir 2024` failed with "expected str": the two
+    # commands share one set of run arguments now.
+    import tunelab.run
+
+    seen = {}
+    monkeypatch.setattr(tunelab.run, "train", lambda cfg, **_: seen.setdefault("output_dir", cfg.output_dir))
+    config = Path(__file__).resolve().parents[1] / "examples" / "pretrain-gpt.yaml"
+    assert main([command, str(config), "--output-dir", "2024", "train.max_steps=1"]) == 0
+    assert seen["output_dir"] == "2024"

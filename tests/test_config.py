@@ -222,3 +222,68 @@ def test_max_length_too_small_for_special_tokens_is_an_error(value):
 
 def test_max_length_4_is_allowed():
     assert config_from_dict({"model": {"max_length": 4}}).model.max_length == 4
+
+
+# ---------------------------------------------------------------------------------------------
+# Options that belong to a choice: a method's, a task's, a scratch model's
+
+
+def test_a_method_option_under_another_method_exits_2_and_says_why(capsys):
+    assert main(["validate", str(EXAMPLES / "bbc-news.yaml"), "method.name=full", "method.r=64"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == f"error: {EXAMPLES / 'bbc-news.yaml'}: method.r applies to lora; method.name is full"
+
+
+@pytest.mark.parametrize("data, expected", [
+    ({"method": {"name": "head", "trainable_layers": 1}}, "method.trainable_layers applies to freeze; method.name is head"),
+    ({"method": {"name": "freeze", "merge": True}}, "method.merge applies to lora; method.name is freeze"),
+    ({"data": {"packing": True}}, "data.packing applies to causal_lm; task is classification"),
+    ({"data": {"train_on_prompt": True}}, "data.train_on_prompt applies to causal_lm; task is classification"),
+    ({"data": {"format": "alpaca"}}, "data.format applies to causal_lm and pretrain; task is classification"),
+    ({"task": "causal_lm", "data": {"label_field": "topic"}},
+     "data.label_field applies to classification; task is causal_lm"),
+    ({"model": {"layers": 4}}, "model.layers applies to scratch models (model.name: scratch:KIND); model.name is "
+                               "builtin:minilm-l6"),
+    ({"model": {"name": "gguf:x.gguf", "position": "rotary"}}, "model.position applies to scratch models"),
+])
+def test_keys_that_do_not_apply_to_the_choice_are_errors(data, expected):
+    with pytest.raises(ConfigError) as e:
+        config_from_dict(data)
+    assert len(e.value.problems) == 1 and expected in e.value.problems[0], e.value.problems
+
+
+@pytest.mark.parametrize("data", [
+    {"method": {"name": "lora", "r": 64, "merge": True}},
+    {"method": {"name": "full", "r": 8, "trainable_layers": 2}},  # the defaults: not set, so no problem
+    {"task": "causal_lm", "data": {"packing": True, "format": "alpaca", "train_on_prompt": True}},
+    {"task": "pretrain", "model": {"name": "scratch:gpt", "layers": 4, "position": "rotary"}, "data": {"format": "text"}},
+    {"model": {"name": "scratch:lstm", "layers": 1, "bidirectional": False}},
+    {"model": {"name": "some/folder-that-may-hold-a-scratch-model", "layers": 3}},  # cannot tell: no problem
+])
+def test_keys_of_the_chosen_method_task_and_model_are_fine(data):
+    config_from_dict(data)
+
+
+def test_every_example_and_its_dumped_config_reload():
+    import yaml
+
+    from tunelab.config import dump_config
+
+    for path in sorted(EXAMPLES.glob("*.yaml")):
+        cfg = load_config(path)
+        assert config_from_dict(yaml.safe_load(dump_config(cfg))) == cfg, path  # every default written out
+
+
+def test_each_method_registers_its_own_options():
+    from tunelab.config import MethodConfig
+    from tunelab.methods import METHODS, options_of, register_method
+
+    assert METHODS.names() == ("full", "head", "freeze", "lora")
+    assert METHODS.options("lora") == ("method.r", "method.alpha", "method.dropout", "method.target_modules",
+                                       "method.merge")
+    assert METHODS.options("freeze") == ("method.trainable_layers",) and METHODS.options("full") == ()
+    assert options_of(MethodConfig(name="freeze", trainable_layers=1)) == {"trainable_layers": 1}
+    with pytest.raises(ValueError, match="registered twice"):
+        register_method("lora", lambda model, head, **_: model, "lora again")
+    with pytest.raises(ValueError, match="must be a dataclass"):
+        register_method("bogus", lambda model, head, **_: model, "bogus", options=dict)

@@ -124,7 +124,7 @@ def test_real_sharegpt_drops_378_of_17671_and_says_so():
 @pytest.mark.parametrize("layout", ["folder", "jsonl"])
 def test_empty_pretraining_documents_are_counted(tmp_path, layout):
     from tunelab.config import config_from_dict
-    from tunelab.pretrain import corpus_splits
+    from tunelab.data.corpus import corpus_splits
 
     texts = ["one text", "  \n", "two text", "", "three"]
     if layout == "folder":
@@ -163,7 +163,7 @@ def test_missing_relative_data_path_names_the_absolute_path(tmp_path, monkeypatc
 
 
 def test_missing_relative_corpus_path_names_the_absolute_path(tmp_path, monkeypatch):
-    from tunelab.tokenizer_train import corpus_documents
+    from tunelab.data.corpus import corpus_documents
 
     monkeypatch.chdir(tmp_path)
     with pytest.raises(DataError, match=rf"^{tmp_path}/corpus.txt: does not exist; relative paths are read from "

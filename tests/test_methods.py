@@ -95,8 +95,8 @@ def test_head_method_saves_the_pretrained_body_unchanged(trained, tiny_bert):
 def test_continuing_from_a_finished_run_still_trains_the_head(trained, make_config, helpers, capture_trained_model,
                                                               method):
     # RUN_DIR/model already has a classifier for these labels, so no parameter is newly initialised.
-    cfg = make_config({"model.name": str(trained("full")[0] / "model"), "method.name": method,
-                       "method.trainable_layers": 1})
+    options = {"method.trainable_layers": 1} if method == "freeze" else {}  # applies to freeze only
+    cfg = make_config({"model.name": str(trained("full")[0] / "model"), "method.name": method, **options})
     run_dir = helpers.train_quietly(cfg)
     trainable = {n for n, p in capture_trained_model["model"].named_parameters() if p.requires_grad}
     assert {"classifier.weight", "classifier.bias"} <= trainable

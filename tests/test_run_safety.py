@@ -305,9 +305,10 @@ def test_a_finished_run_is_readable_by_others_under_umask_022(make_config, helpe
 
 @torch.no_grad()
 def run_logits(run_dir: Path) -> torch.Tensor:
-    from tunelab.infer import load_run
+    from tunelab.runs import load_run
 
-    _, model, tokenizer, _ = load_run(run_dir)
+    run = load_run(run_dir)
+    model, tokenizer = run.model, run.tokenizer
     batch = tokenizer(TEXTS, padding=True, return_tensors="pt")
     return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tunelab.infer import evaluate_run
+from tunelab.runs import evaluate_run
 from tunelab.train.optim import build_scheduler, lr_factor
 
 # First three logged losses of `make_config()` (tiny BERT, seed 0, batch 8, lr 1e-3, dropout 0.1), torch 2.13 CPU,

@@ -26,17 +26,22 @@ def check_config(cfg, parts: tuple[str, ...] = PARTS) -> list[str]:
     `parts` limits the checks to the model reference, the data files and/or the early-stopping metric
     (see `usable_parts`: a section with its own config problems is not checked further).
     """
+    from tunelab.tasks import task_for
+
     problems = check_model(cfg.task, cfg.model.name, cfg.model.tokenizer) if "model" in parts else []
     if "model" in parts and not problems:
         problems += check_positions(cfg.model.name, cfg.model.max_length)
     for key in ("train", "validation", "test") if "data" in parts else ():
         ref = getattr(cfg.data, key)
         if ref is not None:
-            problems += check_data_file(f"data.{key}", ref, cfg.task, _is_scratch(cfg.model.name), cfg.data)
+            problems += check_data_file(f"data.{key}", ref, task_for(cfg), cfg.data)
     if "metric" in parts:
         problems += check_metric(cfg.task, cfg.train.early_stopping.metric)
     if "output" in parts:
         problems += check_output(cfg.output_dir)
+    if set(parts) == set(PARTS):  # what the task itself asks of a whole config (e.g. pretraining's model)
+        keys = {p.split(":", 1)[0] for p in problems}
+        problems += [p for p in task_for(cfg).check_config(cfg) if p.split(":", 1)[0] not in keys]
     return problems
 
 
@@ -168,9 +173,10 @@ def _is_scratch(ref: str) -> bool:
 
 
 def _check_scratch_kind(task: str, ref: str) -> None:
-    from tunelab.models.scratch import CLASSIFIER_KINDS
+    from tunelab.config import ModelConfig, RunConfig
+    from tunelab.tasks import task_for
 
-    kinds = CLASSIFIER_KINDS if task == "classification" else ("gpt",)
+    kinds = task_for(RunConfig(task=task, model=ModelConfig(name=ref))).scratch_kinds  # the routed task's
     kind = ref.removeprefix("scratch:")
     if kind not in kinds:
         raise TunelabError(f"model.name: unknown scratch model {ref!r} for task {task}; known: "
@@ -202,38 +208,32 @@ def _check_tokenizer(ref: str | None) -> list[str]:
 # Data files and their fields
 
 
-def check_data_file(key: str, ref: str, task: str, scratch: bool, data_cfg) -> list[str]:
-    """Problems with one data file: missing, unreadable, or its first records lack the task's fields."""
+def check_data_file(key: str, ref: str, task, data_cfg) -> list[str]:
+    """Problems with one data file: missing, unreadable, or its first records lack the fields `task` (a
+    tunelab.tasks.base.Task) reads."""
     from tunelab.data.sources import load_records
 
     try:
         records = load_records(ref)
     except TunelabError as e:
         return [f"{key}: {e}"]
+    check = task.check_records
     try:
-        if task == "classification":
-            _check_classification_fields(records[:RECORDS_CHECKED], ref, data_cfg)
-        elif not scratch:
-            _check_causal_format(records[:RECORDS_CHECKED], ref, data_cfg)
-        elif _has_fields(ref):  # pretraining reads the text field of record files; .txt and folders are text
-            _check_fields(records[:RECORDS_CHECKED], ref, [data_cfg.text_field], "data.text_field")
+        if check is not None:
+            check(records[:RECORDS_CHECKED], ref, data_cfg)
     except TunelabError as e:
         return [f"{key}: {e}"]
     return []
 
 
-def _has_fields(ref: str) -> bool:
+def has_fields(ref: str) -> bool:
+    """True for record files (.jsonl, .csv, ...); .txt files, folders and builtin corpora are plain text."""
     from tunelab.data.sources import READERS
 
     return not ref.startswith("builtin:") and Path(ref).suffix.lower() in READERS and Path(ref).suffix != ".txt"
 
 
-def _check_classification_fields(records: list[dict], source: str, data_cfg) -> None:
-    _check_fields(records, source, [data_cfg.text_field], "data.text_field")
-    _check_fields(records, source, [data_cfg.label_field], "data.label_field")
-
-
-def _check_fields(records: list[dict], source: str, fields: list[str], key: str) -> None:
+def require_fields(records: list[dict], source: str, fields: list[str], key: str) -> None:
     """Raise a DataError (file:line) for the first record without one of `fields`."""
     from tunelab.data.formats import fields_of, where
     from tunelab.errors import DataError
@@ -246,17 +246,6 @@ def _check_fields(records: list[dict], source: str, fields: list[str], key: str)
                                       f"set {key} to the field that holds it", line)
 
 
-def _check_causal_format(records: list[dict], source: str, data_cfg) -> None:
-    """The records' format (data.format, or detected from the first record) and each record's fields."""
-    from tunelab.data.formats import detect_format, normalise
-
-    fmt = data_cfg.format
-    if fmt == "auto":
-        fmt = detect_format(records, source, data_cfg.text_field)
-    for i, rec in enumerate(records):
-        normalise(rec, fmt, i, source, need_answer=True, text_field=data_cfg.text_field)
-
-
 # ---------------------------------------------------------------------------------------------
 # The early-stopping metric and the output folder
 
@@ -265,13 +254,12 @@ def check_metric(task: str, metric: str | None) -> list[str]:
     """The metric must be one the task computes on validation data (null: the task's default)."""
     if metric is None:
         return []
-    if task == "classification":
-        from tunelab.tasks.classification import METRICS
-    else:
-        from tunelab.tasks.causal_lm import METRICS
-    if metric in METRICS:
+    from tunelab.tasks import get_task
+
+    metrics = get_task(task).metrics
+    if metric in metrics:
         return []
-    return [f"train.early_stopping.metric: got {metric!r}; task {task} computes {', '.join(METRICS)} "
+    return [f"train.early_stopping.metric: got {metric!r}; task {task} computes {', '.join(metrics)} "
             "(null picks the task's default)"]
 
 

@@ -16,9 +16,6 @@ import yaml
 
 from tunelab.errors import ConfigError
 
-TASKS = ("classification", "causal_lm")
-
-
 @dataclass
 class ModelConfig:
     name: str = "builtin:minilm-l6"
@@ -73,22 +70,34 @@ class DataConfig:
     """causal_lm: pack several examples into one row (attention and positions kept per example)."""
 
 
-@dataclass
-class MethodConfig:
-    name: Literal["full", "head", "freeze", "lora"] = "full"
-    """full | head (new head only) | freeze (top layers + head) | lora (adapters + head)."""
-    trainable_layers: int = 2
-    """freeze: how many of the top encoder/decoder layers to train (the head is always trained)."""
-    r: int = 8
-    """lora: rank."""
-    alpha: float = 16.0
-    """lora: scaling numerator (scale = alpha / r)."""
-    dropout: float = 0.05
-    """lora: dropout on the adapter input."""
-    target_modules: Union[str, list[str]] = "auto"
-    """lora: auto | all-linear | [module names]."""
-    merge: bool = False
-    """lora: also write a merged full model to RUN_DIR/merged."""
+def _method_config() -> type:
+    """The `method:` section: `name` plus every registered method's own options (tunelab/methods/<name>.py),
+    so a method's options are written, typed and documented beside the method."""
+    from tunelab.methods import METHODS
+
+    fields: list[tuple] = [("name", Literal[METHODS.names()], field(default="full"))]
+    for name in METHODS.names():
+        options = METHODS.get(name).options
+        hints = typing.get_type_hints(options) if options is not None else {}
+        for f in dataclasses.fields(options) if options is not None else ():
+            default = field(default=f.default) if f.default is not dataclasses.MISSING \
+                else field(default_factory=f.default_factory)
+            fields.append((f.name, hints[f.name], default))
+    return dataclasses.make_dataclass("MethodConfig", fields)
+
+
+MethodConfig = _method_config()
+
+
+def method_docs() -> dict[str, str]:
+    """The docstrings of the method section's fields, from each method's Options."""
+    from tunelab.methods import METHODS
+
+    docs = {"name": " | ".join(METHODS.get(n).summary for n in METHODS.names()) + "."}
+    for name in METHODS.names():
+        if METHODS.get(name).options is not None:
+            docs.update(field_docs(METHODS.get(name).options))
+    return docs
 
 
 @dataclass
@@ -179,7 +188,8 @@ class GenerateConfig:
 
 @dataclass
 class RunConfig:
-    task: Literal["classification", "causal_lm"] = "classification"
+    task: str = "classification"
+    """What to train for: one of the registered tasks (tunelab.tasks)."""
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
@@ -308,6 +318,67 @@ def _check_ranges(cfg: RunConfig, problems: list[str]) -> None:
         problems.append("data.val_fraction + data.test_fraction must leave some training data (sum < 0.9)")
 
 
+def _check_task(task: Any, problems: list[str]) -> None:
+    """`task` must name a registered task (a wrong type was reported already)."""
+    from tunelab.errors import TunelabError
+    from tunelab.tasks import get_task
+
+    if isinstance(task, str):
+        try:
+            get_task(task)
+        except TunelabError as e:
+            problems.append(f"task: {e}")
+
+
+# Keys of `model:` that shape a model built from scratch; a pretrained model brings its own shape.
+SCRATCH_ONLY = ("layers", "hidden_size", "heads", "ffn_size", "bidirectional", "position")
+
+
+def _check_choices(cfg: RunConfig, problems: list[str]) -> None:
+    """Options that belong to another choice are errors that say why: a method's options under another
+    method, a task's data keys under another task, scratch-model keys on a pretrained model.
+
+    Only a value different from the default counts as set, so a dumped config.yaml (every key, defaults
+    included) always reloads.
+    """
+    from tunelab.methods import METHODS
+    from tunelab.tasks import tasks
+
+    seen = {p.split(":", 1)[0] for p in problems}  # keys with a problem already (a bad value is not "set")
+    for registry, choice_key, chosen in ((METHODS, "method.name", cfg.method.name), (tasks(), "task", cfg.task)):
+        if chosen not in registry:
+            continue
+        keys = dict.fromkeys(k for name in registry.names() for k in registry.options(name))
+        for key in keys:
+            owners = registry.owners(key)
+            if chosen not in owners and key not in seen and _is_set(cfg, key):
+                problems.append(f"{key} applies to {' and '.join(owners)}; {choice_key} is {chosen}")
+    if isinstance(cfg.model.name, str) and _is_pretrained(cfg.model.name):
+        for name in SCRATCH_ONLY:
+            if f"model.{name}" not in seen and _is_set(cfg, f"model.{name}"):
+                problems.append(f"model.{name} applies to scratch models (model.name: scratch:KIND); model.name "
+                                f"is {cfg.model.name}, which brings its own shape")
+
+
+def _is_set(cfg: RunConfig, key: str) -> bool:
+    """True when the config's value at `key` (e.g. "method.r") differs from the default."""
+    *sections, name = key.split(".")
+    node = cfg
+    for section in sections:
+        node = getattr(node, section)
+    return getattr(node, name) != getattr(type(node)(), name)
+
+
+def _is_pretrained(name: str) -> bool:
+    """A model reference that is surely not a scratch model: builtin:, gguf: or a folder with config.json."""
+    if name.startswith(("builtin:", "gguf:")):
+        return True
+    try:
+        return (Path(name).expanduser() / "config.json").is_file()
+    except OSError:  # unreadable: cannot tell here (loading the model will say what is wrong)
+        return False
+
+
 def _check_max_length(value: Any, problems: list[str]) -> None:
     if isinstance(value, int) and value < MIN_MAX_LENGTH:
         problems.append(f"model.max_length: got {value}; must be >= {MIN_MAX_LENGTH} (room for the model's "
@@ -356,7 +427,9 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
 def config_from_dict(data: Any, source: str | None = None) -> RunConfig:
     problems: list[str] = []
     cfg = _build(RunConfig, data, "", problems)
+    _check_task(cfg.task, problems)
     _check_ranges(cfg, problems)  # also after type problems: every problem at once
+    _check_choices(cfg, problems)
     if problems:
         raise ConfigError(problems, source)
     return cfg
@@ -404,11 +477,17 @@ SECTIONS = (("model", ModelConfig), ("data", DataConfig), ("method", MethodConfi
 
 def reference_markdown() -> str:
     """Every config key with its type, default and meaning, as a Markdown table (README / `tunelab config`)."""
+    from tunelab.tasks import tasks
+
+    registry = tasks()
+    task_choices = " \\| ".join(repr(name) for name in registry.names())
+    task_docs = "; ".join(f"{name}: {registry.get(name).summary}" for name in registry.names())
     rows = ["| key | type | default | meaning |", "|---|---|---|---|",
-            "| `task` | 'classification' \\| 'causal_lm' | `classification` | what to train for |",
+            f"| `task` | {task_choices} | `classification` | what to train for: {task_docs} |",
             "| `output_dir` | str | `runs/run` | the run directory (`--output-dir` overrides) |"]
     for prefix, cls in SECTIONS:
-        hints, docs, default = typing.get_type_hints(cls), field_docs(cls), cls()
+        hints, default = typing.get_type_hints(cls), cls()
+        docs = method_docs() if cls is MethodConfig else field_docs(cls)
         for f in dataclasses.fields(cls):
             if dataclasses.is_dataclass(hints[f.name]):
                 continue

@@ -31,27 +31,16 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def is_scratch_model(name: str) -> bool:
-    from tunelab.models.scratch import is_scratch_dir
-
-    return name.startswith("scratch:") or is_scratch_dir(name)
-
-
 def make_job(cfg: RunConfig, device: torch.device, log):
-    if cfg.task == "classification":
-        from tunelab.tasks.classification import ClassificationJob
+    """The TaskJob of the task that runs `cfg` (tunelab.tasks), after that task's own config checks."""
+    from tunelab.errors import ConfigError
+    from tunelab.tasks import task_for
 
-        return ClassificationJob(cfg, device, log)
-    if cfg.task == "causal_lm" and is_scratch_model(cfg.model.name):
-        from tunelab.pretrain import PretrainJob, check_config
-
-        check_config(cfg)
-        return PretrainJob(cfg, device, log)
-    if cfg.task == "causal_lm":
-        from tunelab.tasks.causal_lm import CausalLMJob
-
-        return CausalLMJob(cfg, device, log)
-    raise TunelabError(f"task: unknown task {cfg.task!r}; known: classification, causal_lm")
+    task = task_for(cfg)
+    problems = task.check_config(cfg)
+    if problems:
+        raise ConfigError(problems)
+    return task.job(cfg, device, log)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -192,8 +181,7 @@ def train(cfg: RunConfig, *, overwrite: bool = False, show_progress: bool = True
     The run is written in a staging folder beside RUN_DIR and swapped in (tunelab.io.atomic_replace_dir)
     only when it finished, so on any failure, Ctrl-C included, an old run stays as it was and nothing is
     left behind; a model that trained but could not be put in place is rescued (`rescue_model`).
-    `job_factory(cfg, device, log)` builds the TaskJob; default: the one for `cfg.task` (`tunelab pretrain`
-    passes its own).
+    `job_factory(cfg, device, log)` builds the TaskJob; default: `make_job`, the registered task's.
     """
     run_dir = Path(cfg.output_dir)
     place = run_dir.resolve()  # a symlinked RUN_DIR: its target is replaced, never the link

@@ -12,68 +12,20 @@ hash order, so its ids change from run to run; they are renumbered here in a fix
 always gets the same ids). Its tie-breaks between equally frequent merges follow those ids too, so on a tiny,
 tie-heavy corpus two runs can still learn slightly different vocabularies; on real text they agree.
 
-`corpus_documents` reads the text corpora that both this command and `tunelab pretrain` take.
+The corpora it reads are those `tunelab pretrain` takes (tunelab.data.corpus.corpus_documents).
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from tunelab.errors import DataError, TunelabError
+from tunelab.errors import TunelabError
 
 KINDS = ("bpe", "wordpiece")
 SPECIAL_TOKENS = {"bpe": ["<pad>", "<unk>", "<s>", "</s>"],
                   "wordpiece": ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]}
 BYTE_ALPHABET = 256
 INFO_NAME = "tunelab_tokenizer.json"
-
-
-# ---------------------------------------------------------------------------------------------- corpora
-
-def corpus_documents(ref: str, text_field: str = "text", log=None) -> list[str]:
-    """The documents of one corpus reference, in a stable order; empty documents are dropped and counted.
-
-    A .txt file is one document; a folder is every .txt file under it (recursively), one document each;
-    builtin:NAME and record files (.jsonl .json .csv .tsv .parquet) give the `text_field` of each record.
-    What is skipped is reported through `log` (default: tunelab.data.sources.default_log).
-    """
-    from tunelab.data.sources import load_records, missing_path_error, read_txt, report_dropped
-
-    path = Path(ref).expanduser()
-    if not ref.startswith("builtin:"):
-        if not path.exists():
-            raise missing_path_error(path, "give a .txt file, a folder of .txt files, a .jsonl file or "
-                                           "builtin:bbc-news")
-        if path.is_dir():
-            files = sorted(p for p in path.rglob("*.txt") if p.is_file())
-            if not files:
-                raise DataError(path, "the folder holds no .txt files (searched recursively)")
-            others = sorted(str(p.relative_to(path)) for p in path.rglob("*") if p.is_file() and p.suffix != ".txt")
-            report_dropped(ref, {"files that are not .txt (a corpus folder is read as its .txt files)": others}
-                           if others else {}, log)
-            return _non_empty(ref, [(str(f.relative_to(path)), read_txt(f)[0]["text"]) for f in files], log)
-        if path.suffix.lower() == ".txt":
-            return _non_empty(ref, [(path.name, read_txt(path)[0]["text"])], log)
-    texts = []
-    for i, record in enumerate(load_records(ref, log)):
-        value = record.get(text_field)
-        if not isinstance(value, str):
-            fields = ", ".join(k for k in record if not k.startswith("_"))
-            raise DataError(record.get("_file", ref), f"record {i + 1}: text field {text_field!r} is missing or "
-                                                      f"not a string; set the text field to one of: {fields}",
-                            record.get("_line"))
-        line = record.get("_line")
-        texts.append((f"line {line}" if line is not None else f"record {i + 1}", value))
-    return _non_empty(ref, texts, log)
-
-
-def _non_empty(ref: str, named: list[tuple[str, str]], log) -> list[str]:
-    """The texts of (name, text) pairs that hold more than whitespace; the others are reported as dropped."""
-    from tunelab.data.sources import report_dropped
-
-    empty = [name for name, text in named if not text.strip()]
-    report_dropped(ref, {"empty documents (only whitespace; nothing to learn from)": empty} if empty else {}, log)
-    return [text for _, text in named if text.strip()]
 
 
 # ------------------------------------------------------------------------------------------- training
@@ -133,7 +85,7 @@ def check_settings(vocab_size: int, kind: str) -> None:
 
 def train_tokenizer(inputs: list[str], vocab_size: int, output: str | Path, kind: str = "bpe",
                     lowercase: bool = False, text_field: str = "text") -> Path:
-    """Train a tokenizer on `inputs` (corpus references, see `corpus_documents`) and save it to `output`.
+    """Train a tokenizer on `inputs` (corpus references, see tunelab.data.corpus) and save it to `output`.
 
     `output` is written atomically; an existing folder is replaced only when it holds a tokenizer.
     Beside the tokenizer files, tunelab_tokenizer.json records how it was trained.
@@ -148,6 +100,8 @@ def train_tokenizer(inputs: list[str], vocab_size: int, output: str | Path, kind
     if output.exists() and (not output.is_dir() or (any(output.iterdir()) and not is_tokenizer)):
         raise TunelabError(f"tokenizer train: --output {output} exists and is not a tokenizer folder; choose a "
                            "new folder (an existing tokenizer folder is replaced)")
+    from tunelab.data.corpus import corpus_documents
+
     texts = [t for ref in inputs for t in corpus_documents(ref, text_field)]
     tokenizer = build_tokenizer(texts, vocab_size, kind, lowercase)
     tmp = staging_dir(output)
@@ -157,34 +111,3 @@ def train_tokenizer(inputs: list[str], vocab_size: int, output: str | Path, kind
                                         "documents": len(texts), "characters": sum(map(len, texts))})
     atomic_replace_dir(tmp, output)
     return output
-
-
-# ------------------------------------------------------------------------------------------------ CLI
-
-def cmd_tokenizer_train(args) -> int:
-    out = train_tokenizer(args.input, args.vocab_size, args.output, args.kind, args.lowercase, args.text_field)
-    info = json.loads((out / INFO_NAME).read_text())
-    note = (f" (the corpus supported only {info['vocab_size']} of the {info['vocab_size_asked']} asked for)"
-            if info["vocab_size"] < info["vocab_size_asked"] else "")
-    print(f"{info['kind']} tokenizer with {info['vocab_size']} tokens{note}, trained on {info['documents']} "
-          f"documents, saved to {out}")
-    print(f"use it with model.tokenizer: {out}")
-    return 0
-
-
-def add_commands(subparsers) -> None:
-    """Register `tokenizer train` on the main parser's subparsers."""
-    t = subparsers.add_parser("tokenizer", help="train a tokenizer for scratch models")
-    tsub = t.add_subparsers(dest="tokenizer_command", required=True, metavar="COMMAND")
-    tr = tsub.add_parser("train", help="train a BPE or WordPiece tokenizer on text",
-                         description="Train a tokenizer on text files, folders of .txt, .jsonl records or "
-                                     "builtin:NAME, and save it where model.tokenizer can point.")
-    tr.add_argument("--input", action="append", required=True,
-                    help="a .txt file, a folder of .txt files, a .jsonl/.csv/.parquet file or builtin:NAME "
-                         "(repeatable)")
-    tr.add_argument("--vocab-size", type=int, required=True, help="tokens in the vocabulary, special ones included")
-    tr.add_argument("--output", required=True, help="folder to write the tokenizer to")
-    tr.add_argument("--kind", choices=KINDS, default="bpe", help="bpe (byte-level, default) or wordpiece")
-    tr.add_argument("--lowercase", action="store_true", help="lowercase text before tokenising")
-    tr.add_argument("--text-field", default="text", help="field holding the text in record files (default: text)")
-    tr.set_defaults(func=cmd_tokenizer_train)

@@ -133,15 +133,15 @@ def short_run(small_dir, tmp_path_factory) -> Path:
 
 
 def test_test_split_predict_and_eval_generate_from_whole_prompts(short_run, seen):
-    from tunelab.infer import evaluate_causal_run, predict_causal_records
+    from tunelab.runs import evaluate_run, predict_records
 
     test = json.loads((short_run / "eval.json").read_text())["test"]
     assert test["prompts_cut"] == 0 and test["generated"] == 2
     assert test["samples"][0]["prompt"] == PROMPT
-    out = predict_causal_records(short_run, [{"prompt": PROMPT}], "t", log=QUIET)
+    out = predict_records(short_run, [{"prompt": PROMPT}], "t", log=QUIET)
     assert seen == [prompt_ids()] and isinstance(out[0]["generated"], str)
     seen.clear()
-    metrics, _ = evaluate_causal_run(short_run, log=QUIET)
+    metrics, _ = evaluate_run(short_run, log=QUIET)
     assert seen == [prompt_ids()] * 2 and metrics["prompts_cut"] == 0
 
 
@@ -184,7 +184,7 @@ def test_chat_passes_the_model_context(small_dir, monkeypatch):
 def test_no_room_to_generate_is_an_error_before_training_and_in_predict(small_dir, tmp_path):
     """max_new_tokens 64 fills the whole 64-position context: `train` refuses before training (nothing is
     left behind), `samples_in_eval: 0` trains, and predict on that run is a one-line error naming the setting."""
-    from tunelab.infer import predict_causal_records
+    from tunelab.runs import predict_records
     from tunelab.run import train
 
     train_file = write_jsonl(tmp_path / "train.jsonl", [{"prompt": f"{i}+1=", "completion": str(i + 1)}
@@ -204,4 +204,4 @@ def test_no_room_to_generate_is_an_error_before_training_and_in_predict(small_di
     test = json.loads((run / "eval.json").read_text())["test"]
     assert "loss" in test and "exact_match" not in test
     with pytest.raises(TunelabError, match=r"set generate\.max_new_tokens below 64"):
-        predict_causal_records(run, [{"prompt": PROMPT}], "t", log=QUIET)
+        predict_records(run, [{"prompt": PROMPT}], "t", log=QUIET)

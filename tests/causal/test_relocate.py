@@ -25,9 +25,10 @@ def logits_of(model, tok) -> torch.Tensor:
 
 
 def loaded_logits(run_dir: Path) -> torch.Tensor:
-    from tunelab.infer import load_causal_run
+    from tunelab.runs import load_run
 
-    _, model, tok, _ = load_causal_run(run_dir)
+    run = load_run(run_dir)
+    model, tok = run.model, run.tokenizer
     return logits_of(model, tok)
 
 
@@ -46,7 +47,7 @@ def test_a_copied_lora_run_loads_merges_and_matches_plain_peft(tiny_dir, tok, tm
     from peft import AutoPeftModelForCausalLM, PeftModel
     from transformers import AutoModelForCausalLM
 
-    from tunelab.infer import merge_run
+    from tunelab.tasks.causal_lm import merge_run
 
     source = shutil.copytree(tiny_dir, tmp_path / "base-source")
     data = write_jsonl(tmp_path / "chat.jsonl", chat_records(20))

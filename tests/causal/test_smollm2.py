@@ -51,7 +51,7 @@ def test_cached_conversion_loads_fast(smollm2):
 
 def test_a_few_lora_steps_then_predict(smollm2, tmp_path):
     from tunelab.config import load_config
-    from tunelab.infer import predict_causal_records
+    from tunelab.runs import predict_records
     from tunelab.run import train
 
     cfg = load_config(ROOT / "examples" / "smollm2-lora-alpaca.yaml", [
@@ -62,6 +62,6 @@ def test_a_few_lora_steps_then_predict(smollm2, tmp_path):
     run = train(cfg, show_progress=False)
     summary = json.loads((run / "eval.json").read_text())
     assert summary["steps"] == 3 and summary["test"]["perplexity"] < 20
-    out = predict_causal_records(run, [{"instruction": "What is 2 plus 3?"}], "test")
+    out = predict_records(run, [{"instruction": "What is 2 plus 3?"}], "test")
     assert out[0]["generated"]
     print(f"generated: {out[0]['generated']!r}")

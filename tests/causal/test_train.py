@@ -19,13 +19,15 @@ QUIET = lambda *a, **k: None  # noqa: E731
 
 def make_cfg(model_dir: Path, data: Path, out: Path, **over) -> object:
     cfg = {"task": "causal_lm", "model": {"name": str(model_dir), "max_length": 128},
-           "data": {"train": str(data)}, "method": {"name": "full", "trainable_layers": 1},
+           "data": {"train": str(data)}, "method": {"name": "full"},
            "train": {"max_steps": 3, "batch_size": 4, "lr": 1e-2, "log_every": 1, "scheduler": "constant",
                      "early_stopping": {"metric": "loss"}},
            "generate": {"max_new_tokens": 8, "samples_in_eval": 0}, "output_dir": str(out)}
     for key, value in over.items():
         section, name = key.split("__")
         cfg[section][name] = value
+    if cfg["method"]["name"] == "freeze":  # method.trainable_layers applies to freeze only
+        cfg["method"].setdefault("trainable_layers", 1)
     return config_from_dict(cfg)
 
 
@@ -126,32 +128,34 @@ def test_adapter_reloads_identically(tiny_dir, alpaca_file, tmp_path):
 
 
 def test_predict_eval_merge_commands(lora_run, tmp_path, capsys):
-    from tunelab import cli_causal
+    from tunelab.cli import use
+    from tunelab.runs import run_task
 
     inp = write_jsonl(tmp_path / "in.jsonl", [{"instruction": "Count to 2."},
                                               {"messages": [{"role": "user", "content": "hi"}]}][:1])
     out = tmp_path / "out.jsonl"
-    assert cli_causal.is_causal_run(str(lora_run))
-    assert cli_causal.predict_causal(argparse.Namespace(run_dir=str(lora_run), input=str(inp), output=str(out),
+    assert run_task(str(lora_run)).name == "causal_lm"
+    assert use.cmd_predict(argparse.Namespace(run_dir=str(lora_run), input=str(inp), output=str(out),
                                                         text=None)) == 0
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert rows[0]["instruction"] == "Count to 2." and isinstance(rows[0]["generated"], str)
-    assert cli_causal.predict_causal(argparse.Namespace(run_dir=str(lora_run), input=None, output=None,
+    assert use.cmd_predict(argparse.Namespace(run_dir=str(lora_run), input=None, output=None,
                                                         text=["Count to 4."])) == 0
     assert '"generated"' in capsys.readouterr().out
-    assert cli_causal.eval_causal(argparse.Namespace(run_dir=str(lora_run), data=None)) == 0
+    assert use.cmd_eval(argparse.Namespace(run_dir=str(lora_run), data=None)) == 0
     metrics = json.loads((lora_run / "eval-test.json").read_text())
     assert metrics["loss"] == pytest.approx(json.loads((lora_run / "eval.json").read_text())["test"]["loss"],
                                             rel=1e-5)
-    assert cli_causal.cmd_merge(argparse.Namespace(run_dir=str(lora_run))) == 0
+    assert use.cmd_merge(argparse.Namespace(run_dir=str(lora_run))) == 0
     assert "max |logit difference|" in capsys.readouterr().out
 
 
 def test_chat_loop_streams_and_keeps_history(lora_run, capsys):
     from tunelab.generation import chat_loop, generation_kwargs
-    from tunelab.infer import load_causal_run
+    from tunelab.runs import load_run
 
-    _, model, tok, _ = load_causal_run(lora_run)
+    run = load_run(lora_run)
+    model, tok = run.model, run.tokenizer
     kwargs = generation_kwargs(tok, model, max_new_tokens=5)
     messages = chat_loop(model, tok, kwargs, system="Be brief.", lines=["hi", "/reset", "again", "/exit", "x"],
                          write=QUIET)
@@ -162,9 +166,10 @@ def test_chat_loop_streams_and_keeps_history(lora_run, capsys):
 
 def test_generation_is_greedy_by_default_and_deterministic(lora_run):
     from tunelab.generation import generate_texts, generation_kwargs
-    from tunelab.infer import load_causal_run
+    from tunelab.runs import load_run
 
-    _, model, tok, _ = load_causal_run(lora_run)
+    run = load_run(lora_run)
+    model, tok = run.model, run.tokenizer
     kwargs = generation_kwargs(tok, model, max_new_tokens=6)
     assert kwargs["do_sample"] is False and tok.eos_token_id in kwargs["eos_token_id"]
     prompts = [tok("<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n")["input_ids"], [5, 6, 7]]
@@ -191,13 +196,13 @@ def test_generation_is_greedy_by_default_and_deterministic(lora_run):
 
 
 def test_data_preview_marks_trained_tokens_and_shows_lengths(tiny_dir, alpaca_file, tmp_path, capsys):
-    from tunelab import cli_causal
+    from tunelab.cli import data
 
     cfg_path = tmp_path / "c.yaml"
     cfg_path.write_text(f"task: causal_lm\nmodel: {{name: {tiny_dir}, max_length: 128}}\n"
                         f"data: {{train: {alpaca_file}}}\n")
     parser = argparse.ArgumentParser()
-    cli_causal.add_commands(parser.add_subparsers(dest="command"))
+    data.add_commands(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["data", "preview", str(cfg_path), "-n", "2", "--no-color"])
     assert args.func(args) == 0
     out = capsys.readouterr().out

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from tunelab.errors import TunelabError
-from tunelab.infer import predict_records
+from tunelab.runs import predict_records
 from tunelab.models.scratch import GPTClassifier, build_scratch_classifier, load_scratch
 
 KINDS = ("lstm", "gru", "rnn", "transformer", "gpt")

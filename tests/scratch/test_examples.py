@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tunelab.config import load_config
-from tunelab.pretrain import check_config
+from tunelab.tasks.pretrain import check_config
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 

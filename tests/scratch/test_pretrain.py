@@ -11,7 +11,10 @@ from safetensors.torch import load_file
 
 from tunelab.errors import ConfigError, TunelabError
 from tunelab.models.scratch import GPTClassifier, build_scratch_classifier, is_scratch_dir, load_scratch
-from tunelab.pretrain import add_commands, make_blocks, pretrain, split_documents
+from tunelab.cli.train import add_commands
+from tunelab.data.corpus import make_blocks
+from tunelab.data.splits import split_indices
+from tunelab.tasks.pretrain import pretrain
 
 BODY_PARAM = "decoder.layers.0.self_attn.q_proj.weight"
 # Losses logged at steps 5, 10, 15 of `pretrained` (seed 0, lr 5e-3, BPE tokenizer), torch 2.13 CPU, one thread.
@@ -28,6 +31,9 @@ def test_blocks_predict_every_token_but_the_first_once():
 
 
 def test_document_splits_are_seeded_and_disjoint():
+    def split_documents(n, val, test, seed):  # how pretraining splits its documents
+        return split_indices(n, val, test, seed, draw="once")
+
     parts = split_documents(20, 0.1, 0.2, seed=3)
     assert [len(parts[n]) for n in ("train", "validation", "test")] == [14, 2, 4]
     assert sorted(sum(parts.values(), [])) == list(range(20))
@@ -160,12 +166,13 @@ def test_tunelab_train_pretrains_a_scratch_gpt_too(story_corpus, bpe_dir, config
 
 def test_eval_or_predict_on_a_pretrain_run_says_how_to_use_it(pretrained):
     from tunelab.errors import TunelabError
-    from tunelab.infer import load_causal_run, load_run
+    from tunelab.runs import evaluate_run, load_run, predict_records
 
     run_dir, _ = pretrained
-    for load in (load_run, load_causal_run):
+    assert load_run(run_dir).task.name == "pretrain"  # any finished run loads
+    for use in (lambda: evaluate_run(run_dir), lambda: predict_records(run_dir, None, "--text", texts=["x"])):
         with pytest.raises(TunelabError, match="fine-tune it with model.name"):
-            load(run_dir)
+            use()
 
 
 def test_lora_on_a_scratch_model_is_a_clear_error():
@@ -183,7 +190,7 @@ def test_pretraining_evaluation_shows_progress(monkeypatch, capsys):
     import torch
 
     from tunelab.nn.models import GPT
-    from tunelab.pretrain import evaluate_blocks
+    from tunelab.tasks.pretrain import evaluate_blocks
     from tunelab.train import logging as tl_logging
 
     for name, value in (("PLAIN_MIN_S", 0.0), ("PLAIN_MAX_S", 0.0), ("_enabled", True)):

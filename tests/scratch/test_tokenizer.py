@@ -8,7 +8,9 @@ import pytest
 from transformers import AutoTokenizer
 
 from tunelab.errors import DataError, TunelabError
-from tunelab.tokenizer_train import add_commands, corpus_documents, train_tokenizer
+from tunelab.cli.data import add_commands
+from tunelab.data.corpus import corpus_documents
+from tunelab.tokenizer_train import train_tokenizer
 
 TEXT = "The cat chases the house. The dog guards the river!"
 

@@ -1,10 +1,19 @@
 """Partial freezing: the top `trainable_layers` blocks of the layer stack and the head train."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from torch import nn
 
 from tunelab.errors import TunelabError
+from tunelab.methods import register_method
 from tunelab.methods.common import freeze_all_but, head_parameters, layer_stack
+
+
+@dataclass
+class Options:
+    trainable_layers: int = 2
+    """freeze: how many of the top encoder/decoder layers to train (the head is always trained)."""
 
 
 def apply(model: nn.Module, head: set[str], trainable_layers: int = 2, **_: object) -> nn.Module:
@@ -24,3 +33,6 @@ def apply(model: nn.Module, head: set[str], trainable_layers: int = 2, **_: obje
 def _is_final_norm(name: str) -> bool:
     parts = name.split(".")
     return len(parts) >= 2 and parts[-2] in ("norm", "final_layernorm", "ln_f")
+
+
+register_method("freeze", apply, "freeze (top layers + head)", Options)

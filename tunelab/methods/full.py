@@ -3,8 +3,13 @@ from __future__ import annotations
 
 from torch import nn
 
+from tunelab.methods import register_method
+
 
 def apply(model: nn.Module, head: set[str], **_: object) -> nn.Module:
     for p in model.parameters():
         p.requires_grad = True
     return model
+
+
+register_method("full", apply, "full")

@@ -4,6 +4,7 @@ from __future__ import annotations
 from torch import nn
 
 from tunelab.errors import TunelabError
+from tunelab.methods import register_method
 from tunelab.methods.common import freeze_all_but, head_parameters
 
 
@@ -14,3 +15,6 @@ def apply(model: nn.Module, head: set[str], **_: object) -> nn.Module:
                            "use method full, freeze or lora")
     freeze_all_but(model, head)
     return model
+
+
+register_method("head", apply, "head (new head only)")

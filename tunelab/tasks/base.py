@@ -1,11 +1,18 @@
-"""What the run driver needs from a task: data prepared, a model, a loss, validation and test evaluation."""
+"""What a task is: a `Task` record (registered in tunelab.tasks.TASKS) and the `TaskJob` the driver runs.
+
+A task module builds one `Task` and registers it (see CONTRIBUTING.md, "Add a task"). Everything that
+differs between tasks goes through these two contracts, so the driver (tunelab.run), the config loader,
+`tunelab validate`, `tunelab eval` and `tunelab predict` never ask which task they hold.
+"""
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Protocol
 
-import torch
-from torch import nn
+if TYPE_CHECKING:  # torch loads with the task modules, not with the registry
+    import torch
+    from torch import nn
 
 
 class TaskJob(Protocol):
@@ -25,3 +32,50 @@ class TaskJob(Protocol):
     def finish(self, run_dir: Path) -> dict: ...
     def report_sections(self, test_metrics: dict) -> list[tuple[str, str]]: ...
     def summary(self, test_metrics: dict) -> str: ...
+
+
+def _no_problems(cfg) -> list[str]:
+    return []
+
+
+@dataclass(frozen=True)
+class Task:
+    """A task as the rest of tunelab sees it. Only `name` .. `predict` are required."""
+
+    name: str
+    summary: str
+    """One line: what the task trains (the config reference and `tunelab validate` show it)."""
+    job: Callable[..., TaskJob]
+    """job(cfg, device, log) -> the TaskJob that `tunelab train` runs."""
+    metrics: tuple[str, ...]
+    """Validation metrics, any of which may pick the best checkpoint (train.early_stopping.metric)."""
+    methods: tuple[str, ...]
+    """The methods (tunelab.methods) this task can train with; the test matrix runs each of them."""
+    load: Callable[..., tuple[Any, Any, dict]]
+    """load(run_dir, cfg) -> (model in eval mode, tokenizer, task metadata) of a finished run."""
+    evaluate: Callable[..., dict]
+    """evaluate(run, records or None, source, log) -> metrics; None = the run's own test split."""
+    predict: Callable[..., list[dict]]
+    """predict(run, records, source, log) -> each record with the task's prediction added."""
+    metrics_line: Callable[[dict], str] = str
+    """One line of metrics, as `tunelab eval` prints them."""
+    outputs: str = "predictions"
+    """What `predict` adds to each record, in words ("3 predictions written to ...")."""
+    settings: tuple[str, ...] = ("data.text_field",)
+    """Settings of a finished run that eval / predict may change (a key, or a prefix ending in '.')."""
+    refused_settings: dict[str, str] = field(default_factory=dict)
+    """Why a run setting other tasks accept does not apply here (setting -> reason)."""
+    text_records: Callable[[list[str], dict], list[dict]] | None = None
+    """`predict --text` inputs as records, given the run's metadata (default: {text_field: text})."""
+    check_config: Callable[[Any], list[str]] = _no_problems
+    """Problems of a config for this task beyond the schema (all at once)."""
+    check_records: Callable[..., None] | None = None
+    """check_records(records, source, data_cfg): raise a DataError for the first record this task
+    cannot read (`tunelab validate` calls it on the first records of each data file)."""
+    scratch_kinds: tuple[str, ...] = ()
+    """The scratch:KIND models this task builds."""
+    route: Callable[[Any], str | None] | None = None
+    """route(cfg) -> the name of another task that runs this config, or None (causal_lm on a scratch GPT is
+    pretraining)."""
+    verbs: dict[str, Callable] = field(default_factory=dict)
+    """Task-specific commands on a finished run (e.g. chat, merge), name -> function(run_dir, ...)."""

@@ -24,7 +24,7 @@ from tunelab.data.chat_template import prompt_and_reference
 from tunelab.data.encoding import EncodedSet, encode_records
 from tunelab.data.formats import detect_format
 from tunelab.data.packing import pack, packed_batch
-from tunelab.data.tokens import IGNORE_INDEX
+from tunelab.data.tokens import IGNORE_INDEX, ensure_pad_token
 from tunelab.errors import DataError, TunelabError
 from tunelab.train.linear_ce import linear_cross_entropy
 
@@ -123,22 +123,6 @@ def generation_eval(model, tokenizer, data: EncodedSet, *, gen_cfg, batch_size: 
 # Splits
 
 
-def carve(n: int, val_fraction: float, test_fraction: float, carve_val: bool, carve_test: bool,
-          seed: int) -> dict[str, list[int]]:
-    """Seeded random train / validation / test index lists over n items (fractions of the whole)."""
-    from tunelab.data.splits import stratified_split
-
-    rest, out = list(range(n)), {}
-    for name, fraction, wanted in (("test", test_fraction, carve_test), ("validation", val_fraction, carve_val)):
-        if wanted and fraction > 0:
-            frac = fraction / (1.0 - test_fraction) if name == "validation" and carve_test else fraction
-            keep, held = stratified_split([0] * len(rest), frac, seed)
-            out[name] = [rest[i] for i in held]
-            rest = [rest[i] for i in keep]
-    out["train"] = rest
-    return out
-
-
 def split_records(d, seed: int, records: list[dict], log) -> dict[str, tuple[list[dict], str]]:
     """train / validation / test records: given files, or seeded random splits carved out of `records`.
 
@@ -147,13 +131,16 @@ def split_records(d, seed: int, records: list[dict], log) -> dict[str, tuple[lis
     """
     from tunelab.data.sources import load_records
 
-    carve_val, carve_test = not d.validation, not d.test
+    from tunelab.data.splits import held_out, split_indices, subset_indices
+
+    hold_out = held_out(d)
     if d.limit is not None:
-        share = 1.0 - (d.val_fraction if carve_val else 0.0) - (d.test_fraction if carve_test else 0.0)
-        pool = min(len(records), math.ceil(d.limit / share))
-        if pool < len(records):
-            records = [records[i] for i in sorted(random.Random(seed).sample(range(len(records)), pool))]
-    parts = carve(len(records), d.val_fraction, d.test_fraction, carve_val, carve_test, seed)
+        share = 1.0
+        for name in hold_out:  # validation, then test: the same float arithmetic as ever
+            share -= d.val_fraction if name == "validation" else d.test_fraction
+        pool = subset_indices(len(records), min(len(records), math.ceil(d.limit / share)), seed)
+        records = [records[i] for i in pool]
+    parts = split_indices(len(records), d.val_fraction, d.test_fraction, seed, hold_out=hold_out)
     splits = {name: ([records[i] for i in idx], d.train if name == "train" else f"{d.train} ({name} split)")
               for name, idx in parts.items()}
     if d.limit is not None and len(splits["train"][0]) > d.limit:
@@ -189,7 +176,7 @@ class CausalLMJob:
 
     def prepare(self) -> None:
         from tunelab.data.sources import load_records
-        from tunelab.methods import apply_method
+        from tunelab.methods import apply_method, options_of
         from tunelab.methods.common import count_parameters
         from tunelab.models.build import load_causal_lm_and_tokenizer
         from tunelab.models.load import check_max_length
@@ -220,14 +207,14 @@ class CausalLMJob:
             self.log(f"packing: {len(train)} examples in {len(self.rows)} rows of up to "
                      f"{cfg.model.max_length} tokens ({100 * fill:.0f}% full)")
         m = cfg.method
-        self.model = apply_method(m.name, model, set(), trainable_layers=m.trainable_layers, r=m.r,
-                                  alpha=m.alpha, dropout=m.dropout, target_modules=m.target_modules,
-                                  task_type="CAUSAL_LM").to(self.device)
+        self.model = apply_method(m.name, model, set(), task_type="CAUSAL_LM", **options_of(m)).to(self.device)
         trainable, total = count_parameters(self.model)
         self.log(f"method {m.name}: {trainable:,} trainable of {total:,} parameters "
                  f"({100 * trainable / total:.2f}%)")
 
     def _encode_splits(self, records: list[dict]) -> dict[str, EncodedSet]:
+        from tunelab.data.splits import split_indices
+
         cfg, d = self.cfg, self.cfg.data
         splits = split_records(d, cfg.train.seed, records, self.log)
 
@@ -240,8 +227,7 @@ class CausalLMJob:
             return {name: encode(recs, src) for name, (recs, src) in splits.items()}
         # A corpus of too few documents to hold any out (e.g. one .txt file): split its chunks instead.
         whole = encode(splits["train"][0], d.train)
-        parts = carve(len(whole), d.val_fraction, d.test_fraction, "validation" in empty, "test" in empty,
-                      cfg.train.seed)
+        parts = split_indices(len(whole), d.val_fraction, d.test_fraction, cfg.train.seed, hold_out=empty)
         self.log(f"too few documents to hold some out: splitting {len(whole)} chunks instead")
         out = {name: encode(recs, src) for name, (recs, src) in splits.items() if name not in parts}
         for name, idx in parts.items():
@@ -406,3 +392,221 @@ def preview(cfg, n: int = 3, split: str = "train", color: bool = False, max_reco
                      f"max {max(lengths)} (model.max_length {cfg.model.max_length})")
     lines.append(length_histogram(lengths, cfg.model.max_length))
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# A finished causal_lm run: load it, evaluate it, predict with it, merge it, chat with it
+
+
+def load_causal_model(model_dir: str | Path):
+    """(model, tokenizer) from a saved causal LM folder: a peft adapter or a full/merged model."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model_dir = Path(model_dir)
+    if (model_dir / "adapter_config.json").exists():
+        from tunelab.runs import load_adapter
+
+        model = load_adapter(model_dir, AutoModelForCausalLM)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(str(model_dir))
+    tokenizer = ensure_pad_token(AutoTokenizer.from_pretrained(str(model_dir)))
+    model.eval()
+    return model, tokenizer
+
+
+def load_model(run_dir: Path, cfg) -> tuple:
+    """(model in eval mode, tokenizer, {"format": the data format training resolved}) of a causal_lm run."""
+    import json
+
+    info = json.loads((run_dir / DATA_INFO).read_text()) if (run_dir / DATA_INFO).exists() else {}
+    model, tokenizer = load_causal_model(run_dir / "model")
+    return model, tokenizer, {"format": info.get("format", cfg.data.format)}
+
+
+def causal_prompts(tokenizer, records: list[dict], source: str, fmt: str, context: int | None,
+                   max_new_tokens: int, text_field: str = "text"
+                   ) -> tuple[list[list[int]], list[str | None], list, int]:
+    """Prompt ids, references (None where a record has no answer), normalised records, and how many prompts
+    were cut from the left to fit the model's `context` (see `generation.model_context`) with the answer.
+
+    `fmt` "auto" detects the format from the first record's fields.
+    """
+    from tunelab.data.chat_template import require_chat_template
+    from tunelab.data.formats import CHAT_FORMATS, normalise
+    from tunelab.generation import fit_prompts
+
+    fmt = detect_format(records, source, text_field) if fmt == "auto" else fmt
+    if fmt in CHAT_FORMATS:
+        require_chat_template(tokenizer, fmt)
+    prompts, refs, norms = [], [], []
+    for i, rec in enumerate(records):
+        norm = normalise(rec, fmt, i, source, need_answer=False, text_field=text_field)
+        ids, ref = prompt_and_reference(tokenizer, norm, fmt)
+        prompts.append(ids)
+        refs.append(ref)
+        norms.append(norm)
+    prompts, cut = fit_prompts(prompts, context, max_new_tokens)
+    return prompts, refs, norms, cut
+
+
+def text_records(texts: list[str], run) -> list[dict]:
+    """`--text` inputs as records: a user turn for chat-trained runs, a plain prompt (continued) otherwise."""
+    if run.meta["format"] in ("prompt_completion", "text"):
+        return [{"prompt": t} for t in texts]
+    return [{"messages": [{"role": "user", "content": t}]} for t in texts]
+
+
+def predict(run, records: list[dict], source: str, log, batch_size: int = 8) -> list[dict]:
+    """Each record plus `generated` (the model's answer), with the run's `generate:` settings.
+
+    Prompts are cut only to fit the model's context (not the training `model.max_length`); `log` says how
+    many were cut.
+    """
+    from tunelab.generation import generate_texts, model_context, settings_kwargs
+
+    cfg, model, tokenizer = run.cfg, run.model, run.tokenizer
+    context = model_context(model, tokenizer)
+    # detected from the inputs' own fields: they may be laid out differently from the training data
+    prompts, _, _, cut = causal_prompts(tokenizer, records, source, "auto", context,
+                                        cfg.generate.max_new_tokens, cfg.data.text_field)
+    if cut:
+        log(f"{cut} of {len(prompts)} prompts cut from the left to fit the model's context of {context} tokens "
+            f"with generate.max_new_tokens {cfg.generate.max_new_tokens}")
+    kwargs = settings_kwargs(tokenizer, model, cfg.generate)
+    generated = generate_texts(model, tokenizer, prompts, kwargs, batch_size)
+    out = []
+    for rec, text in zip(records, generated):
+        clean = {k: v for k, v in rec.items() if not k.startswith("_")}
+        clean["generated"] = text
+        out.append(clean)
+    return out
+
+
+def evaluate(run, records: list[dict] | None, source: str, log) -> dict:
+    """Loss, perplexity and generation metrics of a causal_lm run on `records` (None: its test split)."""
+    from tunelab.data.sources import load_records
+
+    cfg, model, tokenizer, fmt = run.cfg, run.model, run.tokenizer, run.meta["format"]
+    name = "test" if records is None else Path(source).stem
+    if records is None:
+        records, source = split_records(cfg.data, cfg.train.seed, load_records(cfg.data.train),
+                                        lambda _: None).get("test", ([], ""))
+        if not records:
+            raise TunelabError(f"{run.dir}: the run has no test split; pass --data FILE")
+        if fmt == "auto":
+            fmt = detect_format(records, source, cfg.data.text_field)
+    else:
+        fmt = detect_format(records, source, cfg.data.text_field)
+    encoded = encode_records(tokenizer, records, fmt, max_length=cfg.model.max_length,
+                             train_on_prompt=cfg.data.train_on_prompt, source=source,
+                             text_field=cfg.data.text_field)
+    log(f"{name}: {encoded.describe(cfg.model.max_length)}")
+    device = torch.device("cpu")
+    metrics = evaluate_loss(model, encoded, 16, tokenizer.pad_token_id, device)
+    metrics["n"] = len(encoded)
+    if cfg.generate.samples_in_eval > 0:
+        gen, samples = generation_eval(model, tokenizer, encoded, gen_cfg=cfg.generate, batch_size=8,
+                                       device=device, log=log)
+        metrics.update(gen)
+        metrics["samples"] = samples
+    return metrics
+
+
+def merge_run(run_dir: str | Path, log=print) -> tuple[Path, float]:
+    """Write RUN_DIR/merged (LoRA folded into the weights); returns it and max |logit diff| vs the adapter."""
+    from tunelab.models.build import is_peft, write_merged
+    from tunelab.runs import load_run
+    from tunelab.train.logging import note
+
+    note(f"merge: loading the run in {run_dir} ...")
+    run = load_run(run_dir)
+    if not is_peft(run.model):
+        raise TunelabError(f"{run_dir}: the model is not a LoRA adapter (method {run.cfg.method.name}); "
+                           "only method: lora runs can be merged")
+    sample = padded_batch(_merge_sample(run.cfg, run.tokenizer, run.meta["format"]), run.tokenizer.pad_token_id)
+    merged_dir = Path(run_dir) / "merged"
+    diff = write_merged(run.model, run.tokenizer, merged_dir,
+                        {k: sample[k] for k in ("input_ids", "attention_mask")})
+    return merged_dir, diff
+
+
+def _merge_sample(cfg, tokenizer, fmt: str) -> list:
+    """Up to 4 encoded examples of the run's own data, or a fixed sentence when that cannot be read."""
+    from tunelab.data.encoding import Encoded
+    from tunelab.data.sources import load_records
+
+    try:
+        records = load_records(cfg.data.train)[:4]
+        fmt = detect_format(records, cfg.data.train, cfg.data.text_field) if fmt == "auto" else fmt
+        examples = encode_records(tokenizer, records, fmt, max_length=cfg.model.max_length,
+                                  train_on_prompt=True, source=cfg.data.train,
+                                  text_field=cfg.data.text_field).examples
+        if examples:
+            return examples
+    except TunelabError:
+        pass
+    ids = tokenizer("The quick brown fox jumps over the lazy dog.")["input_ids"]
+    return [Encoded(ids, ids[1:] + [IGNORE_INDEX], 0)]
+
+
+def chat_model(ref: str, overrides: list[str]):
+    """(model, tokenizer, generate config, max_length) from a run directory or a model reference."""
+    from tunelab.config import GenerateConfig, RunConfig, apply_overrides, config_from_dict
+
+    bad = [o for o in overrides if not o.startswith("generate.")]
+    if bad:
+        raise TunelabError(f"chat: only generate.* settings can be overridden here, got {', '.join(bad)}")
+    run_dir = Path(ref)
+    if (run_dir / "config.yaml").is_file() and (run_dir / "model").is_dir():
+        from tunelab.runs import load_run
+
+        run = load_run(run_dir)
+        cfg, model, tokenizer = run.cfg, run.model, run.tokenizer
+    else:  # builtin:NAME, gguf:PATH or a model folder: chat with it as it is
+        from tunelab.models.build import load_causal_lm_and_tokenizer
+
+        cfg = RunConfig(task="causal_lm")
+        model, tokenizer = load_causal_lm_and_tokenizer(ref)
+        model.eval()
+        cfg.model.max_length = 2048
+    gen: GenerateConfig = config_from_dict(apply_overrides(cfg.to_dict(), overrides)).generate
+    return model, tokenizer, gen, cfg.model.max_length
+
+
+def check_records(records: list[dict], source: str, data_cfg) -> None:
+    """`tunelab validate`: the records' format (data.format, or detected from the first record) and each
+    record's fields."""
+    from tunelab.data.formats import normalise
+
+    fmt = data_cfg.format
+    if fmt == "auto":
+        fmt = detect_format(records, source, data_cfg.text_field)
+    for i, rec in enumerate(records):
+        normalise(rec, fmt, i, source, need_answer=True, text_field=data_cfg.text_field)
+
+
+def _route(cfg) -> str | None:
+    """A scratch GPT (scratch:gpt or a saved scratch folder) under task causal_lm is pretraining."""
+    from tunelab.models.scratch import PREFIX, is_scratch_dir
+
+    name = cfg.model.name
+    return "pretrain" if name.startswith(PREFIX) or is_scratch_dir(name) else None
+
+
+def _register() -> None:
+    from tunelab.tasks import TASKS
+    from tunelab.tasks.base import Task
+
+    TASKS.register("causal_lm", Task(
+        name="causal_lm", summary="next-token prediction on instructions, chats or text (instruction tuning)",
+        job=CausalLMJob, metrics=METRICS, methods=("full", "freeze", "lora"),
+        load=load_model, evaluate=evaluate, predict=predict, metrics_line=metrics_line, outputs="generations",
+        settings=("data.text_field", "generate."),
+        refused_settings={"data.label_field": "a causal_lm run has no labels (its references come from the "
+                                              "records' format); leave out --label-field"},
+        text_records=text_records, check_records=check_records, route=_route,
+        verbs={"merge": merge_run, "chat": chat_model}),
+        options=("data.format", "data.train_on_prompt", "data.packing"))
+
+
+_register()

@@ -219,26 +219,25 @@ METRICS = ("accuracy", "f1_macro", "f1_weighted", "precision_macro", "recall_mac
 def split_records(cfg, log) -> dict[str, tuple[list[dict], str]]:
     """train/validation/test records: given files, or stratified seeded splits carved out of train."""
     from tunelab.data.sources import load_records
-    from tunelab.data.splits import stratified_split, stratified_subset
+    from tunelab.data.splits import split_indices, subset_indices
 
     d, seed = cfg.data, cfg.train.seed
-    train = load_records(d.train, log)
-    keys = raw_labels(train, d.label_field, d.train)
+    records = load_records(d.train, log)
+    keys = raw_labels(records, d.label_field, d.train)
+    given = {"test": d.test, "validation": d.validation}
+    parts = split_indices(len(records), d.val_fraction, d.test_fraction, seed, keys=keys,
+                          hold_out=[name for name, ref in given.items() if not ref])
     splits: dict[str, tuple[list[dict], str]] = {}
-    for name, given, fraction in (("test", d.test, d.test_fraction), ("validation", d.validation, d.val_fraction)):
-        if given:
-            splits[name] = (load_records(given, log), given)
-        elif fraction > 0:
-            # the fraction is of the whole file, so carve test first, then validation from the rest
-            frac = fraction / (1.0 - d.test_fraction) if name == "validation" and not d.test else fraction
-            rest, held = stratified_split(keys, frac, seed)
-            splits[name] = ([train[i] for i in held], f"{d.train} ({name} split)")
-            train, keys = [train[i] for i in rest], [keys[i] for i in rest]
+    for name, ref in given.items():  # a given file, or the records carved out of train
+        if ref:
+            splits[name] = (load_records(ref, log), ref)
+        elif name in parts:
+            splits[name] = ([records[i] for i in parts[name]], f"{d.train} ({name} split)")
+    train = parts["train"]
     if d.limit is not None and d.limit < len(train):
-        keep = stratified_subset(keys, d.limit, seed)
-        train = [train[i] for i in keep]
+        train = [train[i] for i in subset_indices(len(train), d.limit, seed, [keys[i] for i in train])]
         log(f"data.limit: using {len(train)} training records")
-    splits["train"] = (train, d.train)
+    splits["train"] = ([records[i] for i in train], d.train)
     return splits
 
 
@@ -277,7 +276,7 @@ class ClassificationJob:
         self.eval_batch_size = cfg.train.eval_batch_size or 2 * cfg.train.batch_size
 
     def prepare(self) -> None:
-        from tunelab.methods import apply_method
+        from tunelab.methods import apply_method, options_of
         from tunelab.methods.common import count_parameters
         from tunelab.models.build import load_classifier_and_tokenizer
         from tunelab.models.load import check_max_length
@@ -305,9 +304,7 @@ class ClassificationJob:
         for line in small_class_warnings(self.examples, self.labels):
             self.log(line)
         m = cfg.method
-        self.model = apply_method(m.name, model, head, trainable_layers=m.trainable_layers, r=m.r,
-                                  alpha=m.alpha, dropout=m.dropout, target_modules=m.target_modules,
-                                  task_type="SEQ_CLS").to(self.device)
+        self.model = apply_method(m.name, model, head, task_type="SEQ_CLS", **options_of(m)).to(self.device)
         if cls_only_last_layer(self.model):
             self.log("speed-up: the last encoder layer computes only the [CLS] position (all the head reads)")
         trainable, total = count_parameters(self.model)
@@ -381,3 +378,101 @@ class ClassificationJob:
         auc = f"{m['roc_auc_ovr']:.4f}" if m.get("roc_auc_ovr") is not None else "n/a"
         return (f"test: accuracy {m['accuracy']:.4f}  f1_macro {m['f1_macro']:.4f}  "
                 f"f1_weighted {m['f1_weighted']:.4f}  roc_auc {auc}  (n={m['n']})")
+
+
+# ---------------------------------------------------------------------------------------------
+# A finished classification run: load it, evaluate it, predict with it
+
+
+def load_model(run_dir: Path, cfg) -> tuple:
+    """(model in eval mode, tokenizer, {"labels": [...]}) of a classification run's RUN_DIR/model."""
+    import json
+
+    model_dir = run_dir / "model"
+    labels = json.loads((model_dir / "labels.json").read_text()) if (model_dir / "labels.json").exists() else None
+    if (model_dir / "scratch_config.json").exists():
+        from tunelab.models.scratch import load_scratch
+
+        model, tokenizer = load_scratch(model_dir)
+    else:
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        from tunelab.runs import load_adapter
+
+        if (model_dir / "adapter_config.json").exists():
+            model = load_adapter(model_dir, AutoModelForSequenceClassification)
+        else:
+            model = AutoModelForSequenceClassification.from_pretrained(str(model_dir))
+        tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    model.eval()
+    return model, tokenizer, {"labels": labels}
+
+
+def evaluate(run, records: list[dict] | None, source: str, log) -> dict:
+    """Metrics of a run's model on labelled `records` (None: the run's own test split)."""
+    from tunelab.errors import TunelabError
+
+    cfg, labels = run.cfg, run.meta["labels"]
+    if records is None:
+        splits = split_records(cfg, lambda _: None)
+        if "test" not in splits:
+            raise TunelabError(f"{run.dir} has no test split (data.test_fraction is 0 and no data.test file); "
+                               "pass --data FILE with labelled records to evaluate on")
+        records, source = splits["test"]
+    ex = make_examples(run.tokenizer, records, text_field=cfg.data.text_field, label_field=cfg.data.label_field,
+                       label2id={lab: i for i, lab in enumerate(labels)}, max_length=cfg.model.max_length,
+                       source=source)
+    probs = predict_proba(run.model, ex, 32, pad_id_of(run.tokenizer), torch.device("cpu")).numpy()
+    metrics = classification_metrics(ex.labels, probs, labels)
+    metrics["loss"] = float(-np.log(np.clip(probs[np.arange(len(ex)), ex.labels], 1e-12, None)).mean())
+    return metrics
+
+
+def predict(run, records: list[dict], source: str, log) -> list[dict]:
+    """Each record plus `prediction` (a label) and `scores` (label -> probability)."""
+    cfg, labels = run.cfg, run.meta["labels"]
+    ex = make_examples(run.tokenizer, records, text_field=cfg.data.text_field, label_field=None, label2id=None,
+                       max_length=cfg.model.max_length, source=source)
+    probs = predict_proba(run.model, ex, 32, pad_id_of(run.tokenizer), torch.device("cpu"))
+    out = []
+    for rec, p in zip(records, probs.tolist()):
+        clean = {k: v for k, v in rec.items() if not k.startswith("_")}
+        clean["prediction"] = labels[max(range(len(p)), key=p.__getitem__)]
+        clean["scores"] = {lab: round(v, 6) for lab, v in zip(labels, p)}
+        out.append(clean)
+    return out
+
+
+def metrics_line(m: dict) -> str:
+    """One line of evaluation metrics (`tunelab eval`)."""
+    auc = m.get("roc_auc_ovr")
+    return (f"accuracy {m['accuracy']:.4f}  f1_macro {m['f1_macro']:.4f}  f1_weighted {m['f1_weighted']:.4f}  "
+            f"roc_auc {auc if auc is None else round(auc, 4)}  loss {m['loss']:.4f}  (n={m['n']})")
+
+
+def check_records(records: list[dict], source: str, data_cfg) -> None:
+    """`tunelab validate`: the first records have the text and the label field."""
+    from tunelab.check import require_fields
+
+    require_fields(records, source, [data_cfg.text_field], "data.text_field")
+    require_fields(records, source, [data_cfg.label_field], "data.label_field")
+
+
+def _register() -> None:
+    from tunelab.models.scratch import CLASSIFIER_KINDS
+    from tunelab.tasks import TASKS
+    from tunelab.tasks.base import Task
+
+    TASKS.register("classification", Task(
+        name="classification", summary="a label per text (sequence classification)",
+        job=ClassificationJob, metrics=METRICS, methods=("full", "head", "freeze", "lora"),
+        load=load_model, evaluate=evaluate, predict=predict, metrics_line=metrics_line,
+        settings=("data.text_field", "data.label_field"),
+        refused_settings={"generate.": "generate.* applies to causal_lm runs; {run} is a classification run"},
+        text_records=lambda texts, run: [{run.cfg.data.text_field: t} for t in texts],
+        check_records=check_records,
+        scratch_kinds=CLASSIFIER_KINDS),
+        options=("data.label_field",))
+
+
+_register()

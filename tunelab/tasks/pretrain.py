@@ -1,6 +1,7 @@
-"""`tunelab pretrain`: causal-LM pretraining of a scratch GPT on a text corpus, with validation perplexity.
+"""Task `pretrain`: causal-LM pretraining of a scratch GPT on a text corpus, with validation perplexity.
 
-The config is an ordinary run config with `task: causal_lm`, `model.name: scratch:gpt` (or a saved scratch
+The config is an ordinary run config with `task: pretrain` (or `task: causal_lm`, which hands a scratch
+GPT over to this task), `model.name: scratch:gpt` (or a saved scratch
 GPT folder, to go on pretraining) and `data.train` a text corpus: a .txt file, a folder of .txt files, a
 .jsonl (or other record file) with `data.text_field`, or builtin:NAME (its texts; labels are ignored).
 
@@ -8,11 +9,11 @@ Documents are split into train / validation / test (seeded; `data.val_fraction` 
 documents, or of the blocks when there are too few documents to hold any out; `data.validation` /
 `data.test` files are used as given; `data.limit` caps the training documents). Each split is tokenised
 without special tokens, joined into one stream with the tokenizer's EOS (or SEP) token after every
-document, and cut into blocks of `model.max_length` tokens. A block starts with the last token of the one
+document, and cut into blocks (tunelab.data.corpus) of `model.max_length` tokens. A block starts with the last token of the one
 before it, so every token but the first is a next-token target exactly once.
 
 `PretrainJob` implements the run driver's TaskJob protocol (tunelab/tasks/base.py); `tunelab.run.train`
-drives it (`pretrain` here, or `tunelab train` with task causal_lm on a scratch model) and writes the usual
+drives it (`tunelab train`, or its shortcut `tunelab pretrain`) and writes the usual
 RUN_DIR (config.yaml, metrics.jsonl, eval.json, report.html, model/, tunelab-run.json), staged beside it and
 swapped in when the run finished, as for every run. RUN_DIR/model is a scratch folder: `model.name: RUN_DIR/model` fine-tunes it as a
 classifier with `tunelab train` (a GPTClassifier with the pretrained body) or pretrains it further.
@@ -21,76 +22,21 @@ from __future__ import annotations
 
 import html
 import math
-import random
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from tunelab.data.corpus import corpus_splits, encode_documents, end_of_document_id, make_blocks
+from tunelab.data.splits import split_indices
 from tunelab.data.tokens import IGNORE_INDEX, pad_id_of
 from tunelab.errors import DataError, TunelabError
 
-if TYPE_CHECKING:  # torch is imported where it is used: `tunelab --help` registers this module's command
+if TYPE_CHECKING:  # torch is imported where it is used
     import torch
     from torch import nn
 
 METRICS = ("loss", "perplexity")
 METHODS = ("full", "freeze")
 SAMPLES, SAMPLE_PROMPT_TOKENS, SAMPLE_NEW_TOKENS = 3, 16, 32
-
-
-# ------------------------------------------------------------------------------------------- the data
-
-def split_documents(n: int, val_fraction: float, test_fraction: float, seed: int) -> dict[str, list[int]]:
-    """Seeded random train / validation / test index lists over n items; fractions are of the whole."""
-    order = list(range(n))
-    random.Random(seed).shuffle(order)
-    n_test, n_val = round(n * test_fraction), round(n * val_fraction)
-    return {"test": sorted(order[:n_test]), "validation": sorted(order[n_test:n_test + n_val]),
-            "train": sorted(order[n_test + n_val:])}
-
-
-def end_of_document_id(tokenizer) -> int:
-    """The token put after every document: EOS (BPE tokenizers) or SEP (WordPiece/BERT tokenizers)."""
-    for token_id in (tokenizer.eos_token_id, tokenizer.sep_token_id):
-        if token_id is not None:
-            return token_id
-    raise TunelabError("model.tokenizer: the tokenizer has neither an EOS nor a SEP token to end documents "
-                       "with; train one with `tunelab tokenizer train` (BPE adds </s>)")
-
-
-def make_blocks(documents: list[list[int]], eos_id: int, block_size: int) -> list[list[int]]:
-    """Token blocks of up to `block_size` from the documents joined with `eos_id` after each.
-
-    Consecutive blocks share one token (stride block_size - 1): a block's targets are its tokens 1..T-1,
-    so each token of the stream but the first is predicted once. The last block may be shorter.
-    """
-    stream = [t for ids in documents for t in (*ids, eos_id)]
-    step = block_size - 1
-    return [stream[i:i + block_size] for i in range(0, len(stream) - 1, step)]
-
-
-def encode_documents(tokenizer, texts: list[str]) -> list[list[int]]:
-    """Token ids of each text without special tokens (and no warning about long texts: they are cut later)."""
-    return tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"] if texts else []
-
-
-def corpus_splits(d, seed: int, log) -> dict[str, tuple[list[str], str]]:
-    """Document texts of each split (train, and validation / test when they have any) with their source."""
-    from tunelab.tokenizer_train import corpus_documents
-
-    docs = corpus_documents(d.train, d.text_field, log)  # empty documents are dropped and reported
-    if not docs:
-        raise DataError(d.train, "holds no text to pretrain on")
-    parts = split_documents(len(docs), 0.0 if d.validation else d.val_fraction,
-                            0.0 if d.test else d.test_fraction, seed)
-    splits = {name: ([docs[i] for i in idx], f"{d.train} ({name} split)" if name != "train" else d.train)
-              for name, idx in parts.items() if idx}
-    if d.limit is not None and "train" in splits and len(splits["train"][0]) > d.limit:
-        splits["train"] = (splits["train"][0][: d.limit], d.train)
-        log(f"data.limit: using {d.limit} training documents")
-    for name, given in (("validation", d.validation), ("test", d.test)):
-        if given:
-            splits[name] = (corpus_documents(given, d.text_field, log), given)
-    return splits
 
 
 # ------------------------------------------------------------------------------------ loss and evaluation
@@ -147,7 +93,7 @@ class PretrainJob:
         self.samples: list[dict] = []
 
     def prepare(self) -> None:
-        from tunelab.methods import apply_method
+        from tunelab.methods import apply_method, options_of
         from tunelab.methods.common import count_parameters
         from tunelab.models.scratch import build_scratch_causal_lm
 
@@ -157,7 +103,7 @@ class PretrainJob:
         self.pad_id = pad_id_of(self.tokenizer, fallback=self.eos_id)
         self.blocks = self._blocks(corpus_splits(cfg.data, cfg.train.seed, self.log))
         m = cfg.method
-        self.model = apply_method(m.name, model, set(), trainable_layers=m.trainable_layers).to(self.device)
+        self.model = apply_method(m.name, model, set(), **options_of(m)).to(self.device)
         trainable, total = count_parameters(self.model)
         self.log(f"method {m.name}: {trainable:,} trainable of {total:,} parameters; vocabulary "
                  f"{len(self.tokenizer):,} tokens")
@@ -170,7 +116,8 @@ class PretrainJob:
         wanted = {"validation": 0.0 if d.validation else d.val_fraction, "test": 0.0 if d.test else d.test_fraction}
         missing = {n: (f if not blocks.get(n) else 0.0) for n, f in wanted.items()}
         if any(missing.values()) and blocks.get("train"):
-            parts = split_documents(len(blocks["train"]), missing["validation"], missing["test"], self.cfg.train.seed)
+            parts = split_indices(len(blocks["train"]), missing["validation"], missing["test"], self.cfg.train.seed,
+                                  draw="once")
             self.log(f"too few documents to hold some out: splitting {len(blocks['train'])} blocks instead")
             blocks.update({n: [blocks["train"][i] for i in idx] for n, idx in parts.items() if idx or n == "train"})
         if not blocks.get("train"):
@@ -237,15 +184,18 @@ class PretrainJob:
         return f"test: loss {m['loss']:.4f}  perplexity {m['perplexity']:.2f}  ({m['tokens']:,} target tokens)"
 
 
-# ----------------------------------------------------------------------------------------------- driver
+# ------------------------------------------------------------------------------- config and registration
 
-def check_config(cfg) -> None:
-    """What `tunelab pretrain` needs beyond a valid run config; every problem at once."""
+SCRATCH_KINDS = ("gpt",)
+
+
+def config_problems(cfg) -> list[str]:
+    """What pretraining needs beyond a valid run config; every problem at once."""
     from tunelab.models.scratch import is_scratch_dir
 
     problems = []
-    if cfg.task != "causal_lm":
-        problems.append(f"task: got {cfg.task!r}; pretraining is causal language modelling, set task: causal_lm")
+    if cfg.task not in ("pretrain", "causal_lm"):
+        problems.append(f"task: got {cfg.task!r}; pretraining is causal language modelling, set task: pretrain")
     if cfg.model.name != "scratch:gpt" and not is_scratch_dir(cfg.model.name):
         problems.append(f"model.name: got {cfg.model.name!r}; pretrain builds scratch:gpt or goes on from a "
                         "scratch GPT folder (RUN_DIR/model of an earlier tunelab pretrain)")
@@ -259,6 +209,12 @@ def check_config(cfg) -> None:
         problems.append(f"data.format: got {cfg.data.format!r}; pretraining reads plain text, use auto or text")
     if cfg.model.max_length < 2:
         problems.append(f"model.max_length: got {cfg.model.max_length}; a block needs at least 2 tokens")
+    return problems
+
+
+def check_config(cfg) -> None:
+    """Raise a ConfigError listing `config_problems(cfg)`, if any."""
+    problems = config_problems(cfg)
     if problems:
         from tunelab.errors import ConfigError
 
@@ -266,34 +222,50 @@ def check_config(cfg) -> None:
 
 
 def pretrain(cfg, *, overwrite: bool = False, show_progress: bool = True, log=print) -> Path:
-    """Pretrain end to end with the shared run driver (tunelab.run.train); returns RUN_DIR."""
+    """Pretrain end to end with the shared run driver (tunelab.run.train); returns RUN_DIR.
+
+    The same as `train(cfg)` for a pretraining config; it only refuses configs that would train anything else.
+    """
     from tunelab.run import train
 
     check_config(cfg)
-    return train(cfg, overwrite=overwrite, show_progress=show_progress, log=log, job_factory=PretrainJob)
+    return train(cfg, overwrite=overwrite, show_progress=show_progress, log=log)
 
 
-# ------------------------------------------------------------------------------------------------ CLI
+def load_model(run_dir: Path, cfg) -> tuple:
+    """(scratch GPT in eval mode, tokenizer, {}) of a pretraining run."""
+    from tunelab.models.scratch import load_scratch
 
-def cmd_pretrain(args) -> int:
-    from tunelab.config import load_config
-
-    overrides = list(args.overrides)
-    if args.output_dir:
-        overrides.append(f"output_dir={args.output_dir}")
-    pretrain(load_config(args.config, overrides), overwrite=args.overwrite, show_progress=not args.no_progress)
-    return 0
+    model, tokenizer = load_scratch(run_dir / "model")
+    model.eval()
+    return model, tokenizer, {}
 
 
-def add_commands(subparsers) -> None:
-    """Register `pretrain` on the main parser's subparsers."""
-    p = subparsers.add_parser("pretrain", help="pretrain a scratch GPT on a text corpus",
-                              description="Causal-LM pretraining of model.name: scratch:gpt on data.train (a "
-                                          ".txt, a folder of .txt, a .jsonl text field or builtin:NAME); "
-                                          "override any key with key.sub=value.")
-    p.add_argument("config")
-    p.add_argument("overrides", nargs="*", help="config overrides, e.g. train.max_steps=200 model.layers=4")
-    p.add_argument("--output-dir", help="run directory (overrides output_dir)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar (logs still printed)")
-    p.set_defaults(func=cmd_pretrain)
+def _refuse(run, *_, **__):
+    """A pretraining run has no labels and no chat format: say what to do with it instead."""
+    raise TunelabError(f"{run.dir} is a pretraining run of a scratch GPT: its eval.json and report.html "
+                       f"hold perplexity and sample continuations; fine-tune it with "
+                       f"model.name: {run.dir / 'model'}")
+
+
+def check_records(records: list[dict], source: str, data_cfg) -> None:
+    """`tunelab validate`: record files must have the text field (.txt files and folders are text)."""
+    from tunelab.check import has_fields, require_fields
+
+    if has_fields(source):
+        require_fields(records, source, [data_cfg.text_field], "data.text_field")
+
+
+def _register() -> None:
+    from tunelab.tasks import TASKS
+    from tunelab.tasks.base import Task
+
+    TASKS.register("pretrain", Task(
+        name="pretrain", summary="next-token prediction on a text corpus from scratch (a scratch GPT)",
+        job=PretrainJob, metrics=METRICS, methods=METHODS,
+        load=load_model, evaluate=_refuse, predict=_refuse, check_config=config_problems,
+        check_records=check_records, scratch_kinds=SCRATCH_KINDS),
+        options=("data.format",))
+
+
+_register()

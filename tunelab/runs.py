@@ -1,0 +1,149 @@
+"""A finished run, loaded once: its config, model, tokenizer, task and the task's metadata.
+
+`load_run(RUN_DIR)` serves every command that uses a run (`eval`, `predict`, `chat`, `merge`) and every
+task: the task (tunelab.tasks) loads its own model kind. `evaluate_run` / `predict_records` are those
+commands' API: they apply the settings a finished run may change, then hand over to the task.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tunelab.errors import TunelabError
+
+
+@dataclass
+class Run:
+    """A finished run, model in eval mode. `meta` is the task's own (labels, data format, ...)."""
+
+    dir: Path
+    cfg: Any  # tunelab.config.RunConfig
+    task: Any  # tunelab.tasks.base.Task
+    model: Any
+    tokenizer: Any
+    meta: dict
+
+
+def run_config(run_dir: str | Path, overrides: list[str] | None = None):
+    """The config of a finished run (with `overrides` applied and validated), or one clear error."""
+    from tunelab.config import load_config
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file() or not (run_dir / "model").is_dir():
+        raise TunelabError(f"{run_dir} is not a finished tunelab run (needs config.yaml and model/); "
+                           "pass the output_dir of `tunelab train`")
+    return load_config(run_dir / "config.yaml", overrides)
+
+
+def run_task(run_dir: str | Path):
+    """The task (tunelab.tasks.base.Task) of a finished run, without loading its model."""
+    from tunelab.tasks import task_for
+
+    return task_for(run_config(run_dir))
+
+
+def is_run(path: str | Path) -> bool:
+    """True for a folder that holds a finished run's config.yaml and model/ (what load_run needs)."""
+    return (Path(path) / "config.yaml").is_file() and (Path(path) / "model").is_dir()
+
+
+def load_run(run_dir: str | Path, overrides: list[str] | None = None) -> Run:
+    """Load a finished run of any task; its task (tunelab.tasks) loads the model.
+
+    `overrides` are `a.b=value` settings for this use, applied to a fresh copy of the config: nothing is
+    written back to the run.
+    """
+    from tunelab.tasks import task_for
+
+    run_dir = Path(run_dir)
+    cfg = run_config(run_dir, overrides)
+    task = task_for(cfg)
+    model, tokenizer, meta = task.load(run_dir, cfg)
+    return Run(run_dir, cfg, task, model, tokenizer, meta)
+
+
+def task_verb(run_dir: str | Path, verb: str):
+    """The function behind `tunelab VERB RUN_DIR` (e.g. merge, chat) for the run's task, or one clear error."""
+    from tunelab.tasks import tasks
+
+    task = run_task(run_dir)
+    if verb not in task.verbs:
+        registry = tasks()
+        offering = [name for name in registry.names() if verb in registry.get(name).verbs]
+        raise TunelabError(f"{run_dir} is a {task.name} run; {verb} works on {' and '.join(offering)} runs")
+    return task.verbs[verb]
+
+
+def load_adapter(model_dir: Path, auto_class):
+    """A run's LoRA adapter (RUN_DIR/model) on the run's own base model, RUN_DIR/base beside it.
+
+    Never the base path recorded in adapter_config.json: that is absolute, so a copied or moved run would
+    load (or miss) the base of the folder it was copied from. `auto_class` is e.g. AutoModelForCausalLM.
+    """
+    import warnings
+
+    from peft import PeftModel
+
+    base_dir = model_dir.parent / "base"
+    if not (base_dir / "config.json").is_file():
+        raise TunelabError(f"{model_dir} is a LoRA adapter but its base model {base_dir} is missing; copy or "
+                           "move the whole run folder (model/ and base/ together)")
+    broken = sorted(p.name for p in base_dir.iterdir() if p.is_symlink() and not p.exists())
+    if broken:  # runs of tunelab 0.1.0 linked to the base weights instead of holding them
+        raise TunelabError(f"{base_dir} links to base weights that are gone ({', '.join(broken)}); runs of "
+                           "earlier tunelab versions are only links: put the base model back where it was, or "
+                           "train the run again")
+    with warnings.catch_warnings():  # peft calls a transformers method deprecated for v6
+        warnings.simplefilter("ignore", FutureWarning)
+        return PeftModel.from_pretrained(auto_class.from_pretrained(str(base_dir)), str(model_dir))
+
+
+def use_settings(run: Run, text_field: str | None = None, label_field: str | None = None,
+                 generate=None) -> Run:
+    """Field names / generation settings given to predict or eval replace the run's own (`run.cfg` is a
+    fresh copy loaded for this call, so nothing is written back to the run)."""
+    if text_field:
+        run.cfg.data.text_field = text_field
+    if label_field:
+        run.cfg.data.label_field = label_field
+    if generate is not None:
+        run.cfg.generate = generate
+    return run
+
+
+def evaluate_run(run_dir: str | Path, data: str | None = None, log=print, *, text_field: str | None = None,
+                 label_field: str | None = None, generate=None) -> tuple[dict, Path]:
+    """The task's metrics of a run's model on labelled `data` (default: the run's own test split).
+
+    `text_field` / `label_field` name the fields of `data` where they differ from the run's; `generate` (a
+    GenerateConfig) replaces the run's generation settings. Written to RUN_DIR/eval-<data name>.json (the
+    run's own eval.json is left as it is).
+    """
+    from tunelab.data.sources import load_records
+    from tunelab.io import atomic_write_json
+
+    run = use_settings(load_run(run_dir), text_field, label_field, generate)
+    records, source, name = (None, "", "test") if data is None else (load_records(data), data, Path(data).stem)
+    metrics = run.task.evaluate(run, records, source, log)
+    out = Path(run_dir) / f"eval-{name}.json"
+    atomic_write_json(out, metrics)
+    return metrics, out
+
+
+def predict_records(run_dir: str | Path, records: list[dict] | None, source: str, *,
+                    texts: list[str] | None = None, text_field: str | None = None, generate=None,
+                    log=None) -> list[dict]:
+    """Each record plus the task's prediction (classification: `prediction` and `scores`; causal_lm:
+    `generated`). `texts` (predict --text) become records the way the run's task reads them.
+
+    `log` (default: standard error, as standard output may carry the JSONL) takes the task's notes.
+    """
+    log = log or (lambda line: print(line, file=sys.stderr))
+    run = use_settings(load_run(run_dir), text_field, generate=generate)
+    if texts:
+        field = run.cfg.data.text_field
+        records = (run.task.text_records(texts, run) if run.task.text_records
+                   else [{field: t} for t in texts])
+    return run.task.predict(run, records, source, log)
