@@ -118,7 +118,7 @@ def test_tasks_register_themselves_with_what_the_commands_need():
     for name in registry.names():
         task = registry.get(name)
         assert task.name == name and task.metrics and task.methods and callable(task.job)
-        assert all(o.startswith("data.") for o in registry.options(name))
+        assert all(o.startswith(("data.", "generate.")) for o in registry.options(name))
 
 
 def test_registry_checks_names_and_says_what_is_known():

@@ -201,13 +201,14 @@ def test_a_field_with_a_type_problem_gets_no_range_problem_too():
     ("samples_in_eval", -1, ">= 0")])
 def test_generate_values_out_of_range_are_errors_at_load(key, value, allowed):
     with pytest.raises(ConfigError) as e:
-        config_from_dict({"generate": {key: value}})
+        config_from_dict({"task": "causal_lm", "generate": {key: value}})
     [problem] = e.value.problems
     assert problem.startswith(f"generate.{key}: got {value}") and f"; must be {allowed}" in problem
 
 
 def test_generate_boundary_values_are_allowed():
-    cfg = config_from_dict({"generate": {"max_new_tokens": 1, "temperature": 0, "top_p": 1, "top_k": 0,
+    cfg = config_from_dict({"task": "causal_lm",
+                            "generate": {"max_new_tokens": 1, "temperature": 0, "top_p": 1, "top_k": 0,
                                          "repetition_penalty": 0.5, "samples_in_eval": 0}})
     assert cfg.generate.max_new_tokens == 1 and cfg.generate.top_p == 1.0
 
@@ -245,6 +246,11 @@ def test_a_method_option_under_another_method_exits_2_and_says_why(capsys):
     ({"model": {"layers": 4}}, "model.layers applies to scratch models (model.name: scratch:KIND); model.name is "
                                "builtin:minilm-l6"),
     ({"model": {"name": "gguf:x.gguf", "position": "rotary"}}, "model.position applies to scratch models"),
+    ({"generate": {"max_new_tokens": 5}}, "generate.max_new_tokens applies to causal_lm; task is classification"),
+    ({"task": "causal_lm", "model": {"name": "gguf:x.gguf"}, "method": {"name": "head"}},
+     "method.name: 'head' does not apply to task causal_lm; use full, freeze or lora"),
+    ({"task": "pretrain", "model": {"name": "scratch:gpt"}, "method": {"name": "lora"}, "data": {"format": "text"}},
+     "method.name: 'lora' does not apply to task pretrain; use full or freeze"),
 ])
 def test_keys_that_do_not_apply_to_the_choice_are_errors(data, expected):
     with pytest.raises(ConfigError) as e:
@@ -258,6 +264,8 @@ def test_keys_that_do_not_apply_to_the_choice_are_errors(data, expected):
     {"task": "causal_lm", "data": {"packing": True, "format": "alpaca", "train_on_prompt": True}},
     {"task": "pretrain", "model": {"name": "scratch:gpt", "layers": 4, "position": "rotary"}, "data": {"format": "text"}},
     {"model": {"name": "scratch:lstm", "layers": 1, "bidirectional": False}},
+    {"task": "causal_lm", "model": {"name": "scratch:gpt"}, "data": {"format": "text"}},  # routed to pretrain
+    {"task": "causal_lm", "generate": {"max_new_tokens": 5, "temperature": 0.7}},
     {"model": {"name": "some/folder-that-may-hold-a-scratch-model", "layers": 3}},  # cannot tell: no problem
 ])
 def test_keys_of_the_chosen_method_task_and_model_are_fine(data):

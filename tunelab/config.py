@@ -353,11 +353,28 @@ def _check_choices(cfg: RunConfig, problems: list[str]) -> None:
             owners = registry.owners(key)
             if chosen not in owners and key not in seen and _is_set(cfg, key):
                 problems.append(f"{key} applies to {' and '.join(owners)}; {choice_key} is {chosen}")
+    _check_task_method(cfg, problems)
     if isinstance(cfg.model.name, str) and _is_pretrained(cfg.model.name):
         for name in SCRATCH_ONLY:
             if f"model.{name}" not in seen and _is_set(cfg, f"model.{name}"):
                 problems.append(f"model.{name} applies to scratch models (model.name: scratch:KIND); model.name "
                                 f"is {cfg.model.name}, which brings its own shape")
+
+
+def _check_task_method(cfg: RunConfig, problems: list[str]) -> None:
+    """`method.name` must be one the task (after routing: causal_lm on a scratch GPT is pretraining) trains with."""
+    from tunelab.errors import TunelabError
+    from tunelab.tasks import task_for
+
+    if not isinstance(cfg.task, str) or not isinstance(cfg.model.name, str) or not isinstance(cfg.method.name, str):
+        return  # a wrong type was reported already
+    try:
+        task = task_for(cfg)
+    except TunelabError:
+        return  # an unknown task was reported already
+    if cfg.method.name not in task.methods:
+        problems.append(f"method.name: {cfg.method.name!r} does not apply to task {task.name}; use "
+                        f"{', '.join(task.methods[:-1])} or {task.methods[-1]}")
 
 
 def _is_set(cfg: RunConfig, key: str) -> bool:

@@ -182,9 +182,6 @@ class CausalLMJob:
         from tunelab.models.load import check_max_length
 
         cfg, d = self.cfg, self.cfg.data
-        if cfg.method.name == "head":
-            raise TunelabError("method.name: 'head' trains a newly initialised task head, and a causal LM has "
-                               "none (its vocabulary projection is pretrained); use full, freeze or lora")
         records = load_records(d.train, self.log)
         self.fmt = resolve_format(d.format, records, d.train, self.log, d.text_field)
         model, self.tokenizer = load_causal_lm_and_tokenizer(cfg.model.name, cfg.model.dropout)
@@ -594,6 +591,9 @@ def _route(cfg) -> str | None:
 
 
 def _register() -> None:
+    import dataclasses
+
+    from tunelab.config import GenerateConfig
     from tunelab.tasks import TASKS
     from tunelab.tasks.base import Task
 
@@ -606,7 +606,8 @@ def _register() -> None:
                                               "records' format); leave out --label-field"},
         text_records=text_records, check_records=check_records, route=_route,
         verbs={"merge": merge_run, "chat": chat_model}),
-        options=("data.format", "data.train_on_prompt", "data.packing"))
+        options=("data.format", "data.train_on_prompt", "data.packing",
+                 *(f"generate.{f.name}" for f in dataclasses.fields(GenerateConfig))))
 
 
 _register()

@@ -199,7 +199,7 @@ def config_problems(cfg) -> list[str]:
     if cfg.model.name != "scratch:gpt" and not is_scratch_dir(cfg.model.name):
         problems.append(f"model.name: got {cfg.model.name!r}; pretrain builds scratch:gpt or goes on from a "
                         "scratch GPT folder (RUN_DIR/model of an earlier tunelab pretrain)")
-    if cfg.method.name not in METHODS:
+    if cfg.method.name not in METHODS:  # `tunelab pretrain` may be given another task's config
         problems.append(f"method.name: got {cfg.method.name!r}; pretraining has no new head to train, use "
                         f"{' or '.join(METHODS)}")
     if cfg.train.early_stopping.metric not in (None, *METRICS):  # null = loss
