@@ -222,6 +222,7 @@ def _train_into(stage: Path, run_dir: Path, cfg: RunConfig, progress: _Progress,
     from tunelab.train.logging import RunLogger
     from tunelab.train.loop import train_loop
     from tunelab.train.memory import reuse_freed_memory
+    from tunelab.train.plan import plan_for
     from tunelab.train.precision import describe, resolve_precision
 
     if cfg.train.threads:
@@ -240,7 +241,7 @@ def _train_into(stage: Path, run_dir: Path, cfg: RunConfig, progress: _Progress,
         log(f"speed-up: {swapped} dropout layers draw their masks from 16-bit random words (train.fast_dropout)")
     seed_everything(cfg.train.seed)  # the same stream of dropout masks whatever preparing consumed
     steps = job.micro_batches_per_epoch()
-    total = cfg.train.max_steps or max(1, int(np.ceil(cfg.train.epochs * np.ceil(steps / cfg.train.grad_accum))))
+    total = plan_for(cfg.train, steps).total  # the loop follows the same plan
     log(f"training on {device} in {describe(amp)}: {total} optimizer steps, batch {cfg.train.batch_size} x accum "
         f"{cfg.train.grad_accum}; run dir {run_dir}")
     logger = RunLogger(stage, total, show_progress)

@@ -22,7 +22,7 @@ from torch import nn
 from tunelab.train.logging import RunLogger
 from tunelab.train.meter import MeanLoss, Throughput
 from tunelab.train.optim import build_optimizer, build_scheduler
-from tunelab.train.plan import StepPlan
+from tunelab.train.plan import plan_for
 from tunelab.train.precision import autocast
 from tunelab.train.state import LoopState
 from tunelab.train.stopping import BestKeeper, is_minimised  # noqa: F401  (is_minimised: importable from here too)
@@ -51,9 +51,7 @@ def train_loop(model: nn.Module, *, epoch_batches: Callable[[int], Iterable[Batc
     `cfg` is a TrainConfig. `evaluate(model)` returns validation metrics (None: no validation data).
     Forward passes run under autocast to `autocast_dtype` (None: fp32); backward and the update do not.
     """
-    plan = StepPlan.make(micro_batches_per_epoch, grad_accum=cfg.grad_accum, epochs=cfg.epochs,
-                         max_steps=cfg.max_steps, warmup_steps=cfg.warmup_steps, warmup_ratio=cfg.warmup_ratio,
-                         log_every=cfg.log_every, eval_every=cfg.eval_every)
+    plan = plan_for(cfg, micro_batches_per_epoch)
     optimizer = build_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum)
     scheduler = build_scheduler(optimizer, cfg.scheduler, plan.total, plan.warmup, cfg.gamma)
     params = [p for p in model.parameters() if p.requires_grad]

@@ -55,3 +55,11 @@ class StepPlan:
     def evaluates_at(self, step: int) -> bool:
         """Whether validation runs after step `step` besides the epoch ends (the last step is an epoch end's job)."""
         return bool(self.eval_every) and step % self.eval_every == 0 and step < self.total
+
+
+def plan_for(train_cfg, micro_batches_per_epoch: int) -> StepPlan:
+    """The StepPlan of a run's `train:` section (a TrainConfig): what the loop follows and the driver announces."""
+    c = train_cfg
+    return StepPlan.make(micro_batches_per_epoch, grad_accum=c.grad_accum, epochs=c.epochs, max_steps=c.max_steps,
+                         warmup_steps=c.warmup_steps, warmup_ratio=c.warmup_ratio, log_every=c.log_every,
+                         eval_every=c.eval_every)
