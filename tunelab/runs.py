@@ -31,7 +31,7 @@ def run_config(run_dir: str | Path, overrides: list[str] | None = None):
     from tunelab.config import load_config
 
     run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").is_file() or not (run_dir / "model").is_dir():
+    if not is_run(run_dir):
         raise TunelabError(f"{run_dir} is not a finished tunelab run (needs config.yaml and model/); "
                            "pass the output_dir of `tunelab train`")
     return load_config(run_dir / "config.yaml", overrides)
@@ -100,31 +100,17 @@ def load_adapter(model_dir: Path, auto_class):
         return PeftModel.from_pretrained(auto_class.from_pretrained(str(base_dir)), str(model_dir))
 
 
-def use_settings(run: Run, text_field: str | None = None, label_field: str | None = None,
-                 generate=None) -> Run:
-    """Field names / generation settings given to predict or eval replace the run's own (`run.cfg` is a
-    fresh copy loaded for this call, so nothing is written back to the run)."""
-    if text_field:
-        run.cfg.data.text_field = text_field
-    if label_field:
-        run.cfg.data.label_field = label_field
-    if generate is not None:
-        run.cfg.generate = generate
-    return run
-
-
-def evaluate_run(run_dir: str | Path, data: str | None = None, log=print, *, text_field: str | None = None,
-                 label_field: str | None = None, generate=None) -> tuple[dict, Path]:
+def evaluate_run(run_dir: str | Path, data: str | None = None, log=print, *,
+                 overrides: list[str] | None = None) -> tuple[dict, Path]:
     """The task's metrics of a run's model on labelled `data` (default: the run's own test split).
 
-    `text_field` / `label_field` name the fields of `data` where they differ from the run's; `generate` (a
-    GenerateConfig) replaces the run's generation settings. Written to RUN_DIR/eval-<data name>.json (the
-    run's own eval.json is left as it is).
+    `overrides` (`data.text_field=body`, `generate.max_new_tokens=32`, ...) apply to this evaluation only
+    (see `load_run`). Written to RUN_DIR/eval-<data name>.json (the run's own eval.json is left as it is).
     """
     from tunelab.data.sources import load_records
     from tunelab.io import atomic_write_json
 
-    run = use_settings(load_run(run_dir), text_field, label_field, generate)
+    run = load_run(run_dir, overrides)
     records, source, name = (None, "", "test") if data is None else (load_records(data), data, Path(data).stem)
     metrics = run.task.evaluate(run, records, source, log)
     out = Path(run_dir) / f"eval-{name}.json"
@@ -133,7 +119,7 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, log=print, *, tex
 
 
 def predict_records(run_dir: str | Path, records: list[dict] | None, source: str, *,
-                    texts: list[str] | None = None, text_field: str | None = None, generate=None,
+                    texts: list[str] | None = None, overrides: list[str] | None = None,
                     log=None) -> list[dict]:
     """Each record plus the task's prediction (classification: `prediction` and `scores`; causal_lm:
     `generated`). `texts` (predict --text) become records the way the run's task reads them.
@@ -141,7 +127,7 @@ def predict_records(run_dir: str | Path, records: list[dict] | None, source: str
     `log` (default: standard error, as standard output may carry the JSONL) takes the task's notes.
     """
     log = log or (lambda line: print(line, file=sys.stderr))
-    run = use_settings(load_run(run_dir), text_field, generate=generate)
+    run = load_run(run_dir, overrides)
     if texts:
         field = run.cfg.data.text_field
         records = (run.task.text_records(texts, run) if run.task.text_records
