@@ -264,6 +264,35 @@ def test_atomic_replace_dir_falls_back_to_two_renames_and_restores_the_old_folde
     assert (final / "w").read_text() == "new" and (new / "w").read_text() == "newer"
 
 
+def test_a_swap_that_succeeded_is_not_failed_by_deleting_the_old_folder(tmp_path, monkeypatch):
+    final = folder_with(tmp_path / "model", "old")
+    new = folder_with(io.staging_dir(final), "new")
+    if not io.exchange_paths(new, final):
+        pytest.skip(f"the filesystem of {tmp_path} refuses renameat2(RENAME_EXCHANGE)")
+    io.exchange_paths(new, final)  # back as it was: the test swaps through atomic_replace_dir
+
+    def busy(path, ignore_errors=False, **kwargs):  # e.g. a file held open on a network filesystem
+        if not ignore_errors:
+            raise OSError(errno.EBUSY, "busy", str(path))
+
+    monkeypatch.setattr(shutil, "rmtree", busy)
+    io.atomic_replace_dir(new, final)  # the new folder is in place: no error
+    assert (final / "w").read_text() == "new"
+
+
+def test_staged_dir_leaves_nothing_on_failure_and_swaps_in_on_success(tmp_path):
+    final = folder_with(tmp_path / "merged", "old")
+    for failure in (RuntimeError("save failed"), KeyboardInterrupt()):
+        with pytest.raises(type(failure)):
+            with io.staged_dir(final) as tmp:
+                (tmp / "w").write_text("half")
+                raise failure
+        assert (final / "w").read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["merged"]
+    with io.staged_dir(final) as tmp:
+        (tmp / "w").write_text("new")
+    assert (final / "w").read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["merged"]
+
+
 def test_exchange_paths_says_false_where_the_swap_is_refused(tmp_path):
     a = folder_with(tmp_path / "a", "a")
     with pytest.raises(FileNotFoundError):

@@ -5,6 +5,7 @@ the umask): `tempfile` makes them owner-only (0600 / 0700), which would hide a s
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import json
@@ -12,7 +13,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 AT_FDCWD = -100  # <fcntl.h>: paths relative to the working directory
 RENAME_EXCHANGE = 2  # <linux/fs.h>: swap two existing paths in one step
@@ -90,7 +91,8 @@ def atomic_replace_dir(tmp_dir: str | Path, final_dir: str | Path) -> None:
     if not final_dir.exists():
         os.replace(tmp_dir, final_dir)
     elif exchange_paths(tmp_dir, final_dir):
-        shutil.rmtree(tmp_dir)  # tmp_dir now holds the old folder
+        # tmp_dir now holds the old folder; the new one is in place, so failing to delete the old is no failure
+        shutil.rmtree(tmp_dir, ignore_errors=True)
     else:
         old = Path(tempfile.mkdtemp(dir=final_dir.parent, prefix=f".{final_dir.name}.old-"))
         os.replace(final_dir, old)  # renaming a folder over an empty folder replaces it
@@ -143,3 +145,19 @@ def staging_dir(final_dir: str | Path) -> Path:
     path = Path(tempfile.mkdtemp(dir=final_dir.parent, prefix=f".{final_dir.name}.staging-"))
     path.chmod(0o777 & ~current_umask())  # mkdtemp made it 0700
     return path
+
+
+@contextlib.contextmanager
+def staged_dir(final_dir: str | Path) -> Iterator[Path]:
+    """`with staged_dir(final) as tmp:` write the folder's files into `tmp`; when the block ends they get plain
+    permissions (`follow_umask`) and `tmp` replaces `final` (`atomic_replace_dir`). On any failure, Ctrl-C
+    included, the staging folder is removed and `final` stays as it was.
+    """
+    tmp = staging_dir(final_dir)
+    try:
+        yield tmp
+        follow_umask(tmp)
+        atomic_replace_dir(tmp, final_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

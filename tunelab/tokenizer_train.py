@@ -90,7 +90,7 @@ def train_tokenizer(inputs: list[str], vocab_size: int, output: str | Path, kind
     `output` is written atomically; an existing folder is replaced only when it holds a tokenizer.
     Beside the tokenizer files, tunelab_tokenizer.json records how it was trained.
     """
-    from tunelab.io import atomic_replace_dir, atomic_write_json, staging_dir
+    from tunelab.io import atomic_write_json, staged_dir
 
     check_settings(vocab_size, kind)
     if not inputs:
@@ -104,10 +104,10 @@ def train_tokenizer(inputs: list[str], vocab_size: int, output: str | Path, kind
 
     texts = [t for ref in inputs for t in corpus_documents(ref, text_field)]
     tokenizer = build_tokenizer(texts, vocab_size, kind, lowercase)
-    tmp = staging_dir(output)
-    tokenizer.save_pretrained(str(tmp))
-    atomic_write_json(tmp / INFO_NAME, {"kind": kind, "vocab_size": len(tokenizer), "vocab_size_asked": vocab_size,
-                                        "lowercase": lowercase, "inputs": list(inputs), "text_field": text_field,
-                                        "documents": len(texts), "characters": sum(map(len, texts))})
-    atomic_replace_dir(tmp, output)
+    with staged_dir(output) as tmp:
+        tokenizer.save_pretrained(str(tmp))
+        atomic_write_json(tmp / INFO_NAME, {"kind": kind, "vocab_size": len(tokenizer),
+                                            "vocab_size_asked": vocab_size, "lowercase": lowercase,
+                                            "inputs": list(inputs), "text_field": text_field,
+                                            "documents": len(texts), "characters": sum(map(len, texts))})
     return output

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from tunelab.data.tokens import ensure_pad_token
-from tunelab.io import atomic_replace_dir, atomic_write_json, follow_umask, staging_dir
+from tunelab.io import atomic_write_json, staged_dir
 from tunelab.models.load import load_sequence_classifier, load_tokenizer
 from tunelab.models.registry import resolve_model
 
@@ -40,24 +40,23 @@ def save_model(model: nn.Module, tokenizer, model_dir: Path, run_dir: Path, cfg,
     RUN_DIR/base has once the run is in place (cfg.output_dir; `run_dir` may be a staging folder), so
     `AutoPeftModelFor...from_pretrained(RUN_DIR/model)` works there without arguments, and only there.
     """
-    tmp = staging_dir(model_dir)
     from tunelab.models.scratch import is_scratch_model, save_scratch
 
-    if is_scratch_model(model):
-        save_scratch(model, tokenizer, tmp)
-    elif is_peft(model):
-        _write_base_folder(model, run_dir / "base")
-        model.peft_config["default"].base_model_name_or_path = str((run_dir / "base").resolve())
-        model.save_pretrained(str(tmp))  # peft reads the base config there: it must exist
-        tokenizer.save_pretrained(str(tmp))
-        final_run = Path(cfg.output_dir) if cfg is not None else run_dir
-        _record_base_path(tmp, final_run.resolve() / "base")
-    else:
-        model.save_pretrained(str(tmp))
-        tokenizer.save_pretrained(str(tmp))
-    if labels is not None:
-        atomic_write_json(tmp / "labels.json", labels)
-    atomic_replace_dir(tmp, model_dir)
+    with staged_dir(model_dir) as tmp:
+        if is_scratch_model(model):
+            save_scratch(model, tokenizer, tmp)
+        elif is_peft(model):
+            _write_base_folder(model, run_dir / "base")
+            model.peft_config["default"].base_model_name_or_path = str((run_dir / "base").resolve())
+            model.save_pretrained(str(tmp))  # peft reads the base config there: it must exist
+            tokenizer.save_pretrained(str(tmp))
+            final_run = Path(cfg.output_dir) if cfg is not None else run_dir
+            _record_base_path(tmp, final_run.resolve() / "base")
+        else:
+            model.save_pretrained(str(tmp))
+            tokenizer.save_pretrained(str(tmp))
+        if labels is not None:
+            atomic_write_json(tmp / "labels.json", labels)
 
 
 def _record_base_path(adapter_dir: Path, base_dir: Path) -> None:
@@ -81,14 +80,13 @@ def _write_base_folder(model: nn.Module, base_dir: Path) -> None:
     base = model.get_base_model()
     src = Path(base.config._name_or_path)
     files = sorted({f for pattern in WEIGHT_FILES for f in src.glob(pattern)}) if src.is_dir() else []
-    tmp = staging_dir(base_dir)
-    if files:
-        copy.deepcopy(base.config).save_pretrained(str(tmp))
-        for f in files:
-            _link_or_copy(f.resolve(), tmp / f.name)
-    else:
-        copy.deepcopy(model).unload().save_pretrained(str(tmp))
-    atomic_replace_dir(tmp, base_dir)
+    with staged_dir(base_dir) as tmp:
+        if files:
+            copy.deepcopy(base.config).save_pretrained(str(tmp))
+            for f in files:
+                _link_or_copy(f.resolve(), tmp / f.name)
+        else:
+            copy.deepcopy(model).unload().save_pretrained(str(tmp))
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
@@ -109,12 +107,10 @@ def write_merged(model: nn.Module, tokenizer, merged_dir: Path, sample: dict[str
     before = model(**sample).logits
     merged = copy.deepcopy(model).merge_and_unload()
     after = merged(**sample).logits
-    tmp = staging_dir(merged_dir)
     note(f"merge: saving the merged model to {merged_dir} ...")
-    merged.save_pretrained(str(tmp))
-    tokenizer.save_pretrained(str(tmp))
-    follow_umask(tmp)  # safetensors writes 0600
-    atomic_replace_dir(tmp, merged_dir)
+    with staged_dir(merged_dir) as tmp:
+        merged.save_pretrained(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
     return float((before - after).abs().max())
 
 
