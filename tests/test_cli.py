@@ -171,6 +171,31 @@ def test_predict_output_that_is_a_folder_or_the_input_exits_2(run_dir, tmp_path,
     assert source.read_bytes() == before
 
 
+def test_predict_output_that_cannot_be_written_exits_2_in_one_line(run_dir, tmp_path, capsys, helpers,
+                                                                    monkeypatch):
+    import tunelab.cli.use as use
+
+    source = helpers.write_jsonl(tmp_path / "in.jsonl", [{"text": t} for t in TEXTS])
+    no_write = tmp_path / "locked"
+    no_write.mkdir()
+    real_access = os.access  # tests run as root, for whom every folder is writable: say this one is not
+    monkeypatch.setattr(use.os, "access", lambda p, mode: False if Path(p) == no_write else real_access(p, mode))
+    assert main(["predict", str(run_dir), "--input", str(source), "--output", str(no_write / "out.jsonl")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "cannot be written" in err, err
+    # what the check before predicting cannot see (a full disk, a folder changed meanwhile): still one line
+    import tunelab.io as tio
+
+    def full(path, data):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(tio, "atomic_write_bytes", full)
+    assert main(["predict", str(run_dir), "--input", str(source), "--output", str(tmp_path / "out.jsonl")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --output") and "No space left on device" in err and "Traceback" not in err, err
+    assert not (tmp_path / "out.jsonl").exists()
+
+
 def test_eval_reads_other_field_names_of_a_data_file(run_dir, data_dir, tmp_path, capsys, helpers):
     records = [json.loads(x) for x in (data_dir / "valid.jsonl").read_text().splitlines()]
     other = helpers.write_jsonl(tmp_path / "other.jsonl", renamed(records))

@@ -35,6 +35,12 @@ def current_umask() -> int:
     return mask
 
 
+def nearest_existing(path: str | Path) -> Path:
+    """`path` itself if it exists, else its closest parent that does (where a new file or folder would go)."""
+    path = Path(path).absolute()
+    return next(p for p in (path, *path.parents) if p.exists())
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write `data` to a temp file beside `path`, fsync it, then rename it over `path`."""
     path = Path(path)

@@ -14,7 +14,7 @@ import torch
 from tunelab.config import RunConfig, dump_config
 from tunelab.errors import TunelabError
 from tunelab.io import atomic_replace_dir, atomic_write_json, atomic_write_text, current_umask, \
-    follow_umask, staging_dir
+    follow_umask, nearest_existing, staging_dir
 
 
 def seed_everything(seed: int) -> None:
@@ -79,7 +79,7 @@ def _is_run_config(path: Path) -> bool:
 
 def check_output_dir(run_dir: Path, overwrite: bool) -> None:
     """Refuse an output_dir that cannot take this run, before any data or model is loaded."""
-    existing = next(p for p in (run_dir, *run_dir.parents) if p.exists())
+    existing = nearest_existing(run_dir)
     if not existing.is_dir():
         where = "is an existing file" if existing == run_dir else f"is under {existing}, which is a file"
         raise TunelabError(f"output_dir {run_dir} {where}, not a folder; choose another --output-dir")

@@ -51,9 +51,14 @@ def write_rows(rows: list[dict], output: str | None, what: str) -> None:
     """JSON lines to `output` (atomically; a count on stdout) or, without one, to standard output."""
     lines = (json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
     if output:
+        from tunelab.errors import TunelabError
         from tunelab.io import atomic_write_text
 
-        atomic_write_text(output, "".join(lines))
+        try:
+            atomic_write_text(output, "".join(lines))
+        except OSError as e:  # checked before predicting; what is left: a full disk, a folder that changed
+            raise TunelabError(f"--output {output}: cannot write it ({e.strerror or e}); nothing was written, "
+                               "free space or give another file and run again") from None
         print(f"{len(rows)} {what} written to {output}")
         return
     for line in lines:

@@ -3,6 +3,7 @@ everything task-specific (metrics, predictions, verbs such as merge and chat) co
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from tunelab.cli.common import RUN_HELP, same_file, stdout_to_stderr, write_rows
@@ -96,6 +97,7 @@ def prediction_inputs(args) -> str | None:
     is not under a file.
     """
     from tunelab.errors import TunelabError
+    from tunelab.io import nearest_existing
 
     texts, inp, output = getattr(args, "text", None), getattr(args, "input", None), getattr(args, "output", None)
     if bool(texts) == bool(inp):
@@ -109,9 +111,12 @@ def prediction_inputs(args) -> str | None:
         if inp and same_file(out, Path(inp)):
             raise TunelabError(f"predict --output: {output} is the input file; it would be overwritten with the "
                                "predictions: give another file")
-        parent = next((p for p in out.absolute().parents if p.exists()), None)
-        if parent is not None and not parent.is_dir():
+        parent = nearest_existing(out.absolute().parent)
+        if not parent.is_dir():
             raise TunelabError(f"predict --output: {output} is under {parent}, which is a file, not a folder")
+        if not os.access(parent, os.W_OK | os.X_OK) or (out.exists() and not os.access(out, os.W_OK)):
+            raise TunelabError(f"predict --output: {output} cannot be written (no permission in {parent}); "
+                               "give a file in a folder you can write to")
     return inp
 
 
