@@ -1,7 +1,10 @@
 """Helpers shared by the fine-tuning methods: freezing, finding the layer stack, counting parameters."""
 from __future__ import annotations
 
-from torch import nn
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # torch loads with the model, not with the config that names the method
+    from torch import nn
 
 
 def freeze_all_but(model: nn.Module, trainable: set[str]) -> None:
@@ -27,6 +30,8 @@ def layer_stack(model: nn.Module) -> tuple[str, nn.ModuleList]:
 
     Taken as the longest nn.ModuleList whose items all have the same class.
     """
+    from torch import nn
+
     best: tuple[str, nn.ModuleList] | None = None
     for name, module in model.named_modules():
         if isinstance(module, nn.ModuleList) and len(module) > 0 \

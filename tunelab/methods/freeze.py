@@ -3,7 +3,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from torch import nn
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # torch loads with the model, not with the config that names the method
+    from torch import nn
 
 from tunelab.errors import TunelabError
 from tunelab.methods import register_method

@@ -1,7 +1,10 @@
 """Full fine-tuning: every parameter trains."""
 from __future__ import annotations
 
-from torch import nn
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # torch loads with the model, not with the config that names the method
+    from torch import nn
 
 from tunelab.methods import register_method
 
