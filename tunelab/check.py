@@ -36,7 +36,7 @@ def check_config(cfg, parts: tuple[str, ...] = PARTS) -> list[str]:
         if ref is not None:
             problems += check_data_file(f"data.{key}", ref, task_for(cfg), cfg.data)
     if "metric" in parts:
-        problems += check_metric(cfg.task, cfg.train.early_stopping.metric)
+        problems += check_metric(cfg)
     if "output" in parts:
         problems += check_output(cfg.output_dir)
     if set(parts) == set(PARTS):  # what the task itself asks of a whole config (e.g. pretraining's model)
@@ -250,16 +250,20 @@ def require_fields(records: list[dict], source: str, fields: list[str], key: str
 # The early-stopping metric and the output folder
 
 
-def check_metric(task: str, metric: str | None) -> list[str]:
-    """The metric must be one the task computes on validation data (null: the task's default)."""
+def check_metric(cfg) -> list[str]:
+    """The metric must be one the task that runs `cfg` computes on validation data (null: its default).
+
+    The task after routing, as training sees it: causal_lm on a scratch GPT is pretraining.
+    """
+    metric = cfg.train.early_stopping.metric
     if metric is None:
         return []
-    from tunelab.tasks import get_task
+    from tunelab.tasks import task_for
 
-    metrics = get_task(task).metrics
-    if metric in metrics:
+    task = task_for(cfg)
+    if metric in task.metrics:
         return []
-    return [f"train.early_stopping.metric: got {metric!r}; task {task} computes {', '.join(metrics)} "
+    return [f"train.early_stopping.metric: got {metric!r}; task {task.name} computes {', '.join(task.metrics)} "
             "(null picks the task's default)"]
 
 
