@@ -376,3 +376,21 @@ def test_output_dir_is_a_path_for_train_and_pretrain(command, monkeypatch):
     config = Path(__file__).resolve().parents[1] / "examples" / "pretrain-gpt.yaml"
     assert main([command, str(config), "--output-dir", "2024", "train.max_steps=1"]) == 0
     assert seen["output_dir"] == "2024"
+
+
+def test_validate_reads_a_pretraining_corpus_as_pretraining_does(tmp_path, capsys):
+    """A flat folder of .txt files is a corpus for pretraining (not label sub-folders): validate says OK, and
+    a record file without the text field is still one line naming data.text_field."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for i in range(3):
+        (corpus / f"doc{i}.txt").write_text(f"story number {i} about a cat")
+    cfg = write_yaml(tmp_path / "gpt.yaml", f"task: pretrain\nmodel: {{name: 'scratch:gpt', tokenizer: "
+                                             f"'builtin:minilm-l6'}}\ndata: {{train: '{corpus}'}}\n")
+    assert main(["validate", str(cfg)]) == 0, capsys.readouterr().err
+    assert "OK (pretrain" in capsys.readouterr().out
+    records = tmp_path / "docs.jsonl"
+    records.write_text('{"body": "a story"}\n')
+    assert main(["validate", str(cfg), f"data.train={records}"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "set data.text_field to one of: body" in err, err

@@ -214,6 +214,9 @@ def check_data_file(key: str, ref: str, task, data_cfg) -> list[str]:
     from tunelab.data.sources import load_records
 
     try:
+        if task.check_data is not None:  # the task reads its data its own way (a corpus folder, ...)
+            task.check_data(ref, data_cfg)
+            return []
         records = load_records(ref)
     except TunelabError as e:
         return [f"{key}: {e}"]
@@ -224,13 +227,6 @@ def check_data_file(key: str, ref: str, task, data_cfg) -> list[str]:
     except TunelabError as e:
         return [f"{key}: {e}"]
     return []
-
-
-def has_fields(ref: str) -> bool:
-    """True for record files (.jsonl, .csv, ...); .txt files, folders and builtin corpora are plain text."""
-    from tunelab.data.sources import READERS
-
-    return not ref.startswith("builtin:") and Path(ref).suffix.lower() in READERS and Path(ref).suffix != ".txt"
 
 
 def require_fields(records: list[dict], source: str, fields: list[str], key: str) -> None:

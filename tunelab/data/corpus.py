@@ -42,7 +42,7 @@ def corpus_documents(ref: str, text_field: str = "text", log=None) -> list[str]:
         if not isinstance(value, str):
             fields = ", ".join(k for k in record if not k.startswith("_"))
             raise DataError(record.get("_file", ref), f"record {i + 1}: text field {text_field!r} is missing or "
-                                                      f"not a string; set the text field to one of: {fields}",
+                                                      f"not a string; set data.text_field to one of: {fields}",
                             record.get("_line"))
         line = record.get("_line")
         texts.append((f"line {line}" if line is not None else f"record {i + 1}", value))

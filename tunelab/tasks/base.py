@@ -69,6 +69,9 @@ class Task:
     """`predict --text` inputs as records, given the run's metadata (default: {text_field: text})."""
     check_config: Callable[[Any], list[str]] = _no_problems
     """Problems of a config for this task beyond the schema (all at once)."""
+    check_data: Callable[..., None] | None = None
+    """check_data(ref, data_cfg): read one data file the way training will and raise a DataError for what
+    cannot be read (`tunelab validate`); None = tunelab.data.sources.load_records + `check_records`."""
     check_records: Callable[..., None] | None = None
     """check_records(records, source, data_cfg): raise a DataError for the first record this task
     cannot read (`tunelab validate` calls it on the first records of each data file)."""

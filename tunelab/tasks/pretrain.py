@@ -25,7 +25,8 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tunelab.data.corpus import corpus_splits, encode_documents, end_of_document_id, make_blocks
+from tunelab.data.corpus import corpus_documents, corpus_splits, encode_documents, end_of_document_id, \
+    make_blocks
 from tunelab.data.splits import split_indices
 from tunelab.data.tokens import IGNORE_INDEX, pad_id_of
 from tunelab.errors import DataError, TunelabError
@@ -248,12 +249,10 @@ def _refuse(run, *_, **__):
                        f"model.name: {run.dir / 'model'}")
 
 
-def check_records(records: list[dict], source: str, data_cfg) -> None:
-    """`tunelab validate`: record files must have the text field (.txt files and folders are text)."""
-    from tunelab.check import has_fields, require_fields
-
-    if has_fields(source):
-        require_fields(records, source, [data_cfg.text_field], "data.text_field")
+def check_data(ref: str, data_cfg) -> None:
+    """`tunelab validate`: read the corpus as pretraining will (a folder of .txt files, a .txt file, or the
+    text field of a record file); what it drops is counted at training time, not here."""
+    corpus_documents(ref, data_cfg.text_field, log=lambda line: None)
 
 
 def _register() -> None:
@@ -264,7 +263,7 @@ def _register() -> None:
         name="pretrain", summary="next-token prediction on a text corpus from scratch (a scratch GPT)",
         job=PretrainJob, metrics=METRICS, methods=METHODS,
         load=load_model, evaluate=_refuse, predict=_refuse, check_config=config_problems,
-        check_records=check_records, scratch_kinds=SCRATCH_KINDS),
+        check_data=check_data, scratch_kinds=SCRATCH_KINDS),
         options=("data.format",))
 
 
