@@ -149,3 +149,14 @@ def test_classification_prediction_shows_progress(tiny_bert, helpers, capsys, ev
     assert probs.shape == (12, 3)
     err = capsys.readouterr().err
     assert "classify: 1/3 batches (33%)" in err and "classify: 3/3 batches in " in err and "\r" not in err
+
+
+def test_no_progress_in_one_run_does_not_silence_the_rest_of_the_process(helpers, tiny_bert, data_dir, tmp_path):
+    """`train(show_progress=False)` quiets that run only: a later prediction in the same process (the API,
+    a notebook) shows its progress again."""
+    cfg = helpers.tiny_config(tiny_bert, data_dir / "train.jsonl", tmp_path / "run")
+    helpers.train_quietly(cfg)  # show_progress=False
+    assert tl_logging._enabled is True
+    with tl_logging.progress_shown(False):
+        assert tl_logging._enabled is False
+    assert tl_logging._enabled is True

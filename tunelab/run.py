@@ -15,6 +15,7 @@ from tunelab.config import RunConfig, dump_config
 from tunelab.errors import TunelabError
 from tunelab.io import atomic_replace_dir, atomic_write_json, atomic_write_text, current_umask, \
     follow_umask, nearest_existing, staging_dir
+from tunelab.train.logging import progress_shown
 
 
 def seed_everything(seed: int) -> None:
@@ -189,7 +190,8 @@ def train(cfg: RunConfig, *, overwrite: bool = False, show_progress: bool = True
     stage, made = open_staging(place)
     progress = _Progress()
     try:
-        _train_into(stage, run_dir, cfg, progress, show_progress, log, job_factory)
+        with progress_shown(show_progress):  # --no-progress quiets evaluation and test generation too
+            _train_into(stage, run_dir, cfg, progress, show_progress, log, job_factory)
         from tunelab import __version__
 
         atomic_write_json(stage / RUN_MARKER, {"tunelab_version": __version__, "task": cfg.task,

@@ -3,11 +3,12 @@
 What a person sees goes through one helper, `progress(iterable, total, desc)`, used by training and by every
 long step (evaluation, generation, prediction, merging): a tqdm bar when standard error is a terminal, plain
 lines at a modest rate when it is not (CI, `> log.txt`, nohup: a bar's `\\r` frames would fill the log),
-nothing when progress is switched off (`tunelab train --no-progress` -> `set_progress(False)`). tqdm does the
+nothing when progress is switched off (`tunelab train --no-progress` -> `progress_shown(False)` for the run). tqdm does the
 bar; the plain reporter is ours because tqdm has no line mode (with `file=` a log still gets `\\r` frames).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -15,6 +16,7 @@ import threading
 import time
 import weakref
 from pathlib import Path
+from typing import Iterator
 
 _enabled = True  # the process-wide switch: `--no-progress` turns every display off
 PLAIN_MIN_S = 10.0  # plain mode: at most one line per this many seconds at a 10% milestone ...
@@ -26,6 +28,17 @@ def set_progress(enabled: bool) -> None:
     """Switch every progress display of this process on or off (bars, plain lines, phase notes)."""
     global _enabled
     _enabled = bool(enabled)
+
+
+@contextlib.contextmanager
+def progress_shown(enabled: bool) -> Iterator[None]:
+    """Progress displays on or off (as `set_progress`) inside the block, and as they were after it."""
+    global _enabled
+    was, _enabled = _enabled, bool(enabled)
+    try:
+        yield
+    finally:
+        _enabled = was
 
 
 def _on_terminal() -> bool:
@@ -170,8 +183,8 @@ def format_train_line(step: int, total: int, values: dict) -> str:
 class RunLogger:
     """One training run's events: metrics.jsonl, TensorBoard, and the step display (`progress`).
 
-    `show_progress` is also the process-wide switch (`set_progress`): `--no-progress` quiets evaluation and
-    test generation too. Without a tqdm bar (switched off, or not a terminal) each periodic training log
+    `tunelab.run.train` turns the process-wide switch (`progress_shown`) off with `--no-progress` for the
+    whole run, so evaluation and test generation are quiet too. Without a tqdm bar (switched off, or not a terminal) each periodic training log
     is printed as a plain line, so the losses are never invisible.
     """
 
@@ -182,9 +195,9 @@ class RunLogger:
             from torch.utils.tensorboard import SummaryWriter
 
             self._tb = SummaryWriter(str(run_dir / "tensorboard"))
-        set_progress(show_progress)
         self.total_steps = total_steps
-        self._display = progress(total=total_steps, desc="train", unit="steps", leave=True)
+        with progress_shown(show_progress and _enabled):
+            self._display = progress(total=total_steps, desc="train", unit="steps", leave=True)
         self._is_bar = show_progress and _on_terminal()  # a redrawn bar shows the losses as its postfix
         self.history: list[dict] = []
 
