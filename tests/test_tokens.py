@@ -4,6 +4,7 @@ from __future__ import annotations
 import inspect
 from types import SimpleNamespace
 
+import pytest
 import torch.nn.functional as F
 
 from tunelab.data.tokens import IGNORE_INDEX, ensure_pad_token, pad_id_of
@@ -35,3 +36,11 @@ class _Tok:
 def test_ensure_pad_token_uses_eos_only_when_there_is_no_pad():
     assert ensure_pad_token(_Tok(None)).pad_token_id == 3
     assert ensure_pad_token(_Tok("<pad>")).pad_token_id == 0
+
+
+def test_ensure_pad_token_refuses_a_tokenizer_with_neither_pad_nor_eos():
+    """Padding with None failed later as a TypeError inside torch.full; now one line names the setting."""
+    from tunelab.errors import TunelabError
+
+    with pytest.raises(TunelabError, match=r"^model.name: 'x' has neither a pad nor an end-of-sequence token"):
+        ensure_pad_token(SimpleNamespace(pad_token_id=None, eos_token=None), "model.name: 'x'")

@@ -15,9 +15,14 @@ def pad_id_of(tokenizer, fallback: int | None = 0) -> int | None:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else fallback
 
 
-def ensure_pad_token(tokenizer):
+def ensure_pad_token(tokenizer, what: str = "the tokenizer"):
     """Give a tokenizer without a pad token its EOS token as pad (padding is never trained on, so any id
-    will do); returns the tokenizer."""
+    will do); returns the tokenizer. One with neither is a TunelabError naming `what` (e.g. "model.name: 'x'")."""
     if tokenizer.pad_token_id is None:
+        if tokenizer.eos_token is None:
+            from tunelab.errors import TunelabError
+
+            raise TunelabError(f"{what} has neither a pad nor an end-of-sequence token, so batches cannot be "
+                               "padded; use a tokenizer that has one (`tunelab tokenizer train` adds both)")
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer

@@ -136,4 +136,4 @@ def load_causal_lm_and_tokenizer(name: str, dropout: float | None = None) -> tup
     except ValueError as e:  # e.g. an encoder-only folder: "Unrecognized configuration class ..."
         raise TunelabError(f"model.name: {name!r} is not a causal language model ({e}); use a decoder such "
                            "as builtin:smollm2-135m-instruct") from None
-    return model, ensure_pad_token(load_tokenizer(path))
+    return model, ensure_pad_token(load_tokenizer(path), f"model.name: {name!r}")

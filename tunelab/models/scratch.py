@@ -120,11 +120,7 @@ def load_tokenizer_ref(ref: str | None):
         raise TunelabError(f"model.tokenizer: {ref!r} is neither a tokenizer folder nor a model reference; "
                            "create one with `tunelab tokenizer train --input DATA --vocab-size 8000 --output "
                            f"{ref}`, or use builtin:minilm-l6")
-    tokenizer = AutoTokenizer.from_pretrained(str(folder))
-    if tokenizer.pad_token_id is None and tokenizer.eos_token is None:
-        raise TunelabError(f"model.tokenizer: {ref!r} has neither a pad nor an EOS token; train one with "
-                           "`tunelab tokenizer train` (it adds both)")
-    return ensure_pad_token(tokenizer)
+    return ensure_pad_token(AutoTokenizer.from_pretrained(str(folder)), f"model.tokenizer: {ref!r}")
 
 
 # --------------------------------------------------------------------------------------------- builders
