@@ -70,7 +70,6 @@ def generate_texts(model, tokenizer, prompts: list[list[int]], kwargs: dict, bat
     return out  # type: ignore[return-value]
 
 
-_CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length")
 _NO_LIMIT = 10 ** 9  # transformers writes int(1e30) into model_max_length when a tokenizer states none
 
 
@@ -80,12 +79,11 @@ def model_context(model, tokenizer=None) -> int | None:
     This, not the training `model.max_length`, bounds prompt + answer at generation: a model trained on
     128-token examples still reads a 300-token question correctly. None when neither states a limit.
     """
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # under a peft wrapper
-    config = getattr(base, "config", None)
-    for key in _CONTEXT_KEYS:
-        value = getattr(config, key, None)
-        if isinstance(value, int) and value > 0:
-            return value
+    from tunelab.models.load import model_positions
+
+    positions = model_positions(model)
+    if positions is not None:
+        return positions
     limit = getattr(tokenizer, "model_max_length", None)
     return limit if isinstance(limit, int) and 0 < limit < _NO_LIMIT else None
 

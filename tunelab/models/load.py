@@ -53,19 +53,23 @@ def load_sequence_classifier(path: Path, labels: list[str], dropout: float | Non
     return model, {n for n in new if n in params}
 
 
+POSITION_KEYS = ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length")  # names configs use
+
+
 def model_positions(model: nn.Module) -> int | None:
     """How many positions `model` can read, or None where it has no limit (scratch RNNs).
 
-    Hugging Face configs call it max_position_embeddings (n_positions in GPT-2); tunelab's scratch models
+    Hugging Face configs call it max_position_embeddings (n_positions in GPT-2, ...); tunelab's scratch models
     keep their constructor arguments in a dict `config` with `max_position` (the size they were built with,
     as `load_scratch_for_training` checks it).
     """
+    model = model.get_base_model() if hasattr(model, "get_base_model") else model  # under a peft wrapper
     config = getattr(model, "config", None)
     if isinstance(config, dict):
         return config.get("max_position")
-    for key in ("max_position_embeddings", "n_positions"):
+    for key in POSITION_KEYS:
         value = getattr(config, key, None)
-        if isinstance(value, int):
+        if isinstance(value, int) and value > 0:
             return value
     return None
 
