@@ -394,3 +394,15 @@ def test_validate_reads_a_pretraining_corpus_as_pretraining_does(tmp_path, capsy
     assert main(["validate", str(cfg), f"data.train={records}"]) == 2
     err = capsys.readouterr().err
     assert len(err.splitlines()) == 1 and "set data.text_field to one of: body" in err, err
+
+
+@pytest.mark.parametrize("record, expected", [
+    ({"text": "   ", "label": "a"}, "text field 'text' is"), ({"text": "x", "label": 2.5}, "regression"),
+    ({"text": "x", "label": ["a", "b"]}, "label field 'label'")])
+def test_validate_reads_classification_values_as_training_does(tmp_path, capsys, helpers, record, expected):
+    """Fields that are present but hold what training cannot read are found by validate, not at train time."""
+    data = helpers.write_jsonl(tmp_path / "d.jsonl", [{"text": "fine", "label": "b"}, record])
+    cfg = write_yaml(tmp_path / "c.yaml", f"data: {{train: {data}}}\n")
+    assert main(["validate", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "data.train:" in err and expected in err, err

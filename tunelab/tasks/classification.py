@@ -451,11 +451,14 @@ def metrics_line(m: dict) -> str:
 
 
 def check_records(records: list[dict], source: str, data_cfg) -> None:
-    """`tunelab validate`: the first records have the text and the label field."""
+    """`tunelab validate`: the first records have the text and the label field, and training can read their
+    values (a non-empty text, a label that is not a list or a fraction, labels of one JSON type)."""
     from tunelab.check import require_fields
 
     require_fields(records, source, [data_cfg.text_field], "data.text_field")
     require_fields(records, source, [data_cfg.label_field], "data.label_field")
+    texts_of(records, data_cfg.text_field, source)
+    raw_labels(records, data_cfg.label_field, source)
 
 
 def _register() -> None:
