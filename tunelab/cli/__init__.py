@@ -18,7 +18,8 @@ import re
 import sys
 from pathlib import Path
 
-EXIT_USAGE = 2
+from tunelab.cli.common import EXIT_USAGE
+
 EXIT_BROKEN_PIPE = 141  # what a shell reports for a program stopped by SIGPIPE (`tunelab config | head`)
 
 # `train.lr=1e-4`, `output_dir=runs/x`: a dotted key of identifiers, then `=`. Paths (`a/b=c`) and model

@@ -25,7 +25,7 @@ from tunelab.train.optim import build_optimizer, build_scheduler
 from tunelab.train.plan import plan_for
 from tunelab.train.precision import autocast
 from tunelab.train.state import LoopState
-from tunelab.train.stopping import BestKeeper, is_minimised  # noqa: F401  (is_minimised: importable from here too)
+from tunelab.train.stopping import BestKeeper
 
 Batch = dict[str, torch.Tensor]
 LossFn = Callable[[nn.Module, Batch], tuple[torch.Tensor, int]]
