@@ -212,9 +212,10 @@ class _Counter(torch.nn.Module):
 @pytest.mark.parametrize("settings, expected", [
     # 5 micro-batches in windows of 2, 2, 1: 3 steps per epoch
     # a constant validation loss: the first evaluation stays the best
-    (dict(epochs=2), dict(step=6, epoch=1, batch_in_epoch=5, last_eval_step=6, evals=2, best_step=3)),
+    # an epoch whose batches are all trained is over: the state points at the next one (where a resume starts)
+    (dict(epochs=2), dict(step=6, epoch=2, batch_in_epoch=0, last_eval_step=6, evals=2, best_step=3)),
     (dict(epochs=2, max_steps=4), dict(step=4, epoch=1, batch_in_epoch=2, last_eval_step=4, evals=2, best_step=3)),
-    (dict(epochs=1, eval_every=1), dict(step=3, epoch=0, batch_in_epoch=5, last_eval_step=3, evals=3, best_step=1)),
+    (dict(epochs=1, eval_every=1), dict(step=3, epoch=1, batch_in_epoch=0, last_eval_step=3, evals=3, best_step=1)),
 ])
 def test_loop_leaves_the_state_where_the_run_ended(monkeypatch, settings, expected):
     import tunelab.train.loop as loop
@@ -240,7 +241,7 @@ def test_loop_leaves_the_state_where_the_run_ended(monkeypatch, settings, expect
                              cfg=cfg, device=torch.device("cpu"), logger=RunLogger(None, 6, show_progress=False))
     (state,) = states
     assert {k: getattr(state, k) for k in expected} == expected
-    assert asked == list(range(expected["epoch"] + 1))
+    assert asked == list(range(min(expected["epoch"] + 1, settings["epochs"])))
     micro_batches = 5 * expected["epoch"] + expected["batch_in_epoch"]
     assert state.train_tokens == result.train_tokens == 3 * micro_batches
     assert (result.steps, result.best_step) == (state.step, state.best_step)

@@ -186,7 +186,9 @@ def test_disk_full_during_the_final_save_rescues_the_trained_model(run_copy, mak
 
     monkeypatch.setattr(build, "save_model", disk_full_once)
     before = snapshot(run_copy)
-    config = write_config(tmp_path / "c.yaml", make_config({"output_dir": str(run_copy)}))
+    # without checkpoints (with them, the run stays for `tunelab resume`: tests/test_resume.py)
+    config = write_config(tmp_path / "c.yaml", make_config({"output_dir": str(run_copy),
+                                                            "train.checkpoint_every": 0}))
     assert main(["train", str(config), "--no-progress", "--overwrite"]) == 2
     err = capsys.readouterr().err.strip()
     rescued = sorted(run_copy.parent.glob("run.rescued-*"))
@@ -207,7 +209,8 @@ def test_a_failure_after_saving_rescues_the_staged_run(make_config, tmp_path, mo
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(run, "_write_report", disk_full)
-    config = write_config(tmp_path / "c.yaml", make_config({"output_dir": str(tmp_path / "run")}))
+    config = write_config(tmp_path / "c.yaml", make_config({"output_dir": str(tmp_path / "run"),
+                                                            "train.checkpoint_every": 0}))
     assert main(["train", str(config), "--no-progress"]) == 2
     rescued = sorted(tmp_path.glob("run.rescued-*"))
     assert len(rescued) == 1 and str(rescued[0]) in capsys.readouterr().err

@@ -168,6 +168,19 @@ class TrainConfig:
     """On a CPU under Linux (glibc), keep freed memory in the process for reuse instead of handing it back
     to the kernel, so big tensors do not pay for fresh pages every step (10-20% of a fp32 MiniLM step).
     Applies to the whole process until it exits."""
+    checkpoint_every: Optional[int] = None
+    """Write RUN_DIR/checkpoints/step-N every N optimizer steps (and at the last); null = after each
+    evaluation (epoch ends included) and the last step; 0 = only when stopped by Ctrl-C / SIGTERM.
+    `tunelab resume RUN_DIR` goes on from the newest."""
+    keep_checkpoints: int = 1
+    """Keep the newest K checkpoints plus the one with the best validation weights (>= 1)."""
+    distributed: Literal["auto", "ddp", "fsdp", "pipeline"] = "auto"
+    """Under torchrun with more than one process: ddp (a full copy per process, gradients averaged), fsdp
+    (weights, gradients and optimizer state sharded: FSDP2), pipeline (the layers split across processes;
+    scratch GPT pretraining). auto = ddp. Ignored in a single process."""
+    distributed_timeout: float = 600
+    """Seconds a process waits for the others at an exchange before the job ends with an error (a process
+    that died or hangs); > 0."""
 
 
 @dataclass
@@ -295,6 +308,7 @@ def _check_ranges(cfg: RunConfig, problems: list[str]) -> None:
     _check_generate(cfg.generate, problems)
     positive = {"train.batch_size": t.batch_size,
                 "train.grad_accum": t.grad_accum, "method.r": m.r, "train.log_every": t.log_every,
+                "train.keep_checkpoints": t.keep_checkpoints,
                 "model.layers": cfg.model.layers, "model.hidden_size": cfg.model.hidden_size,
                 "model.heads": cfg.model.heads}
     for key, v in positive.items():
@@ -311,6 +325,11 @@ def _check_ranges(cfg: RunConfig, problems: list[str]) -> None:
             problems.append(f"{key}: got {v}; must be in [0, 1)")
     if isinstance(t.lr, float) and t.lr <= 0:
         problems.append(f"train.lr: got {t.lr}; must be > 0")
+    if isinstance(t.checkpoint_every, int) and t.checkpoint_every < 0:
+        problems.append(f"train.checkpoint_every: got {t.checkpoint_every}; must be >= 0 (0 = only when "
+                        "stopped) or null (after each evaluation)")
+    if isinstance(t.distributed_timeout, (int, float)) and t.distributed_timeout <= 0:
+        problems.append(f"train.distributed_timeout: got {t.distributed_timeout}; must be > 0 seconds")
     if isinstance(t.epochs, float) and t.epochs <= 0:
         problems.append(f"train.epochs: got {t.epochs}; must be > 0")
     if isinstance(d.val_fraction, float) and isinstance(d.test_fraction, float) \

@@ -15,6 +15,7 @@ from tunelab.config import RunConfig, dump_config
 from tunelab.errors import TunelabError
 from tunelab.io import atomic_replace_dir, atomic_write_json, atomic_write_text, current_umask, \
     follow_umask, nearest_existing, staging_dir
+from tunelab.resume import RUN_MARKER, marker_status  # RUN_MARKER says "training" until the run finished
 from tunelab.train.logging import progress_shown
 
 
@@ -47,9 +48,8 @@ def make_job(cfg: RunConfig, device: torch.device, log):
 # ---------------------------------------------------------------------------------------------
 # The run directory: checked before anything loads, written in a staging folder, swapped in when finished
 
-RUN_MARKER = "tunelab-run.json"  # written last: the folder holds a finished run
 RUN_ENTRIES = {"config.yaml", "metrics.jsonl", "eval.json", "report.html", "data_format.json", "model", "base",
-               "merged", "tensorboard", RUN_MARKER}
+               "merged", "tensorboard", "checkpoints", RUN_MARKER}
 RUN_CONFIG_KEYS = {"task", "model", "data", "method", "train", "output_dir"}  # every dumped run config has them
 
 
@@ -90,6 +90,11 @@ def check_output_dir(run_dir: Path, overwrite: bool) -> None:
                                f"{RUN_MARKER}, or, from earlier versions, a run's config.yaml and only run "
                                "outputs); --overwrite only replaces runs: choose another --output-dir, or move "
                                "or delete that folder yourself")
+        if marker_status(run_dir) == "training":
+            held_by_another(run_dir)
+            if not overwrite:
+                raise TunelabError(f"output_dir {run_dir} holds an unfinished run (interrupted, or training): "
+                                   f"continue it with `tunelab resume {run_dir}`, or pass --overwrite to start over")
         if not overwrite:
             raise TunelabError(f"output_dir {run_dir} already holds a run; pass --overwrite to replace it "
                                "or choose another --output-dir")
@@ -99,27 +104,72 @@ def check_output_dir(run_dir: Path, overwrite: bool) -> None:
                            "--output-dir")
 
 
-def open_staging(run_dir: Path) -> tuple[Path, list[Path]]:
-    """(staging folder `.NAME.staging-XXXX` beside RUN_DIR, the parent folders made for it).
+def open_home(run_dir: Path) -> tuple[Path, list[Path]]:
+    """(the folder the run is written in, the folders made for it: parents, and the home itself if new).
 
-    The parents are listed so that a failed start can remove them too and leave nothing behind.
+    A new run is written in RUN_DIR itself (absent or empty), so its checkpoints and logs are where the user
+    looks; a run that replaces one is written in a staging folder `.NAME.staging-XXXX` beside RUN_DIR and
+    swapped in when it finished, so the old run stays whole until then. `made` lets a failed start remove
+    what it made and leave nothing behind.
     """
     made = [p for p in reversed(run_dir.parents) if not p.exists()]
     try:
+        if run_dir.is_dir() and not any(run_dir.iterdir()):
+            return run_dir, made
+        if not run_dir.exists():
+            run_dir.mkdir(parents=True)
+            run_dir.chmod(0o777 & ~current_umask())
+            return run_dir, [*made, run_dir]
         return staging_dir(run_dir), made
     except OSError as e:  # e.g. read-only filesystem, permissions (root passes os.access), disk full
         raise TunelabError(f"output_dir {run_dir}: cannot create a folder in {run_dir.parent} "
                            f"({e.strerror or e}); choose a writable --output-dir") from None
 
 
-def discard_staging(stage: Path, made: list[Path]) -> None:
-    """Remove the staging folder and the (still empty) parents made for it."""
-    shutil.rmtree(stage, ignore_errors=True)
-    for folder in reversed(made):
+def discard_home(home: Path, place: Path, made: list[Path]) -> None:
+    """Remove what a failed start wrote: the staging folder, or RUN_DIR's contents, and the folders made."""
+    if home != place or home in made:
+        shutil.rmtree(home, ignore_errors=True)
+    else:  # RUN_DIR was there, empty: leave it empty
+        for child in home.iterdir():
+            shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink(missing_ok=True)
+    for folder in reversed([m for m in made if m != home]):
         try:
             folder.rmdir()
         except OSError:
             break
+
+
+def hold(home: Path) -> int:
+    """Lock the run folder for this process (released when it exits); one clear error if another holds it."""
+    import fcntl
+
+    fd = os.open(home, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise TunelabError(f"{home} is being trained by another tunelab process right now; wait for it to "
+                           "finish, or stop it (Ctrl-C writes a checkpoint) and resume") from None
+    return fd
+
+
+def held_by_another(folder: Path) -> None:
+    """Refuse a run folder that another process is training in."""
+    os.close(hold(folder))
+
+
+def has_checkpoint(home: Path) -> bool:
+    from tunelab.train.checkpoint import newest
+
+    return newest(home / "checkpoints") is not None
+
+
+def write_marker(home: Path, cfg: RunConfig, status: str) -> None:
+    from tunelab import __version__
+
+    atomic_write_json(home / RUN_MARKER, {"tunelab_version": __version__, "task": cfg.task, "status": status,
+                                          "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
 
 
 def rescue_model(stage: Path, run_dir: Path, cfg: RunConfig, job, saved: bool) -> Path:
@@ -175,86 +225,172 @@ class _Progress:
         self.saved = False  # RUN_DIR/model (in the staging folder) is complete
 
 
-def train(cfg: RunConfig, *, overwrite: bool = False, show_progress: bool = True, log=print,
-          job_factory=None) -> Path:
-    """Run one training job end to end; returns RUN_DIR.
+def train(cfg: RunConfig, *, overwrite: bool = False, resume: bool = False, show_progress: bool = True,
+          log=print, job_factory=None) -> Path:
+    """Run one training job end to end (or go on with one: `resume`); returns RUN_DIR.
 
-    The run is written in a staging folder beside RUN_DIR and swapped in (tunelab.io.atomic_replace_dir)
-    only when it finished, so on any failure, Ctrl-C included, an old run stays as it was and nothing is
-    left behind; a model that trained but could not be put in place is rescued (`rescue_model`).
+    A new run is written in RUN_DIR, marked "training" until it finished; a run that replaces an old one is
+    written in a staging folder and swapped in (tunelab.io.atomic_replace_dir) only when it finished, so an
+    old run stays as it was on any failure. A failure before the first checkpoint leaves nothing behind; after
+    it, the run stays for `tunelab resume` (Ctrl-C and SIGTERM stop after a step and write one first). A model
+    that trained but could not be put in place without a checkpoint is rescued (`rescue_model`).
     `job_factory(cfg, device, log)` builds the TaskJob; default: `make_job`, the registered task's.
     """
+    from tunelab.train.distributed import setup
+    from tunelab.train.interrupt import stop_on_signals
+    from tunelab.train.interrupt import Interrupted
+
     run_dir = Path(cfg.output_dir)
     place = run_dir.resolve()  # a symlinked RUN_DIR: its target is replaced, never the link
-    check_output_dir(place, overwrite)
-    stage, made = open_staging(place)
+    device = pick_device(cfg.train.device)
+    engine = setup(cfg.train.distributed, device, cfg.train.distributed_timeout)
+    device = getattr(engine, "device", device)
     progress = _Progress()
     try:
-        with progress_shown(show_progress):  # --no-progress quiets evaluation and test generation too
-            _train_into(stage, run_dir, cfg, progress, show_progress, log, job_factory)
-        from tunelab import __version__
-
-        atomic_write_json(stage / RUN_MARKER, {"tunelab_version": __version__, "task": cfg.task,
-                                               "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
-        follow_umask(stage)
-        check_output_dir(place, overwrite)  # again: the folder may have changed while this run trained
-        atomic_replace_dir(stage, place)
-    except Exception as e:
-        if not progress.trained:
-            discard_staging(stage, made)
+        home, made, saved = _open_run(place, cfg, overwrite, resume, engine, log)
+        lock = hold(home) if engine.is_main else None
+        try:
+            if engine.is_main:
+                write_marker(home, cfg, "training")
+            with progress_shown(show_progress and engine.is_main), stop_on_signals(log) as stop:
+                _train_into(home, run_dir, cfg, progress, show_progress, log, job_factory, device, engine,
+                            saved, stop)
+            if engine.is_main:
+                _put_in_place(home, place, cfg, overwrite)
+        except Interrupted as e:
+            log(f"{e.signal_name}: stopped after step {e.step}; checkpoint {e.folder}\n"
+                f"resume with: tunelab resume {run_dir}")
             raise
-        kept = rescue_model(stage, place, cfg, progress.job, progress.saved)
-        if not isinstance(e, (OSError, TunelabError)):  # a bug: its traceback follows
-            log(f"the trained model is kept in {kept / 'model'}")
+        except Exception as e:
+            if engine.is_main:
+                _after_failure(e, home, place, run_dir, made, cfg, progress, log)
             raise
-        raise TunelabError(f"writing the run to {run_dir} failed after training ({e}); the trained model is "
-                           f"kept in {kept / 'model'} (with config.yaml beside it): fix the cause, then move it "
-                           "into place or train again") from e
-    except BaseException:
-        discard_staging(stage, made)
-        raise
-    log(f"run saved to {run_dir}  (model: {run_dir / 'model'}, report: {run_dir / 'report.html'})")
+        except BaseException:
+            if engine.is_main and not has_checkpoint(home):
+                discard_home(home, place, made)
+            raise
+        finally:
+            if lock is not None:
+                os.close(lock)
+    finally:
+        engine.close()
+    if engine.is_main:
+        log(f"run saved to {run_dir}  (model: {run_dir / 'model'}, report: {run_dir / 'report.html'})")
     return run_dir
 
 
+def _open_run(place: Path, cfg: RunConfig, overwrite: bool, resume: bool, engine, log):
+    """(home, folders made, the checkpoint to go on from or None), decided by the main process."""
+    from tunelab.train import checkpoint
+
+    if not resume:
+        if engine.is_main:
+            check_output_dir(place, overwrite)
+            home, made = open_home(place)
+        else:
+            home, made = None, []
+        return engine.gather(home)[0], made, None
+    from tunelab.resume import check_resumable, find_resume, seed_home
+
+    point = engine.gather(find_resume(place) if engine.is_main else None)[0]
+    saved = checkpoint.load(point.checkpoint)
+    check_resumable(saved.config_text, cfg, saved.world_size, engine.world, point.checkpoint)
+    home, made = point.home, []
+    if home is None:  # a finished run trained further: in a new staging folder, swapped in at the end
+        if engine.is_main:
+            home = staging_dir(place)
+            seed_home(place, point.checkpoint, home)
+        home = engine.gather(home)[0]
+        saved.folder, saved.finished_run = home / "checkpoints" / point.checkpoint.name, True
+    log(f"resuming from {point.checkpoint} (step {saved.state.step})")
+    return home, made, saved
+
+
+def _put_in_place(home: Path, place: Path, cfg: RunConfig, overwrite: bool) -> None:
+    """Mark the run finished and, when it was written in a staging folder, swap it in for RUN_DIR."""
+    write_marker(home, cfg, "finished")
+    follow_umask(home)
+    if home != place:
+        if place.exists() and marker_status(place) != "training" and any(place.iterdir()):
+            check_output_dir(place, True)  # again: the folder may have changed while this run trained
+        atomic_replace_dir(home, place)
+
+
+def _after_failure(e: Exception, home: Path, place: Path, run_dir: Path, made: list[Path], cfg: RunConfig,
+                   progress: "_Progress", log) -> None:
+    """What a failed run leaves: nothing before its first checkpoint, its checkpoints after, or a rescued model."""
+    if has_checkpoint(home):
+        where = run_dir if home == place else home
+        kept = (f"its checkpoints are kept in {where / 'checkpoints'}: fix the cause, then `tunelab resume "
+                f"{run_dir}` goes on from the newest")
+        if not isinstance(e, (OSError, TunelabError)):  # a bug: its traceback follows
+            log(f"the run stopped with an error; {kept}")
+            return
+        raise TunelabError(f"{e}; {kept}") from e
+    if not progress.trained:
+        discard_home(home, place, made)
+        return
+    kept = rescue_model(home, place, cfg, progress.job, progress.saved)
+    if not isinstance(e, (OSError, TunelabError)):  # a bug: its traceback follows
+        log(f"the trained model is kept in {kept / 'model'}")
+        return
+    raise TunelabError(f"writing the run to {run_dir} failed after training ({e}); the trained model is "
+                       f"kept in {kept / 'model'} (with config.yaml beside it): fix the cause, then move it "
+                       "into place or train again") from e
+
+
 def _train_into(stage: Path, run_dir: Path, cfg: RunConfig, progress: _Progress, show_progress: bool, log,
-                job_factory) -> None:
-    """Everything `train` does, written into the staging folder `stage` (RUN_DIR once swapped in)."""
+                job_factory, device: torch.device, engine, saved, stop) -> None:
+    """Everything `train` does, written into `stage` (RUN_DIR itself, or the folder swapped in for it)."""
     from tunelab.models.fastdropout import undo_fast_dropout, use_fast_dropout
+    from tunelab.train.checkpoint import Checkpoints
     from tunelab.train.logging import RunLogger
-    from tunelab.train.loop import train_loop
+    from tunelab.train.loop import Saving, train_loop
     from tunelab.train.memory import reuse_freed_memory
     from tunelab.train.plan import plan_for
     from tunelab.train.precision import describe, resolve_precision
 
+    main = engine.is_main
+    say = log if main else (lambda *_: None)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    device = pick_device(cfg.train.device)
     amp = resolve_precision(cfg.train.precision, device)
     if cfg.train.reuse_memory and device.type == "cpu" and reuse_freed_memory():
-        log("speed-up: freed memory is kept for reuse, so big tensors skip fresh pages (train.reuse_memory)")
+        say("speed-up: freed memory is kept for reuse, so big tensors skip fresh pages (train.reuse_memory)")
     seed_everything(cfg.train.seed)
-    job = progress.job = (job_factory or make_job)(cfg, device, log)
+    job = progress.job = (job_factory or make_job)(cfg, device, say)
     check_metric(cfg, job)
-    atomic_write_text(stage / "config.yaml", dump_config(cfg))
+    if main:
+        atomic_write_text(stage / "config.yaml", dump_config(cfg))
     t0 = time.perf_counter()
     job.prepare()
     if cfg.train.fast_dropout and device.type == "cpu" and (swapped := use_fast_dropout(job.model)):
-        log(f"speed-up: {swapped} dropout layers draw their masks from 16-bit random words (train.fast_dropout)")
+        say(f"speed-up: {swapped} dropout layers draw their masks from 16-bit random words (train.fast_dropout)")
     seed_everything(cfg.train.seed)  # the same stream of dropout masks whatever preparing consumed
     steps = job.micro_batches_per_epoch()
     total = plan_for(cfg.train, steps).total  # the loop follows the same plan
-    log(f"training on {device} in {describe(amp)}: {total} optimizer steps, batch {cfg.train.batch_size} x accum "
+    if saved is not None and saved.state.step >= total and saved.finished_run:
+        raise TunelabError(f"{run_dir} already trained {saved.state.step} of {total} steps; raise "
+                           "train.max_steps or train.epochs to train it further")
+    processes = f" in {engine.world} processes ({engine.name})" if engine.world > 1 else ""
+    say(f"training on {device} in {describe(amp)}{processes}: {total} optimizer steps, batch "
+        f"{cfg.train.batch_size}{f' x {engine.world} processes' if engine.world > 1 else ''} x accum "
         f"{cfg.train.grad_accum}; run dir {run_dir}")
-    logger = RunLogger(stage, total, show_progress)
+    logger = RunLogger(stage if main else None, total, show_progress and main,
+                       resume_step=saved.state.step if saved is not None else None)
+    checkpoints = Checkpoints(stage / "checkpoints", cfg.train.keep_checkpoints, dump_config(cfg))
+    saving = Saving(checkpoints, cfg.train.checkpoint_every, saved, stop)
     try:
         result = train_loop(job.model, epoch_batches=job.epoch_batches, micro_batches_per_epoch=steps,
                             loss_fn=job.loss, evaluate=job.validate, cfg=cfg.train, device=device, logger=logger,
-                            autocast_dtype=amp)
+                            autocast_dtype=amp, saving=saving, engine=engine)
     finally:
         logger.close()
     undo_fast_dropout(job.model)
     progress.trained = True
+    job.model = engine.unwrap(job.model)
+    if not main:
+        return
     tokens_per_s = result.train_tokens / max(result.train_seconds, 1e-9)
     log(f"trained {result.steps} steps in {result.train_seconds:.1f}s ({tokens_per_s:.0f} real tokens/s)"
         + (f"; best validation {cfg.train.early_stopping.metric} at step {result.best_step}"

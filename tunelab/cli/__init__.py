@@ -36,6 +36,10 @@ EXAMPLES = {
   tunelab train examples/bbc-news.yaml
   tunelab train examples/bbc-news.yaml --output-dir runs/lora method.name=lora train.lr=5e-4 --overwrite
 options and KEY=VALUE overrides may come in any order; `tunelab config` lists every key.""",
+    ("resume",): """examples:
+  tunelab resume runs/bbc-news
+  tunelab resume runs/bbc-news train.max_steps=400     (train a finished run further)
+  torchrun --nproc-per-node 2 -m tunelab resume runs/bbc-news   (a run trained by 2 processes)""",
     ("validate",): """examples:
   tunelab validate examples/bbc-news.yaml
   tunelab validate examples/bbc-news.yaml data.train=my.jsonl --show
@@ -188,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command not in ("validate", "config"):
         _quiet_libraries()
     from tunelab.errors import TunelabError
+    from tunelab.train.interrupt import Interrupted
 
     try:
         return args.func(args)
@@ -201,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Interrupted as e:  # stopped by a signal after writing a checkpoint: exit as the signal says
+        return e.exit_code
 
 
 if __name__ == "__main__":

@@ -1,13 +1,15 @@
 """Commands that start a run or check what one would do: train, pretrain, validate, config, models."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from tunelab.cli.common import add_config_arguments, add_run_arguments, report_problems, run_config_of
 
 
 def cmd_train(args) -> int:
     from tunelab.run import train
 
-    train(run_config_of(args), overwrite=args.overwrite, show_progress=not args.no_progress)
+    train(run_config_of(args), overwrite=args.overwrite, resume=args.resume, show_progress=not args.no_progress)
     return 0
 
 
@@ -15,7 +17,18 @@ def cmd_pretrain(args) -> int:
     """`train` for a pretraining config: refuses configs that would train anything else."""
     from tunelab.tasks.pretrain import pretrain
 
-    pretrain(run_config_of(args), overwrite=args.overwrite, show_progress=not args.no_progress)
+    pretrain(run_config_of(args), overwrite=args.overwrite, resume=args.resume,
+             show_progress=not args.no_progress)
+    return 0
+
+
+def cmd_resume(args) -> int:
+    """Go on with RUN_DIR from its newest checkpoint, with the config the run was trained with."""
+    from tunelab.resume import resume_config
+    from tunelab.run import train
+
+    cfg = resume_config(Path(args.run_dir), list(args.overrides))
+    train(cfg, resume=True, show_progress=not args.no_progress)
     return 0
 
 
@@ -63,13 +76,30 @@ def cmd_models(args) -> int:
     return 0
 
 
+def add_resume_argument(parser) -> None:
+    parser.add_argument("--resume", action="store_true",
+                        help="go on from the newest checkpoint of output_dir (same settings; a larger "
+                             "train.max_steps or train.epochs trains a finished run further)")
+
+
 def add_commands(sub) -> None:
     """Register train, pretrain, validate, config and models on the main parser's subparsers."""
     t = sub.add_parser("train", help="fine-tune a model from a YAML config",
                        description="Train from CONFIG; override any key with key.sub=value.")
     add_config_arguments(t, "config overrides, e.g. train.lr=1e-4 method.name=lora")
     add_run_arguments(t)
+    add_resume_argument(t)
     t.set_defaults(func=cmd_train)
+
+    r = sub.add_parser("resume", help="go on with an interrupted run from its newest checkpoint",
+                       description="Continue RUN_DIR (a run stopped by Ctrl-C, SIGTERM, a crash or a full disk, "
+                                   "or a finished run to train longer) from its newest complete checkpoint, "
+                                   "with the settings it was trained with.")
+    r.add_argument("run_dir", help="the output_dir of the run")
+    r.add_argument("overrides", nargs="*", help="only train.max_steps, train.epochs and where/how often it "
+                                                "saves may change, e.g. train.max_steps=400")
+    r.add_argument("--no-progress", action="store_true", help="no progress bar (logs still printed)")
+    r.set_defaults(func=cmd_resume)
 
     p = sub.add_parser("pretrain", help="pretrain a scratch GPT on a text corpus",
                        description="Causal-LM pretraining of model.name: scratch:gpt on data.train (a .txt, a "
@@ -77,6 +107,7 @@ def add_commands(sub) -> None:
                                    "task: pretrain configs; override any key with key.sub=value.")
     add_config_arguments(p, "config overrides, e.g. train.max_steps=200 model.layers=4")
     add_run_arguments(p)
+    add_resume_argument(p)
     p.set_defaults(func=cmd_pretrain)
 
     v = sub.add_parser("validate", help="check a config, its data and model reference without training",

@@ -222,7 +222,8 @@ def check_config(cfg) -> None:
         raise ConfigError(problems)
 
 
-def pretrain(cfg, *, overwrite: bool = False, show_progress: bool = True, log=print) -> Path:
+def pretrain(cfg, *, overwrite: bool = False, resume: bool = False, show_progress: bool = True,
+             log=print) -> Path:
     """Pretrain end to end with the shared run driver (tunelab.run.train); returns RUN_DIR.
 
     The same as `train(cfg)` for a pretraining config; it only refuses configs that would train anything else.
@@ -230,7 +231,7 @@ def pretrain(cfg, *, overwrite: bool = False, show_progress: bool = True, log=pr
     from tunelab.run import train
 
     check_config(cfg)
-    return train(cfg, overwrite=overwrite, show_progress=show_progress, log=log)
+    return train(cfg, overwrite=overwrite, resume=resume, show_progress=show_progress, log=log)
 
 
 def load_model(run_dir: Path, cfg) -> tuple:

@@ -180,6 +180,25 @@ def format_train_line(step: int, total: int, values: dict) -> str:
     return f"step {step}/{total}: " + ", ".join(parts)
 
 
+def _logged_until(path: Path, step: int) -> list[dict]:
+    """The records of metrics.jsonl up to `step` (a resumed run logs the later steps again); the file is
+    rewritten (atomically) to hold only those."""
+    from tunelab.io import atomic_write_text
+
+    if not path.is_file():
+        return []
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:  # the last line of a killed run may be cut short
+            continue
+        if record.get("step", 0) <= step:
+            kept.append(record)
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
+    return kept
+
+
 class RunLogger:
     """One training run's events: metrics.jsonl, TensorBoard, and the step display (`progress`).
 
@@ -188,18 +207,22 @@ class RunLogger:
     is printed as a plain line, so the losses are never invisible.
     """
 
-    def __init__(self, run_dir: Path | None, total_steps: int, show_progress: bool = True):
+    def __init__(self, run_dir: Path | None, total_steps: int, show_progress: bool = True,
+                 resume_step: int | None = None):
+        self.history: list[dict] = []
+        if run_dir and resume_step is not None:  # going on from a checkpoint: drop what was logged after it
+            self.history = _logged_until(run_dir / "metrics.jsonl", resume_step)
         self._jsonl = open(run_dir / "metrics.jsonl", "a", encoding="utf-8") if run_dir else None
         self._tb = None
         if run_dir:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(str(run_dir / "tensorboard"))
+            purge = None if resume_step is None else resume_step + 1  # TensorBoard forgets later events
+            self._tb = SummaryWriter(str(run_dir / "tensorboard"), purge_step=purge)
         self.total_steps = total_steps
         with progress_shown(show_progress and _enabled):
             self._display = progress(total=total_steps, desc="train", unit="steps", leave=True)
         self._is_bar = show_progress and _on_terminal()  # a redrawn bar shows the losses as its postfix
-        self.history: list[dict] = []
 
     def log(self, kind: str, step: int, values: dict) -> None:
         """Record one event (`kind` is 'train' or 'eval'); scalar values also go to TensorBoard."""

@@ -12,13 +12,18 @@ batch 8 x accum 1 and batch 1 x accum 8 take the same step.
 """
 from __future__ import annotations
 
+import itertools
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Iterable
 
 import torch
 from torch import nn
 
+from tunelab.train.checkpoint import Checkpoints, Loaded, Snapshot, restore_rng, rng_state
+from tunelab.train.distributed import Engine, Single, trainable
+from tunelab.train.interrupt import Interrupted, StopRequest
 from tunelab.train.logging import RunLogger
 from tunelab.train.meter import MeanLoss, Throughput
 from tunelab.train.optim import build_optimizer, build_scheduler
@@ -43,32 +48,63 @@ class LoopResult:
     """Evaluations where the early-stopping metric was undefined (None), skipped for best-checkpoint keeping."""
 
 
+@dataclass
+class Saving:
+    """Checkpointing for one run: where (`checkpoints`), how often, and a checkpoint to go on from."""
+
+    checkpoints: Checkpoints | None = None
+    every: int | None = None
+    """Every this many optimizer steps; None: at each evaluation and epoch end; 0: only when interrupted."""
+    resume: Loaded | None = None
+    stop: StopRequest | None = None
+    """Set by a signal handler: finish the step, write a checkpoint, raise Interrupted."""
+
+
 def train_loop(model: nn.Module, *, epoch_batches: Callable[[int], Iterable[Batch]], micro_batches_per_epoch: int,
                loss_fn: LossFn, evaluate: Callable[[nn.Module], dict] | None, cfg, device: torch.device,
-               logger: RunLogger, autocast_dtype: torch.dtype | None = None) -> LoopResult:
+               logger: RunLogger, autocast_dtype: torch.dtype | None = None, saving: Saving | None = None,
+               engine: Engine | None = None) -> LoopResult:
     """Train `model` in place; on return it holds the best checkpoint's weights (by validation metric).
 
     `cfg` is a TrainConfig. `evaluate(model)` returns validation metrics (None: no validation data).
     Forward passes run under autocast to `autocast_dtype` (None: fp32); backward and the update do not.
+    `saving` writes checkpoints and goes on from one; `engine` spreads the work over processes (default:
+    one process). With several processes each batch of `epoch_batches` is a global batch.
     """
+    saving, engine = saving or Saving(), engine or Single()
     plan = plan_for(cfg, micro_batches_per_epoch)
+    net = engine.wrap(model)  # what forward and backward run on (model itself, or a DDP wrapper)
     optimizer = build_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum)
     scheduler = build_scheduler(optimizer, cfg.scheduler, plan.total, plan.warmup, cfg.gamma)
     params = [p for p in model.parameters() if p.requires_grad]
     state = LoopState()
     keeper = BestKeeper(state, cfg.early_stopping.metric, cfg.early_stopping.patience, say=logger.message)
     meter, mean_loss = Throughput(state, clock=time.perf_counter), MeanLoss()
+    if saving.resume is not None:
+        state = _resume(saving.resume, model, optimizer, scheduler, keeper, mean_loss, engine)
+        keeper.state = meter.state = state
+        logger.progress(state.step)
 
     def validate() -> bool:  # True when early stopping says stop
-        return _validate(model, evaluate, state, keeper, logger)
+        return _validate(model, evaluate, state, keeper, logger, engine)
 
-    model.train()
+    written: dict[int, Path | None] = {}  # step -> folder: a step is checkpointed once
+
+    def checkpoint() -> Path | None:
+        if state.step not in written:
+            written[state.step] = _checkpoint(saving.checkpoints, model, optimizer, scheduler, state, keeper,
+                                              mean_loss, engine)
+        return written[state.step]
+
+    net.train()
     stop = False
     while state.step < plan.total and not stop:
-        for window in plan.windows(epoch_batches(state.epoch)):
+        batches = itertools.islice(epoch_batches(state.epoch), state.batch_in_epoch, None)  # a resume skips
+        for window in plan.windows(batches):
             meter.start()
-            items, tokens = _forward_backward(model, window, loss_fn, device, autocast_dtype, mean_loss)
-            grad_norm = _finish_gradients(params, items, cfg.l1_penalty, cfg.max_grad_norm)
+            items, tokens, asked = _forward_backward(net, window, loss_fn, device, autocast_dtype, mean_loss,
+                                                     engine, saving.stop)
+            grad_norm = _finish_gradients(params, items / engine.world, cfg.l1_penalty, cfg.max_grad_norm)
             lr = scheduler.get_last_lr()[0]  # the rate this step used
             optimizer.step()
             scheduler.step()
@@ -79,32 +115,60 @@ def train_loop(model: nn.Module, *, epoch_batches: Callable[[int], Iterable[Batc
             if plan.logs_at(state.step):
                 _log_train(logger, state, lr, grad_norm, mean_loss, meter)
             logger.progress(1)
-            if plan.evaluates_at(state.step):
+            epoch_done, last = state.batch_in_epoch >= micro_batches_per_epoch, state.step >= plan.total
+            if epoch_done:
+                state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+            if epoch_done or last or plan.evaluates_at(state.step):
                 stop = validate()
-            if stop or state.step >= plan.total:
+            if asked:  # the checkpoint is the last thing a step does: a resume starts at the next one
+                raise Interrupted(state.step, checkpoint(), saving.stop.signal_name)
+            if _checkpoint_due(saving.every, state, last or stop):
+                checkpoint()
+            if stop or last or epoch_done:
                 break
-        else:  # the epoch ran out of batches
+        else:  # the epoch gave fewer batches than counted (none left): it ends here
             state.epoch, state.batch_in_epoch = state.epoch + 1, 0
-        if not stop:
             stop = validate()
     keeper.finish(model)
     return LoopResult(state.step, state.best_step, state.best_metrics, stop and state.step < plan.total,
                       state.train_tokens, state.train_seconds, state.evals_without_metric)
 
 
-def _forward_backward(model: nn.Module, window: list[Batch], loss_fn: LossFn, device: torch.device,
-                      autocast_dtype: torch.dtype | None, mean_loss: MeanLoss) -> tuple[int, int]:
-    """Add up the gradients of the window's summed losses; (items, real tokens) of the window."""
+def _checkpoint_due(every: int | None, state: LoopState, final: bool) -> bool:
+    """Default (None): after each evaluation (epoch ends included) and the last step; N: every N steps and the
+    last; 0: never (only when interrupted)."""
+    if every is None:
+        return final or state.last_eval_step == state.step
+    return every > 0 and (final or state.step % every == 0)
+
+
+def _forward_backward(net: nn.Module, window: list[Batch], loss_fn: LossFn, device: torch.device,
+                      autocast_dtype: torch.dtype | None, mean_loss: MeanLoss, engine: Engine,
+                      stop: "StopRequest | None") -> tuple[int, int, bool]:
+    """Add up the gradients of the window's summed losses; (items, real tokens, stop asked) of the window,
+    summed over processes. Gradients are synchronised between processes on the last micro-batch only."""
     items = tokens = 0
-    for batch in window:
+    losses: list[tuple[float, int]] = []
+    for i, batch in enumerate(window):
+        batch, real = engine.shard(batch)
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-        with autocast(device, autocast_dtype):
-            loss, n = loss_fn(model, batch)  # loss: a sum over n items
-        loss.backward()
-        mean_loss.add(loss.item(), n)
+        with engine.sync(net, last=i == len(window) - 1):
+            with autocast(device, autocast_dtype):
+                loss, n = loss_fn(net, batch)  # loss: a sum over n items
+            if not real:  # a process with no rows of this batch still joins the gradient exchange
+                loss, n = loss * 0.0, 0
+            loss.backward()
+        losses.append((loss.item(), n))
         items += n
-        tokens += int(batch["attention_mask"].sum())
-    return items, tokens
+        tokens += int(batch["attention_mask"].sum()) if real else 0
+    asked = stop is not None and stop.asked
+    if engine.world == 1:
+        for loss_sum, n in losses:
+            mean_loss.add(loss_sum, n)
+        return items, tokens, asked
+    total_loss, items, tokens, asked_any = engine.all_sum([sum(l for l, _ in losses), items, tokens, float(asked)])
+    mean_loss.add(total_loss, int(items))
+    return int(items), int(tokens), asked_any > 0
 
 
 def _finish_gradients(params: list[nn.Parameter], items: int, l1_penalty: float,
@@ -129,14 +193,45 @@ def _log_train(logger: RunLogger, state: LoopState, lr: float, grad_norm: torch.
 
 
 def _validate(model: nn.Module, evaluate: Callable[[nn.Module], dict] | None, state: LoopState,
-              keeper: BestKeeper, logger: RunLogger) -> bool:
-    """Evaluate (at most once per step), log the metrics and let the keeper judge; True to stop early."""
+              keeper: BestKeeper, logger: RunLogger, engine: Engine) -> bool:
+    """Evaluate (at most once per step), log the metrics and let the keeper judge; True to stop early.
+
+    Every process gets the same metrics (the engine's job), so every process takes the same decision.
+    """
     if evaluate is None or state.last_eval_step == state.step:
         return False
     state.last_eval_step = state.step
-    metrics = evaluate(model)
+    metrics = engine.evaluate(model, evaluate)
     model.train()
     if metrics is None:  # no validation data: the last weights are the result
         return False
     logger.log("eval", state.step, {k: v for k, v in metrics.items() if isinstance(v, (int, float))})
     return keeper.judge(metrics, model)
+
+
+def _checkpoint(checkpoints: Checkpoints | None, model: nn.Module, optimizer, scheduler, state: LoopState,
+                keeper: BestKeeper, mean_loss: MeanLoss, engine: Engine) -> Path | None:
+    """Write a checkpoint of this moment (the main process writes; all take part in gathering)."""
+    if checkpoints is None:
+        return None
+    weights = engine.full_weights(model, trainable(model))
+    best = engine.full_weights(model, keeper.best_weights) if keeper.best_weights is not None else None
+    snap = Snapshot(state=LoopState.from_dict(state.to_dict()), weights=weights, best_weights=best,
+                    optimizer=engine.optimizer_state(model, optimizer), scheduler=scheduler.state_dict(),
+                    rng=engine.gather(rng_state()), loss_window=(mean_loss.total, mean_loss.items),
+                    world_size=engine.world)
+    folder = checkpoints.save(snap) if engine.is_main else None
+    return engine.gather(folder)[0] if engine.world > 1 else folder
+
+
+def _resume(saved: Loaded, model: nn.Module, optimizer, scheduler, keeper: BestKeeper, mean_loss: MeanLoss,
+            engine: Engine) -> LoopState:
+    """Put a checkpoint back: weights, best weights, optimizer, schedule, loss window and random generators."""
+    engine.load_weights(model, saved.weights)
+    if saved.best_weights is not None:
+        keeper.best_weights = engine.local_weights(model, saved.best_weights)
+    engine.load_optimizer_state(model, optimizer, saved.optimizer)
+    scheduler.load_state_dict(saved.scheduler)
+    mean_loss.total, mean_loss.items = saved.loss_window
+    restore_rng(saved.rng[engine.rank])
+    return LoopState.from_dict(saved.state.to_dict())
