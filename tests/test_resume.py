@@ -1,0 +1,269 @@
+"""Checkpoint and resume: a run killed at an arbitrary step and resumed ends bit-identical to one that was not.
+
+The proof runs real child processes (`python -m tunelab`), kills one with SIGKILL once it has written a few
+checkpoints, resumes it with `tunelab resume`, and compares the final weights, every logged loss, learning
+rate and gradient norm, and the test metrics with an uninterrupted run (CPU, fp32, one thread each).
+"""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from tunelab.errors import TunelabError
+from tunelab.resume import marker_status
+from tunelab.train.checkpoint import complete_steps
+
+sys.path.insert(0, str(Path(__file__).parent / "causal"))
+from causal_tiny import write_tiny_model  # noqa: E402
+
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+VOLATILE = {"time", "tokens_per_s"}  # wall-clock figures: the only logged values allowed to differ
+
+
+def tunelab(*args: str, **kwargs) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "tunelab", *args, "--no-progress"], env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
+
+
+def finish(proc: subprocess.Popen, timeout: float = 300) -> tuple[int, str]:
+    out, _ = proc.communicate(timeout=timeout)
+    return proc.returncode, out
+
+
+def write_config(path: Path, cfg) -> Path:
+    from tunelab.config import dump_config
+
+    path.write_text(dump_config(cfg))
+    return path
+
+
+def stop_once_checkpointed(proc: subprocess.Popen, run_dir: Path, step: int, sig: int) -> int:
+    """Send `sig` once RUN_DIR holds a complete checkpoint at `step` or later; the newest step then."""
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        steps = complete_steps(run_dir / "checkpoints")
+        if steps and steps[-1] >= step:
+            proc.send_signal(sig)
+            return steps[-1]
+        time.sleep(0.005)
+    raise AssertionError(f"the run ended (or hung) before its checkpoint of step {step}: {finish(proc)[1]}")
+
+
+def weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    out = {}
+    for f in sorted((run_dir / "model").glob("*.safetensors")):
+        out.update({f"{f.name}:{k}": v for k, v in load_file(str(f)).items()})
+    assert out, f"no weights in {run_dir / 'model'}"
+    return out
+
+
+def logged(run_dir: Path) -> list[dict]:
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(line).items() if k not in VOLATILE} for line in lines]
+
+
+def assert_same_run(resumed: Path, reference: Path) -> None:
+    a, b = weights(resumed), weights(reference)
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])][:3]
+    assert logged(resumed) == logged(reference)  # every step once, the same numbers
+    test = [json.loads((r / "eval.json").read_text())["test"] for r in (resumed, reference)]
+    assert test[0] == test[1]
+
+
+def kill_and_resume(config: Path, tmp_path: Path, at_step: int) -> tuple[Path, Path, int]:
+    """(resumed run, reference run, step of the newest checkpoint when killed)."""
+    reference, killed = tmp_path / "reference", tmp_path / "killed"
+    ref_proc = tunelab("train", str(config), "--output-dir", str(reference))
+    proc = tunelab("train", str(config), "--output-dir", str(killed))
+    newest = stop_once_checkpointed(proc, killed, at_step, signal.SIGKILL)
+    code, out = finish(proc)
+    assert code == -signal.SIGKILL, out
+    assert marker_status(killed) == "training"  # killed mid-run, not after it finished
+    code, out = finish(tunelab("resume", str(killed)))
+    assert code == 0 and f"resuming from {killed}/checkpoints/step-" in out, out
+    assert finish(ref_proc)[0] == 0
+    assert marker_status(killed) == "finished"
+    return killed, reference, newest
+
+
+# ---------------------------------------------------------------------------------------------
+# The proof, for classification, causal-LM LoRA and pretraining
+
+
+def test_killed_classification_run_resumes_bit_identical(make_config, tmp_path):
+    # full fine-tuning with dropout (its masks come from the restored generator), evaluations and early
+    # stopping state, every 2 steps a checkpoint
+    cfg = make_config({"train.max_steps": 40, "train.eval_every": 6, "train.checkpoint_every": 2,
+                       "train.threads": 1, "train.log_every": 1, "train.keep_checkpoints": 2})
+    config = write_config(tmp_path / "c.yaml", cfg)
+    resumed, reference, newest = kill_and_resume(config, tmp_path, at_step=10)
+    assert_same_run(resumed, reference)
+    # the newest two checkpoints and the best one are kept
+    steps = complete_steps(resumed / "checkpoints")
+    best = json.loads((resumed / "eval.json").read_text())["best_step"]
+    assert steps[-2:] == [38, 40] and set(steps) <= {38, 40, best}
+
+
+def test_killed_lora_causal_lm_run_resumes_bit_identical(tmp_path):
+    from tunelab.config import config_from_dict
+
+    model = write_tiny_model(tmp_path / "tiny-llama")
+    rows = [{"instruction": f"say {w}", "output": f"{w} {w}!"} for w in
+            ("cat", "dog", "owl", "emu", "yak", "elk", "bee", "ant", "cow", "pig") * 4]
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = config_from_dict({
+        "task": "causal_lm", "model": {"name": str(model), "max_length": 48, "dropout": 0.1},
+        "data": {"train": str(tmp_path / "d.jsonl"), "format": "alpaca", "val_fraction": 0.1,
+                 "test_fraction": 0.1},
+        "method": {"name": "lora", "r": 4, "alpha": 8},
+        "train": {"max_steps": 36, "batch_size": 4, "lr": 5e-3, "log_every": 1, "eval_every": 9, "seed": 3,
+                  "threads": 1, "device": "cpu", "checkpoint_every": 3},
+        "generate": {"max_new_tokens": 4, "samples_in_eval": 2},
+        "output_dir": str(tmp_path / "unused")})
+    config = write_config(tmp_path / "c.yaml", cfg)
+    resumed, reference, _ = kill_and_resume(config, tmp_path, at_step=9)
+    assert_same_run(resumed, reference)
+    assert set(weights(resumed)) == {k for k in weights(resumed) if k.startswith("adapter_model")}
+    saved = load_file(str(resumed / "checkpoints" / "step-36" / "weights.safetensors"))
+    assert saved and all("lora_" in k for k in saved)  # only the adapter is checkpointed
+
+
+def test_killed_pretraining_run_resumes_bit_identical(tmp_path):
+    from tunelab.config import config_from_dict
+    from tunelab.tokenizer_train import train_tokenizer
+
+    words = "the cat dog bird sees chases sings to a tree house river".split()
+    docs = [" ".join(words[(i * 7 + j * 3) % len(words)] for j in range(30)) for i in range(60)]
+    (tmp_path / "corpus.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    tok = train_tokenizer([str(tmp_path / "corpus.jsonl")], 300, tmp_path / "bpe", kind="bpe")
+    cfg = config_from_dict({
+        "task": "pretrain",
+        "model": {"name": "scratch:gpt", "max_length": 16, "layers": 2, "hidden_size": 32, "heads": 2,
+                  "ffn_size": 64, "dropout": 0.1, "tokenizer": str(tok)},
+        "data": {"train": str(tmp_path / "corpus.jsonl"), "val_fraction": 0.1, "test_fraction": 0.1},
+        # logs every 5 steps, checkpoints every 4: a checkpoint holds a loss window not yet logged
+        "train": {"max_steps": 40, "batch_size": 8, "lr": 5e-3, "log_every": 5, "eval_every": 10, "seed": 0,
+                  "threads": 1, "device": "cpu", "checkpoint_every": 4},
+        "output_dir": str(tmp_path / "unused")})
+    config = write_config(tmp_path / "c.yaml", cfg)
+    resumed, reference, _ = kill_and_resume(config, tmp_path, at_step=12)
+    assert_same_run(resumed, reference)
+
+
+# ---------------------------------------------------------------------------------------------
+# Signals, refusals, training further, disk trouble
+
+
+def test_sigterm_finishes_the_step_writes_a_checkpoint_and_says_how_to_resume(make_config, tmp_path):
+    cfg = make_config({"train.max_steps": 400, "train.checkpoint_every": 0, "train.threads": 1,
+                       "train.eval_every": 1000})
+    config = write_config(tmp_path / "c.yaml", cfg)
+    run_dir = tmp_path / "run"
+    proc = tunelab("train", str(config), "--output-dir", str(run_dir))
+    deadline = time.monotonic() + 120
+    while not (run_dir / "metrics.jsonl").is_file() or not (run_dir / "metrics.jsonl").read_text().strip():
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    code, out = finish(proc)
+    assert code == 143, out
+    (step,) = complete_steps(run_dir / "checkpoints")  # checkpoint_every 0: only the one the signal asked for
+    assert 0 < step < 400
+    assert f"stopped after step {step}" in out and f"resume with: tunelab resume {run_dir}" in out
+    assert "Traceback" not in out
+    # the logs end at the checkpoint; `train` without --resume refuses to start over silently
+    assert max(r["step"] for r in logged(run_dir)) <= step
+    code, out = finish(tunelab("train", str(config), "--output-dir", str(run_dir)))
+    assert code == 2 and f"tunelab resume {run_dir}" in out and len(out.strip().splitlines()) == 1
+
+
+def test_resume_refuses_a_change_of_meaning_and_names_the_key(make_config, tmp_path, capsys):
+    from tunelab.cli import main
+
+    cfg = make_config({"train.max_steps": 6, "train.checkpoint_every": 2})
+    config = write_config(tmp_path / "c.yaml", cfg)
+    assert main(["train", str(config), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["train", str(config), "--resume", "--no-progress", "train.batch_size=4",
+                 "train.max_steps=9"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "train.batch_size: 8 -> 4" in err and "max_steps" not in err.split(
+        "would change")[0]
+    assert main(["resume", cfg.output_dir, "--no-progress"]) == 2  # nothing left to train
+    assert "raise train.max_steps" in capsys.readouterr().err
+
+
+def test_a_finished_run_trained_further_equals_a_longer_run(make_config, tmp_path, capsys):
+    """With a constant schedule, 12 steps then 8 more are the same training as 20 steps in one go."""
+    from tunelab.cli import main
+
+    settings = {"train.scheduler": "constant", "train.warmup_steps": 0, "train.eval_every": 4,
+                "train.checkpoint_every": 4, "train.log_every": 1, "train.epochs": 10}
+    short = write_config(tmp_path / "short.yaml", make_config({**settings, "train.max_steps": 12,
+                                                               "output_dir": str(tmp_path / "run")}))
+    long = write_config(tmp_path / "long.yaml", make_config({**settings, "train.max_steps": 20,
+                                                             "output_dir": str(tmp_path / "long")}))
+    assert main(["train", str(short), "--no-progress"]) == 0
+    before = (tmp_path / "run" / "eval.json").read_text()
+    assert main(["resume", str(tmp_path / "run"), "train.max_steps=20", "--no-progress"]) == 0
+    assert main(["train", str(long), "--no-progress"]) == 0
+    assert (tmp_path / "run" / "eval.json").read_text() != before
+    assert_same_run(tmp_path / "run", tmp_path / "long")
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["train"]["max_steps"] == 20
+
+
+def test_a_full_disk_at_a_checkpoint_is_one_error_and_the_previous_checkpoint_stays(make_config, tmp_path,
+                                                                                  monkeypatch, capsys):
+    import tunelab.train.checkpoint as checkpoint
+    from tunelab.cli import main
+
+    real, calls = checkpoint.atomic_write_bytes, []
+
+    def full_on_the_second_checkpoint(path, data):
+        calls.append(Path(path))
+        if "step-4" in str(path):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        real(path, data)
+
+    monkeypatch.setattr(checkpoint, "atomic_write_bytes", full_on_the_second_checkpoint)
+    cfg = make_config({"train.max_steps": 8, "train.checkpoint_every": 2, "train.keep_checkpoints": 3})
+    config = write_config(tmp_path / "c.yaml", cfg)
+    assert main(["train", str(config), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    run_dir = Path(cfg.output_dir)
+    assert len(err.splitlines()) == 1 and "No space left on device" in err and "step-2" in err
+    assert complete_steps(run_dir / "checkpoints") == [2]
+    assert not list((run_dir / "checkpoints").glob(".step-*"))  # the half-written one is gone
+    monkeypatch.setattr(checkpoint, "atomic_write_bytes", real)  # space freed
+    assert main(["resume", str(run_dir), "--no-progress"]) == 0
+    assert marker_status(run_dir) == "finished"
+
+
+def test_an_incomplete_checkpoint_folder_is_never_loaded(make_config, tmp_path, capsys):
+    import shutil
+
+    from tunelab.cli import main
+    from tunelab.resume import find_resume
+
+    cfg = make_config({"train.max_steps": 6, "train.checkpoint_every": 2, "train.keep_checkpoints": 5})
+    assert main(["train", str(write_config(tmp_path / "c.yaml", cfg)), "--no-progress"]) == 0
+    run_dir = Path(cfg.output_dir)
+    shutil.copytree(run_dir / "checkpoints" / "step-6", run_dir / "checkpoints" / "step-9")
+    (run_dir / "checkpoints" / "step-9" / "complete.json").unlink()  # cut off while being written
+    assert find_resume(run_dir).checkpoint.name == "step-6"
+    with pytest.raises(TunelabError, match="not a complete checkpoint"):
+        from tunelab.train.checkpoint import load
+
+        load(run_dir / "checkpoints" / "step-9")
