@@ -187,6 +187,10 @@ def test_sigterm_finishes_the_step_writes_a_checkpoint_and_says_how_to_resume(ma
     assert max(r["step"] for r in logged(run_dir)) <= step
     code, out = finish(tunelab("train", str(config), "--output-dir", str(run_dir)))
     assert code == 2 and f"tunelab resume {run_dir}" in out and len(out.strip().splitlines()) == 1
+    # nor is an unfinished run used as if it were one
+    code = subprocess.run([sys.executable, "-m", "tunelab", "eval", str(run_dir)], env=ENV, capture_output=True,
+                          text=True)
+    assert code.returncode == 2 and "has not finished training" in code.stderr
 
 
 def test_resume_refuses_a_change_of_meaning_and_names_the_key(make_config, tmp_path, capsys):

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tunelab.errors import TunelabError
-from tunelab.train.checkpoint import complete_steps, newest
 
 RUN_MARKER = "tunelab-run.json"
 CHECKPOINTS = "checkpoints"
@@ -54,6 +53,8 @@ class ResumePoint:
 
 def find_resume(place: Path) -> ResumePoint:
     """The newest complete checkpoint of RUN_DIR `place`: an interrupted run first, else a finished one."""
+    from tunelab.train.checkpoint import newest
+
     homes = [(h, newest(h / CHECKPOINTS)) for h in in_progress_homes(place)]
     found = [(h, c) for h, c in homes if c is not None]
     if found:
@@ -144,10 +145,3 @@ def resume_config(run_dir: Path, overrides: list[str]):
                        [*overrides, f"output_dir={_json.dumps(str(run_dir), ensure_ascii=False)}"])
 
 
-def completed(checkpoint: Path) -> int:
-    """The step of a checkpoint folder `step-N`."""
-    return int(checkpoint.name.split("-", 1)[1])
-
-
-__all__ = ["ResumePoint", "find_resume", "seed_home", "check_resumable", "marker_status", "in_progress_homes",
-           "complete_steps", "completed"]

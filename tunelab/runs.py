@@ -30,7 +30,12 @@ def run_config(run_dir: str | Path, overrides: list[str] | None = None):
     """The config of a finished run (with `overrides` applied and validated), or one clear error."""
     from tunelab.config import load_config
 
+    from tunelab.resume import marker_status
+
     run_dir = Path(run_dir)
+    if marker_status(run_dir) == "training":
+        raise TunelabError(f"{run_dir} has not finished training (it is training now, or was interrupted): "
+                           f"finish it with `tunelab resume {run_dir}`, then use it")
     if not is_run(run_dir):
         raise TunelabError(f"{run_dir} is not a finished tunelab run (needs config.yaml and model/); "
                            "pass the output_dir of `tunelab train`")
@@ -46,7 +51,10 @@ def run_task(run_dir: str | Path):
 
 def is_run(path: str | Path) -> bool:
     """True for a folder that holds a finished run's config.yaml and model/ (what load_run needs)."""
-    return (Path(path) / "config.yaml").is_file() and (Path(path) / "model").is_dir()
+    from tunelab.resume import marker_status
+
+    return ((Path(path) / "config.yaml").is_file() and (Path(path) / "model").is_dir()
+            and marker_status(path) != "training")
 
 
 def load_run(run_dir: str | Path, overrides: list[str] | None = None) -> Run:
