@@ -92,3 +92,17 @@ def test_positions_of_scratch_and_hugging_face_models():
     check_max_length(10_000, lstm, "scratch:lstm")  # no position table: no limit
     with pytest.raises(TunelabError, match="scratch:transformer handles at most 20 positions"):
         check_max_length(21, transformer, "scratch:transformer")
+
+
+def test_a_bf16_checkpoint_trains_in_fp32(tmp_path, helpers):
+    """transformers 5 loads a model in the dtype its files hold: a bf16 encoder must still train in fp32."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from tunelab.models.load import load_sequence_classifier
+
+    config = BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=37,
+                        vocab_size=50)
+    BertForSequenceClassification(config).to(torch.bfloat16).save_pretrained(str(tmp_path))
+    model, _ = load_sequence_classifier(tmp_path, ["a", "b"])
+    assert {p.dtype for p in model.parameters()} == {torch.float32}

@@ -92,6 +92,7 @@ def load_adapter(model_dir: Path, auto_class):
     """
     import warnings
 
+    import torch
     from peft import PeftModel
 
     base_dir = model_dir.parent / "base"
@@ -105,7 +106,9 @@ def load_adapter(model_dir: Path, auto_class):
                            "train the run again")
     with warnings.catch_warnings():  # peft calls a transformers method deprecated for v6
         warnings.simplefilter("ignore", FutureWarning)
-        return PeftModel.from_pretrained(auto_class.from_pretrained(str(base_dir)), str(model_dir))
+        # fp32 as in training, whatever dtype the base files hold (transformers 5 loads their own by default)
+        base = auto_class.from_pretrained(str(base_dir), dtype=torch.float32)
+        return PeftModel.from_pretrained(base, str(model_dir))
 
 
 def evaluate_run(run_dir: str | Path, data: str | None = None, log=print, *,

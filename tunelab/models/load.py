@@ -34,6 +34,7 @@ def load_sequence_classifier(path: Path, labels: list[str], dropout: float | Non
 
     A checkpoint whose head has another number of labels loads too: its head is re-initialised.
     """
+    import torch
     from transformers import AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
 
@@ -44,7 +45,8 @@ def load_sequence_classifier(path: Path, labels: list[str], dropout: float | Non
     hf_logging.set_verbosity_error()  # the "newly initialized" notice is expected; we report it ourselves
     try:
         model, info = AutoModelForSequenceClassification.from_pretrained(
-            str(path), config=config, ignore_mismatched_sizes=True, output_loading_info=True)
+            str(path), config=config, ignore_mismatched_sizes=True, output_loading_info=True,
+            dtype=torch.float32)  # weights and optimizer state in fp32 whatever dtype the files hold
     finally:
         hf_logging.set_verbosity(verbosity)
     new = set(info.get("missing_keys", [])) | {k if isinstance(k, str) else k[0]
