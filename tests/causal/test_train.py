@@ -21,6 +21,7 @@ def make_cfg(model_dir: Path, data: Path, out: Path, **over) -> object:
     cfg = {"task": "causal_lm", "model": {"name": str(model_dir), "max_length": 128},
            "data": {"train": str(data)}, "method": {"name": "full"},
            "train": {"max_steps": 3, "batch_size": 4, "lr": 1e-2, "log_every": 1, "scheduler": "constant",
+                     "device": "cpu",  # the pinned losses are CPU figures (tests/test_cuda.py covers GPUs)
                      "early_stopping": {"metric": "loss"}},
            "generate": {"max_new_tokens": 8, "samples_in_eval": 0}, "output_dir": str(out)}
     for key, value in over.items():
