@@ -136,13 +136,14 @@ def gflops(peaks: list[dict], precision: str) -> str:
     return " / ".join(f"{p[precision + '_gflops']:.0f}" for p in peaks)
 
 
-def measured(rec: dict) -> list[str]:
+def measured(rec: dict, mfu: bool = True) -> list[str]:
+    """The section's provenance: when, on what, how many runs, the matmul peak, the stored file."""
     runs, peaks = rec["runs"], rec["peak"]
     return [f"Measured {runs[0]['started']} to {runs[-1]['finished']} (UTC) on "
             f"{record.describe_machine(rec['machine'])}; {rec['repeats']} runs per side, interleaved (order "
             f"reversed every round). Matmul peak in the same run (square torch matmuls, same thread count, before "
-            f"and after the sides): fp32 {gflops(peaks, 'fp32')} GFLOP/s, bf16 {gflops(peaks, 'bf16')} GFLOP/s; "
-            f"MFU uses the higher. Figures: "
+            f"and after the sides): fp32 {gflops(peaks, 'fp32')} GFLOP/s, bf16 {gflops(peaks, 'bf16')} GFLOP/s"
+            f"{'; MFU uses the higher' if mfu else ''}. Figures: "
             f"`{rec['file']}`." + (" **Smoke run: tiny job, figures mean nothing.**" if rec.get("smoke") else ""),
             ""]
 
@@ -260,6 +261,8 @@ def labelled_old(part: str, text: str) -> str:
 
 
 def render(smoke: bool, old: dict[str, str]) -> str:
+    import checkpoint
+    import distributed
     import scratch
 
     lines = ["# tunelab benchmark", "",
@@ -267,8 +270,10 @@ def render(smoke: bool, old: dict[str, str]) -> str:
              "in its own process; peak RSS is that process's maximum resident memory. Every figure below is "
              "rendered from the stored measurements named in its section, with their own dates.", ""]
     renderers = {"peak": peak_section, "classification": classification_section, "lm": lm_section,
-                 "scratch": lambda rec: [scratch.markdown(rec)]}
-    for part in ("peak", "classification", "lm", "scratch", "classification_seeds", "lm_seeds"):
+                 "scratch": lambda rec: [scratch.markdown(rec)], "checkpoint": checkpoint.markdown,
+                 "distributed": distributed.markdown}
+    for part in ("peak", "classification", "lm", "scratch", "classification_seeds", "lm_seeds", "checkpoint",
+                 "distributed"):
         rec = record.latest(part, smoke) if part in renderers else None
         if rec is not None:
             lines += renderers[part](rec)

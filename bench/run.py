@@ -9,11 +9,18 @@ The sides run interleaved, the order reversed every round (A B C D, D C B A, ...
 tables give the median and range. Every run is stored with its time, load and machine in
 bench/out/<part>-<stamp>.json; results.md is rendered from those files alone.
 
-    python bench/run.py                                   # every part: classification lm scratch peak
-    python bench/run.py --part lm                         # one part (also: classification, scratch, peak)
+    python bench/run.py                                   # every part (the six below)
+    python bench/run.py --part lm                         # one part: classification lm scratch peak
+                                                          #           checkpoint distributed
     python bench/run.py --part classification --smoke     # a tiny job, 2 repeats: checks the bench end to end
     python bench/run.py --rewrite                         # results.md again from the stored measurements
     python bench/run.py --only tunelab-fp32               # one side in this process (prints JSON)
+
+Two parts measure tunelab alone. `checkpoint` (bench/checkpoint.py): seconds and megabytes per checkpoint, and
+the overhead of `train.checkpoint_every` at its default (null) against 0 in % of the loop's time, for MiniLM
+full fine-tuning and SmolLM2 LoRA. `distributed` (bench/distributed.py): DDP in 2 processes x 1 thread
+(torchrun) against 1 process x 2 threads on the same global batch, tokens/s of both and the largest
+differences of their final weights and logged losses.
 """
 from __future__ import annotations
 
@@ -189,25 +196,34 @@ def run_trainer(bf16: bool = False) -> dict:
             "data": classification_facts(examples, j["epochs"])}
 
 
-def _lm(name, *args):
+def _side(module: str, name: str, *args):
+    """A side run by `name(*args)` of bench/<module>.py, imported only in the child that runs it."""
     def run() -> dict:
-        import causal
+        import importlib
 
-        return getattr(causal, name)(*args)
+        return getattr(importlib.import_module(module), name)(*args)
     return run
 
 
 SIDES = {"tunelab-fp32": lambda: run_tunelab("fp32"), "tunelab-bf16": lambda: run_tunelab("bf16"),
          "trainer-fp32": run_trainer, "trainer-bf16": lambda: run_trainer(bf16=True),
          "trainer-fp32-keepmem": run_trainer,  # child() runs it with KEEP_MEMORY_ENV
-         "tunelab-lm-fp32": _lm("run_tunelab_lm", "fp32"), "tunelab-lm-bf16": _lm("run_tunelab_lm", "bf16"),
-         "trainer-lm-fp32": _lm("run_trainer_lm"), "trainer-lm-bf16": _lm("run_trainer_lm", True),
-         "peak": record.peak}
+         "tunelab-lm-fp32": _side("causal", "run_tunelab_lm", "fp32"),
+         "tunelab-lm-bf16": _side("causal", "run_tunelab_lm", "bf16"),
+         "trainer-lm-fp32": _side("causal", "run_trainer_lm"),
+         "trainer-lm-bf16": _side("causal", "run_trainer_lm", True),
+         "peak": record.peak,
+         **{f"ckpt-{job}-{setting}": _side("checkpoint", "run_side", job, setting)
+            for job in ("minilm", "lm") for setting in ("default", "off")},
+         **{side: _side("distributed", "run_side", side) for side in ("ddp-2x1", "single-1x2")}}
 PARTS = {"classification": ("tunelab-fp32", "tunelab-bf16", "trainer-fp32", "trainer-bf16", "trainer-fp32-keepmem"),
-         "lm": ("tunelab-lm-fp32", "tunelab-lm-bf16", "trainer-lm-fp32", "trainer-lm-bf16")}
-ALL_PARTS = ("classification", "lm", "scratch", "peak")
+         "lm": ("tunelab-lm-fp32", "tunelab-lm-bf16", "trainer-lm-fp32", "trainer-lm-bf16"),
+         "checkpoint": ("ckpt-minilm-default", "ckpt-minilm-off", "ckpt-lm-default", "ckpt-lm-off"),
+         "distributed": ("ddp-2x1", "single-1x2")}
+ALL_PARTS = ("classification", "lm", "scratch", "peak", "checkpoint", "distributed")
 HEADINGS = {"peak": "## Machine and matmul peak", "classification": "## Classification",
             "lm": "## Instruction tuning", "scratch": "## Classification from scratch",
+            "checkpoint": "## Checkpoint cost", "distributed": "## Distributed data parallel",
             # written by bench/seeds.py
             "classification_seeds": "## Classification: test accuracy over seeds",
             "lm_seeds": "## Instruction tuning: validation loss over seeds"}
@@ -232,7 +248,13 @@ def child(side: str) -> dict:
 
 
 def check_same_job(runs: list[dict]) -> None:
-    """Fail loudly unless every run used the same per-step learning rates and trained the same tokens."""
+    """Fail loudly unless every run of one job used the same per-step learning rates and trained the same
+    tokens (a part with several jobs names each run's in its result's `job_name`)."""
+    for name in dict.fromkeys(r["result"].get("job_name") for r in runs):
+        _check_one_job([r for r in runs if r["result"].get("job_name") == name])
+
+
+def _check_one_job(runs: list[dict]) -> None:
     from fair import same_lrs
 
     first = runs[0]
@@ -262,6 +284,10 @@ def measure(part: str, repeats: int) -> dict:
             print(f"{part} {side} repeat {r}: {run['result']['tokens_per_s']:.0f} tokens/s, load "
                   f"{run['load_before'][0]:.2f} -> {run['load_after'][0]:.2f}", flush=True)
     rec["peak"].append(child("peak"))
+    if part == "distributed":  # the two sides' final weights and losses, compared once all runs are in
+        import distributed
+
+        rec["equivalence"] = distributed.equivalence(rec)
     rec["complete"] = True
     record.save(path, rec)
     return rec
@@ -272,6 +298,14 @@ def job_of(part: str) -> dict:
         import causal
 
         return dict(causal.LM_JOB)
+    if part == "checkpoint":
+        import checkpoint
+
+        return {name: dict(job) for name, job in checkpoint.JOBS.items()}
+    if part == "distributed":
+        import distributed
+
+        return dict(distributed.JOB)
     return dict(JOB)
 
 

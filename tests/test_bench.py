@@ -197,3 +197,192 @@ def test_results_come_from_stored_figures_only(tmp_path, monkeypatch):
     assert "| MFU (% of its precision's peak) | 19.5 (19.0-20.0) | 10.5 (10.0-11.0) |" in first
     assert "test accuracy, fp32: tunelab - Trainer = +0.2500 ± 0.2500" in first and "**not resolved**" in first
     assert "## Instruction tuning: old\n\n> **Old method, measured 2026-11-23, not re-run" in first
+
+
+# ---------------------------------------------------------------------------------------------
+# The checkpoint and distributed parts
+
+MACHINE = {"cpu": "Test CPU", "cores": 2, "threads": 2, "avx512_bf16": False, "amx": False, "fast_bf16": False,
+           "torch": "2.13.0", "python": "3.11"}
+
+
+def store(out: Path, part: str, job: dict, sides: list[str], results: dict[str, list[dict]],
+          extra: dict | None = None) -> None:
+    """A complete stored measurement as bench/run.py's `measure` writes it: `results[side]` by repeat, the
+    sides interleaved (A B, B A)."""
+    runs = []
+    for r in range(len(next(iter(results.values())))):
+        for side in sides if r % 2 == 0 else sides[::-1]:
+            runs.append({"side": side, "repeat": r, "started": f"2026-02-0{r + 1}T10:00:00Z",
+                         "finished": f"2026-02-0{r + 1}T10:05:00Z", "load_before": [0.5, 0.5, 0.5],
+                         "load_after": [1.0, 0.6, 0.5], "machine": MACHINE, "result": results[side][r]})
+    peak = {"fp32_gflops": 100.0, "bf16_gflops": 1.0}
+    rec = {"part": part, "smoke": False, "job": job, "sides": sides, "repeats": len(runs) // len(sides),
+           "machine": MACHINE, "peak": [peak, peak], "runs": runs, "complete": True, **(extra or {})}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{part}-20260201T100000Z.json").write_text(json.dumps(rec))
+
+
+def ckpt_result(job: str, every, loop_seconds: float, saves: list[float]) -> dict:
+    """One checkpoint-part run: each save takes `s` seconds, the whole checkpoint s + 0.5."""
+    mb = {"minilm": (91e6, 182e6), "lm": (20e6, 40e6)}[job]
+    return {"job_name": job, "checkpoint_every": every, "tokens_per_s": 100.0, "train_seconds": 5.0,
+            "train_tokens": 500, "steps": 30, "lrs": [1e-4] * 30, "evaluations": 2, "loop_seconds": loop_seconds,
+            "trainable_params": 22_720_000 if job == "minilm" else 4_880_000, "precision": "fp32",
+            "peak_rss_mb": 900.0,
+            "checkpoints": [{"step": 15 * (i + 1), "save_seconds": s, "checkpoint_seconds": s + 0.5,
+                             "disk_bytes": int(sum(mb) + 1e6),
+                             "files": {"weights.safetensors": int(mb[0]), "training.pt": int(mb[1])}}
+                            for i, s in enumerate(saves)]}
+
+
+def test_checkpoint_section_from_stored_figures(tmp_path, monkeypatch):
+    """Per checkpoint: median (range) of every checkpoint's seconds and size; overhead: the medians' ratio of
+    loop time with and without checkpoints, each round's, and the checkpoints' own share of their run."""
+    import checkpoint
+    import results
+
+    monkeypatch.setattr(record, "OUT", tmp_path / "out")
+    res = {"ckpt-minilm-default": [ckpt_result("minilm", None, 11.0, [1.0, 2.0]),
+                                   ckpt_result("minilm", None, 12.5, [1.0, 1.0])],
+           "ckpt-minilm-off": [ckpt_result("minilm", 0, 10.0, []), ckpt_result("minilm", 0, 10.0, [])],
+           "ckpt-lm-default": [ckpt_result("lm", None, 8.0, [0.2]), ckpt_result("lm", None, 8.0, [0.3])],
+           "ckpt-lm-off": [ckpt_result("lm", 0, 8.0, []), ckpt_result("lm", 0, 7.5, [])]}
+    store(tmp_path / "out", "checkpoint", {k: dict(v) for k, v in checkpoint.JOBS.items()}, list(res), res)
+    text = results.render(False, {})
+    section = text[text.index("## Checkpoint cost"):]
+    assert "| | MiniLM-L6 full fine-tuning | SmolLM2-135M LoRA |" in section
+    assert "| MB per checkpoint on disk | 274.0 | 61.0 |" in section
+    assert "| of which weights / optimizer state (MB) | 91.0 / 182.0 | 20.0 / 40.0 |" in section
+    assert "| seconds per checkpoint: `Checkpoints.save` | 1.00 (1.00-2.00) | 0.25 (0.20-0.30) |" in section
+    assert "| seconds per checkpoint: snapshot + save | 1.50 (1.50-2.50) | 0.75 (0.70-0.80) |" in section
+    # minilm: medians 11.75 vs 10 -> +17.5%; rounds +10% and +25%; lm: 8 vs 7.75 -> +3.2%, rounds 0 and +6.7%
+    assert ("| **overhead of the default, % of the loop without checkpoints** | **+17.5%** (per round +10.0 to "
+            "+25.0%) | **+3.2%** (per round +0.0 to +6.7%) |") in section
+    # minilm: (1.5 + 2.5) / 11 = 36.4%, (1.5 + 1.5) / 12.5 = 24.0%
+    assert "| checkpoint seconds / loop seconds, same run (%) | 30.2 (24.0-36.4) | 9.4 (8.8-10.0) |" in section
+    assert "| checkpoints per run (default) | 2 | 1 |" in section
+    assert "Measured 2026-02-01T10:00:00Z to 2026-02-02T10:05:00Z (UTC) on Test CPU" in section
+    assert "MFU" not in section
+
+
+def ddp_result(side: str, tps: float, losses: list[float], sha: str = "a") -> dict:
+    lay = {"ddp-2x1": (2, 1), "single-1x2": (1, 2)}[side]
+    return {"tokens_per_s": tps, "train_seconds": 4000 / tps, "train_tokens": 4000, "steps": 2, "lrs": [1e-4, 5e-5],
+            "losses": losses, "wall_seconds": 30.0, "command_seconds": 40.0, "weights": f"{side}.safetensors",
+            "weights_sha256": sha, "processes": lay[0], "threads": lay[1]}
+
+
+def test_distributed_section_from_stored_figures(tmp_path, monkeypatch):
+    import distributed
+    import results
+
+    monkeypatch.setattr(record, "OUT", tmp_path / "out")
+    res = {"ddp-2x1": [ddp_result("ddp-2x1", 300.0, [1.6, 1.5]), ddp_result("ddp-2x1", 280.0, [1.6, 1.5], "b")],
+           "single-1x2": [ddp_result("single-1x2", 200.0, [1.6, 1.5]), ddp_result("single-1x2", 210.0, [1.6, 1.5])]}
+    eq = {"weights_max_abs": 3.0e-7, "weights_worst": "classifier.weight", "weights_scale": 2.5, "tensors": 103,
+          "params": 22_720_000, "losses_max_abs": 1.2e-6, "losses_compared": 2,
+          "same_weights_every_repeat": {"ddp-2x1": False, "single-1x2": True}}
+    store(tmp_path / "out", "distributed", dict(distributed.JOB), list(res), res, {"equivalence": eq})
+    section = results.render(False, {}).split("## Distributed data parallel")[1]
+    assert "| | DDP, 2 processes x 1 thread | 1 process x 2 threads |" in section
+    assert "| real tokens/s | 290 (280-300) | 205 (200-210) |" in section
+    assert "- DDP over one process: **1.41x** tokens/s (per round 1.33-1.50x)" in section
+    assert "differ by at most **3.00e-07** (in `classifier.weight`; 22.72M weights in 103 tensors" in section
+    assert "the losses logged at 2 steps differ by at most **1.20e-06**" in section
+    assert "- bit-identical final weights in every repeat: 1 process x 2 threads" in section
+    b = distributed.JOB["batch_size"]
+    assert f"{b} per process x 2 against {2 * b} in one" in section
+
+
+def test_equivalence_compares_the_last_run_of_each_side(tmp_path):
+    """Largest absolute differences of weights (and where) and of logged losses, from the sides' last runs."""
+    import distributed
+    from safetensors.torch import save_file
+
+    save_file({"a": torch.tensor([1.0, 2.0]), "b": torch.tensor([[0.5, -3.0]])}, str(tmp_path / "ddp.st"))
+    save_file({"a": torch.tensor([1.0, 2.25]), "b": torch.tensor([[0.5, -3.0]])}, str(tmp_path / "one.st"))
+    runs = [{"side": "ddp-2x1", "result": {**ddp_result("ddp-2x1", 1.0, [9.0, 9.0], "x"), "weights": "gone"}},
+            {"side": "single-1x2", "result": ddp_result("single-1x2", 1.0, [1.0, 2.0], "y")},
+            {"side": "ddp-2x1", "result": {**ddp_result("ddp-2x1", 1.0, [1.5, 2.0], "x"),
+                                           "weights": str(tmp_path / "ddp.st")}},
+            {"side": "single-1x2", "result": {**ddp_result("single-1x2", 1.0, [1.0, 2.0], "y"),
+                                              "weights": str(tmp_path / "one.st")}}]
+    eq = distributed.equivalence({"runs": runs})
+    assert (eq["weights_max_abs"], eq["weights_worst"], eq["weights_scale"]) == (0.25, "a", 3.0)
+    assert (eq["losses_max_abs"], eq["losses_compared"], eq["params"]) == (0.5, 2, 4)
+    assert eq["same_weights_every_repeat"] == {"ddp-2x1": True, "single-1x2": True}
+
+
+def test_distributed_sides_share_the_global_batch_and_load_strictly(tmp_path):
+    """The DDP side: b per process under torchrun with 1 thread each; the single side: 2b with 2 threads;
+    otherwise the same job (both configs go through tunelab's strict loader)."""
+    import distributed
+    from tunelab.config import config_from_dict
+
+    ddp, one = (distributed.side_config(s, tmp_path / s) for s in ("ddp-2x1", "single-1x2"))
+    assert ddp["train"]["batch_size"] * 2 == one["train"]["batch_size"] == 2 * distributed.JOB["batch_size"]
+    assert (ddp["train"]["threads"], one["train"]["threads"], ddp["train"]["distributed"]) == (1, 2, "ddp")
+    def same(c: dict) -> dict:
+        return {k: v for k, v in c["train"].items() if k not in ("batch_size", "threads", "distributed")}
+
+    assert same(ddp) == same(one) and ddp["model"] == one["model"] and ddp["model"]["dropout"] == 0.0
+    assert config_from_dict(ddp).train.precision == config_from_dict(one).train.precision == "fp32"
+    cmd, env = distributed.command("ddp-2x1", Path("c.yaml"))
+    assert cmd[1:] == ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "tunelab",
+                       "train", "c.yaml", "--overwrite", "--no-progress"] and env["OMP_NUM_THREADS"] == "1"
+    cmd, env = distributed.command("single-1x2", Path("c.yaml"))
+    assert cmd[1:4] == ["-m", "tunelab", "train"] and env["OMP_NUM_THREADS"] == "2"
+
+
+def test_a_failed_launch_is_a_clear_message_and_a_hung_one_is_stopped():
+    """tunelab's one-line error comes first even when a long report follows; a command past its time limit is
+    stopped with the processes it started (a child holding the output pipe would otherwise block)."""
+    import distributed
+
+    noisy = "print('error: train.distributed: no'); [print('report', i) for i in range(100)]; raise SystemExit(2)"
+    with pytest.raises(SystemExit, match=r"side: exit 2: .*\nerror: train.distributed: no\n\.\.\.\n"):
+        distributed.launch([sys.executable, "-c", noisy], None, 60, "side")
+    hang = ("import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
+            "print('started', flush=True); time.sleep(60)")
+    t0 = time.monotonic()
+    with pytest.raises(SystemExit, match=r"side: stopped after 2 s .*\nstarted"):
+        distributed.launch([sys.executable, "-c", hang], None, 2, "side")
+    assert time.monotonic() - t0 < 20
+
+
+def test_checkpoint_hooks_time_every_checkpoint_the_loop_writes(make_config):
+    """With checkpoint_every null the hooks see one save per evaluation (the last step's included), each
+    sized on disk; with 0 none; the loop is timed once; the originals are back afterwards."""
+    import checkpoint
+    from tunelab.run import train
+    from tunelab.train import checkpoint as ckpt
+    from tunelab.train import loop
+
+    originals = (ckpt.Checkpoints.save, loop._checkpoint, loop.train_loop)
+    for every in (None, 0):
+        saves, loop_seconds = [], []
+        cfg = make_config({"train.max_steps": 4, "train.eval_every": 2, "train.checkpoint_every": every})
+        with checkpoint.timed_checkpoints(saves, loop_seconds):
+            run_dir = train(cfg, overwrite=True, show_progress=False, log=lambda m: None)
+        evals = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+                 if json.loads(line)["kind"] == "eval"]
+        assert [s["step"] for s in saves] == (evals if every is None else [])
+        assert len(loop_seconds) == 1 and loop_seconds[0] > sum(s["checkpoint_seconds"] for s in saves)
+        for s in saves:
+            assert s["checkpoint_seconds"] >= s["save_seconds"] > 0
+            assert {"weights.safetensors", "training.pt", "complete.json"} <= set(s["files"])
+            assert s["disk_bytes"] >= s["files"]["weights.safetensors"] + s["files"]["training.pt"]
+    assert evals == [2, 4]
+    assert (ckpt.Checkpoints.save, loop._checkpoint, loop.train_loop) == originals
+
+
+def test_check_same_job_compares_runs_of_one_job_only():
+    import run
+
+    def result(job, lrs):
+        return {"side": f"ckpt-{job}-x", "result": {"job_name": job, "lrs": lrs, "train_tokens": 10}}
+
+    run.check_same_job([result("minilm", [1.0]), result("lm", [2.0, 2.0]), result("minilm", [1.0])])
+    with pytest.raises(SystemExit, match="learning-rate schedules differ: ckpt-lm-x vs ckpt-lm-x: 1 steps vs 2"):
+        run.check_same_job([result("minilm", [1.0]), result("lm", [2.0]), result("lm", [2.0, 2.0])])
