@@ -2,7 +2,8 @@
 
 The proof runs real child processes (`python -m tunelab`), kills one with SIGKILL once it has written a few
 checkpoints, resumes it with `tunelab resume`, and compares the final weights, every logged loss, learning
-rate and gradient norm, and the test metrics with an uninterrupted run (CPU, fp32, one thread each).
+rate and gradient norm, and the test metrics with an uninterrupted run (CPU, fp32, one thread each; the child
+processes do not see conftest.py's fp32 pin, so the configs say `train.precision: fp32`).
 """
 from __future__ import annotations
 
@@ -106,7 +107,8 @@ def test_killed_classification_run_resumes_bit_identical(make_config, tmp_path):
     # full fine-tuning with dropout (its masks come from the restored generator), evaluations and early
     # stopping state, every 2 steps a checkpoint
     cfg = make_config({"train.max_steps": 40, "train.eval_every": 6, "train.checkpoint_every": 2,
-                       "train.threads": 1, "train.log_every": 1, "train.keep_checkpoints": 2})
+                       "train.threads": 1, "train.log_every": 1, "train.keep_checkpoints": 2,
+                       "train.precision": "fp32"})
     config = write_config(tmp_path / "c.yaml", cfg)
     resumed, reference, newest = kill_and_resume(config, tmp_path, at_step=10)
     assert_same_run(resumed, reference)
@@ -129,7 +131,7 @@ def test_killed_lora_causal_lm_run_resumes_bit_identical(tmp_path):
                  "test_fraction": 0.1},
         "method": {"name": "lora", "r": 4, "alpha": 8},
         "train": {"max_steps": 36, "batch_size": 4, "lr": 5e-3, "log_every": 1, "eval_every": 9, "seed": 3,
-                  "threads": 1, "device": "cpu", "checkpoint_every": 3},
+                  "threads": 1, "device": "cpu", "checkpoint_every": 3, "precision": "fp32"},
         "generate": {"max_new_tokens": 4, "samples_in_eval": 2},
         "output_dir": str(tmp_path / "unused")})
     config = write_config(tmp_path / "c.yaml", cfg)
@@ -155,7 +157,7 @@ def test_killed_pretraining_run_resumes_bit_identical(tmp_path):
         "data": {"train": str(tmp_path / "corpus.jsonl"), "val_fraction": 0.1, "test_fraction": 0.1},
         # logs every 5 steps, checkpoints every 4: a checkpoint holds a loss window not yet logged
         "train": {"max_steps": 40, "batch_size": 8, "lr": 5e-3, "log_every": 5, "eval_every": 10, "seed": 0,
-                  "threads": 1, "device": "cpu", "checkpoint_every": 4},
+                  "threads": 1, "device": "cpu", "checkpoint_every": 4, "precision": "fp32"},
         "output_dir": str(tmp_path / "unused")})
     config = write_config(tmp_path / "c.yaml", cfg)
     resumed, reference, _ = kill_and_resume(config, tmp_path, at_step=12)

@@ -358,8 +358,10 @@ def _train_into(stage: Path, run_dir: Path, cfg: RunConfig, progress: _Progress,
     if cfg.train.reuse_memory and device.type == "cpu" and reuse_freed_memory():
         say("speed-up: freed memory is kept for reuse, so big tensors skip fresh pages (train.reuse_memory)")
     seed_everything(cfg.train.seed)
-    job = progress.job = (job_factory or make_job)(cfg, device, say)
+    job_cfg = global_batch(cfg, engine)
+    job = progress.job = (job_factory or make_job)(job_cfg, device, say)
     check_metric(cfg, job)
+    job_cfg.train.early_stopping.metric = cfg.train.early_stopping.metric
     if main:
         atomic_write_text(stage / "config.yaml", dump_config(cfg))
     t0 = time.perf_counter()
@@ -377,13 +379,19 @@ def _train_into(stage: Path, run_dir: Path, cfg: RunConfig, progress: _Progress,
         f"{cfg.train.batch_size}{f' x {engine.world} processes' if engine.world > 1 else ''} x accum "
         f"{cfg.train.grad_accum}; run dir {run_dir}")
     logger = RunLogger(stage if main else None, total, show_progress and main,
-                       resume_step=saved.state.step if saved is not None else None)
+                       resume_step=saved.state.step if saved is not None else None, echo=main)
     checkpoints = Checkpoints(stage / "checkpoints", cfg.train.keep_checkpoints, dump_config(cfg))
     saving = Saving(checkpoints, cfg.train.checkpoint_every, saved, stop)
     try:
         result = train_loop(job.model, epoch_batches=job.epoch_batches, micro_batches_per_epoch=steps,
                             loss_fn=job.loss, evaluate=job.validate, cfg=cfg.train, device=device, logger=logger,
                             autocast_dtype=amp, saving=saving, engine=engine)
+    except RuntimeError as e:
+        if engine.world == 1 or not _is_exchange_failure(e):
+            raise
+        first = str(e).strip().splitlines()[0][:300]
+        raise TunelabError(f"process {engine.rank} of {engine.world}: an exchange with the other processes failed "
+                           f"({first}); {engine.stopped_processes()}") from e
     finally:
         logger.close()
     undo_fast_dropout(job.model)
@@ -407,6 +415,27 @@ def _train_into(stage: Path, run_dir: Path, cfg: RunConfig, progress: _Progress,
     atomic_write_json(stage / "eval.json", summary)
     _write_report(stage, run_dir.name, cfg, logger.history, job, test_metrics, result)
     log(job.summary(test_metrics))
+
+
+def global_batch(cfg: RunConfig, engine) -> RunConfig:
+    """The config the job batches with: with processes that share each batch (DDP, FSDP), a global batch of
+    train.batch_size rows per process, so N processes x batch b train as one process with batch N*b."""
+    import copy
+
+    if engine.replicas <= 1:
+        return cfg
+    job_cfg = copy.deepcopy(cfg)
+    job_cfg.train.batch_size = cfg.train.batch_size * engine.replicas
+    return job_cfg
+
+
+def _is_exchange_failure(e: RuntimeError) -> bool:
+    """A failed collective (a process died, hung or lost its connection), not a bug in this process."""
+    import torch.distributed as dist
+
+    text = str(e)
+    return isinstance(e, getattr(dist, "DistBackendError", ())) or any(
+        s in text for s in ("Connection reset", "Connection closed", "Timed out", "timed out", "gloo", "NCCL"))
 
 
 def _write_report(run_dir: Path, name: str, cfg: RunConfig, history: list[dict], job, test_metrics: dict,

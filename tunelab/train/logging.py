@@ -208,7 +208,8 @@ class RunLogger:
     """
 
     def __init__(self, run_dir: Path | None, total_steps: int, show_progress: bool = True,
-                 resume_step: int | None = None):
+                 resume_step: int | None = None, echo: bool = True):
+        self.echo = echo  # False: print nothing (the other processes of a distributed run)
         self.history: list[dict] = []
         if run_dir and resume_step is not None:  # going on from a checkpoint: drop what was logged after it
             self.history = _logged_until(run_dir / "metrics.jsonl", resume_step)
@@ -244,6 +245,8 @@ class RunLogger:
             self._display.set_postfix(postfix, refresh=False)
 
     def message(self, text: str) -> None:
+        if not self.echo:
+            return
         if self._is_bar:
             self._display.write(text)  # printed above the bar, which is redrawn below it
         else:

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from tunelab.train.checkpoint import Checkpoints, Loaded, Snapshot, restore_rng, rng_state
-from tunelab.train.distributed import Engine, Single, trainable
+from tunelab.train.distributed import Engine, Single
 from tunelab.train.interrupt import Interrupted, StopRequest
 from tunelab.train.logging import RunLogger
 from tunelab.train.meter import MeanLoss, Throughput
@@ -73,10 +73,10 @@ def train_loop(model: nn.Module, *, epoch_batches: Callable[[int], Iterable[Batc
     """
     saving, engine = saving or Saving(), engine or Single()
     plan = plan_for(cfg, micro_batches_per_epoch)
-    net = engine.wrap(model)  # what forward and backward run on (model itself, or a DDP wrapper)
-    optimizer = build_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum)
+    net = engine.wrap(model, loss_fn)  # net(batch) -> (loss summed over n items, n); DDP/FSDP hooks inside
+    params = list(engine.trainable(model).values())  # the ones this process updates
+    optimizer = build_optimizer(params, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum)
     scheduler = build_scheduler(optimizer, cfg.scheduler, plan.total, plan.warmup, cfg.gamma)
-    params = [p for p in model.parameters() if p.requires_grad]
     state = LoopState()
     keeper = BestKeeper(state, cfg.early_stopping.metric, cfg.early_stopping.patience, say=logger.message)
     meter, mean_loss = Throughput(state, clock=time.perf_counter), MeanLoss()
@@ -102,9 +102,10 @@ def train_loop(model: nn.Module, *, epoch_batches: Callable[[int], Iterable[Batc
         batches = itertools.islice(epoch_batches(state.epoch), state.batch_in_epoch, None)  # a resume skips
         for window in plan.windows(batches):
             meter.start()
-            items, tokens, asked = _forward_backward(net, window, loss_fn, device, autocast_dtype, mean_loss,
-                                                     engine, saving.stop)
-            grad_norm = _finish_gradients(params, items / engine.world, cfg.l1_penalty, cfg.max_grad_norm)
+            items, tokens, asked = _forward_backward(net, window, device, autocast_dtype, mean_loss, engine,
+                                                     saving.stop)
+            # summed gradients -> the window's mean (DDP/FSDP already averaged them over `replicas` processes)
+            grad_norm = _finish_gradients(params, items / engine.replicas, cfg.l1_penalty, cfg.max_grad_norm, engine)
             lr = scheduler.get_last_lr()[0]  # the rate this step used
             optimizer.step()
             scheduler.step()
@@ -142,19 +143,23 @@ def _checkpoint_due(every: int | None, state: LoopState, final: bool) -> bool:
     return every > 0 and (final or state.step % every == 0)
 
 
-def _forward_backward(net: nn.Module, window: list[Batch], loss_fn: LossFn, device: torch.device,
+def _forward_backward(net: nn.Module, window: list[Batch], device: torch.device,
                       autocast_dtype: torch.dtype | None, mean_loss: MeanLoss, engine: Engine,
-                      stop: "StopRequest | None") -> tuple[int, int, bool]:
+                      stop: StopRequest | None) -> tuple[int, int, bool]:
     """Add up the gradients of the window's summed losses; (items, real tokens, stop asked) of the window,
     summed over processes. Gradients are synchronised between processes on the last micro-batch only."""
     items = tokens = 0
     losses: list[tuple[float, int]] = []
+    if engine.forward_backward is not None:  # the engine runs the window itself (pipeline parallel)
+        loss_sum, items, tokens = engine.forward_backward(net, window, device, autocast_dtype)
+        losses.append((loss_sum, items))
+        window = []
     for i, batch in enumerate(window):
         batch, real = engine.shard(batch)
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         with engine.sync(net, last=i == len(window) - 1):
             with autocast(device, autocast_dtype):
-                loss, n = loss_fn(net, batch)  # loss: a sum over n items
+                loss, n = net(batch)  # loss: a sum over n items
             if not real:  # a process with no rows of this batch still joins the gradient exchange
                 loss, n = loss * 0.0, 0
             loss.backward()
@@ -166,20 +171,23 @@ def _forward_backward(net: nn.Module, window: list[Batch], loss_fn: LossFn, devi
         for loss_sum, n in losses:
             mean_loss.add(loss_sum, n)
         return items, tokens, asked
+    engine.heartbeat()
     total_loss, items, tokens, asked_any = engine.all_sum([sum(l for l, _ in losses), items, tokens, float(asked)])
     mean_loss.add(total_loss, int(items))
     return int(items), int(tokens), asked_any > 0
 
 
-def _finish_gradients(params: list[nn.Parameter], items: int, l1_penalty: float,
-                      max_grad_norm: float | None) -> torch.Tensor | None:
+def _finish_gradients(params: list[nn.Parameter], items: float, l1_penalty: float,
+                      max_grad_norm: float | None, engine: Engine) -> torch.Tensor | None:
     """Turn summed gradients into the window's mean, add the L1 term and clip; the norm before clipping."""
-    torch._foreach_div_([p.grad for p in params if p.grad is not None], max(1, items))
+    grads = [p.grad for p in params if p.grad is not None]
+    if grads:
+        torch._foreach_div_(grads, max(1, items))
     if l1_penalty:
         for p in params:
             if p.grad is not None and p.dim() >= 2:
                 p.grad.add_(torch.sign(p.detach()), alpha=l1_penalty)
-    return torch.nn.utils.clip_grad_norm_(params, max_grad_norm) if max_grad_norm else None
+    return engine.clip_grad_norm(params, max_grad_norm) if max_grad_norm else None
 
 
 def _log_train(logger: RunLogger, state: LoopState, lr: float, grad_norm: torch.Tensor | None,
@@ -214,7 +222,7 @@ def _checkpoint(checkpoints: Checkpoints | None, model: nn.Module, optimizer, sc
     """Write a checkpoint of this moment (the main process writes; all take part in gathering)."""
     if checkpoints is None:
         return None
-    weights = engine.full_weights(model, trainable(model))
+    weights = engine.full_weights(model, engine.trainable(model))
     best = engine.full_weights(model, keeper.best_weights) if keeper.best_weights is not None else None
     snap = Snapshot(state=LoopState.from_dict(state.to_dict()), weights=weights, best_weights=best,
                     optimizer=engine.optimizer_state(model, optimizer), scheduler=scheduler.state_dict(),

@@ -2,23 +2,26 @@
 from __future__ import annotations
 
 import math
+from typing import Iterable
 
 import torch
 from torch import nn
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Weight decay on weight matrices only; biases and norm weights (1-D) are not decayed."""
+def param_groups(params: nn.Module | Iterable[nn.Parameter], weight_decay: float) -> list[dict]:
+    """Weight decay on weight matrices only; biases and norm weights (1-D) are not decayed.
+
+    `params`: a module (its trainable parameters) or the parameters themselves."""
     decay, no_decay = [], []
-    for p in model.parameters():
+    for p in (params.parameters() if isinstance(params, nn.Module) else params):
         if p.requires_grad:
             (decay if p.dim() >= 2 else no_decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float,
+def build_optimizer(params: nn.Module | Iterable[nn.Parameter], name: str, lr: float, weight_decay: float,
                     momentum: float = 0.9) -> torch.optim.Optimizer:
-    groups = param_groups(model, weight_decay)
+    groups = param_groups(params, weight_decay)
     if name == "adamw":
         return torch.optim.AdamW(groups, lr=lr, foreach=True)
     if name == "adam":  # classic L2 penalty folded into the gradient
