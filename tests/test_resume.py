@@ -273,3 +273,27 @@ def test_an_incomplete_checkpoint_folder_is_never_loaded(make_config, tmp_path, 
         from tunelab.train.checkpoint import load
 
         load(run_dir / "checkpoints" / "step-9")
+
+
+def test_a_run_being_trained_by_another_process_is_not_replaced(make_config, tmp_path, capsys):
+    import fcntl
+
+    from tunelab.cli import main
+
+    cfg = make_config({"train.max_steps": 4, "train.checkpoint_every": 2})
+    config = write_config(tmp_path / "c.yaml", cfg)
+    assert main(["train", str(config), "--no-progress"]) == 0
+    run_dir = Path(cfg.output_dir)
+    marker = json.loads((run_dir / "tunelab-run.json").read_text())
+    (run_dir / "tunelab-run.json").write_text(json.dumps({**marker, "status": "training"}))  # as while training
+    fd = os.open(run_dir, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # what the training process holds
+    try:
+        capsys.readouterr()
+        assert main(["train", str(config), "--no-progress", "--overwrite"]) == 2
+        assert "being trained by another tunelab process" in capsys.readouterr().err
+        assert main(["resume", str(run_dir), "--no-progress", "train.max_steps=6"]) == 2
+        assert "being trained by another tunelab process" in capsys.readouterr().err
+    finally:
+        os.close(fd)
+    assert main(["resume", str(run_dir), "--no-progress", "train.max_steps=6"]) == 0
