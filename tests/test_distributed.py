@@ -123,15 +123,23 @@ def test_lora_on_fsdp_saves_the_trained_adapter(cfg, helpers, tmp_path):
     adapter = load_file(str(many / "model" / "adapter_model.safetensors"))
     assert any("lora_B" in k for k in adapter)
     assert all(float(v.abs().max()) > 0 for k, v in adapter.items() if "lora_B" in k)  # trained (B starts at 0)
+    # the saved adapter is exactly the best weights the run kept (gathered from the shards in its checkpoint)
+    from tunelab.runs import load_run
+
+    best = json.loads((many / "eval.json").read_text())["best_step"]
+    kept = load_file(str(many / "checkpoints" / f"step-{best}" / "weights.safetensors"))
+    loaded = dict(load_run(many).model.named_parameters())
+    assert kept and all(torch.equal(loaded[k], v) for k, v in kept.items())
     assert_same_training(many, one, weight_tol=2e-5)
 
 
-def test_ddp_run_stopped_by_sigterm_resumes_to_the_uninterrupted_run(cfg, helpers, tmp_path):
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_a_run_stopped_by_sigterm_resumes_to_the_uninterrupted_run(cfg, helpers, tmp_path, mode):
     from tunelab.config import dump_config
 
     config = tmp_path / "c.yaml"
     config.write_text(dump_config(cfg))
-    args = ["train.batch_size=4", "train.max_steps=40", "train.checkpoint_every=0"]
+    args = ["train.batch_size=4", "train.max_steps=40", "train.checkpoint_every=0", f"train.distributed={mode}"]
     reference = launch(2, "train", str(config), "--output-dir", str(tmp_path / "ref"), *args)
     assert finish(reference)[0] == 0, "reference run failed"
     run_dir = tmp_path / "run"
