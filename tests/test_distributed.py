@@ -151,7 +151,7 @@ def test_a_run_stopped_by_sigterm_resumes_to_the_uninterrupted_run(cfg, helpers,
     os.killpg(proc.pid, signal.SIGTERM)  # what a scheduler does: every process of the job gets it
     code, out = finish(proc)
     (step,) = complete_steps(run_dir / "checkpoints")
-    assert 0 < step < 40 and "resume with: tunelab resume" in out, out
+    assert 0 < step < 40 and "resume with: torchrun --nproc-per-node 2 -m tunelab resume" in out, out
     code, out = finish(launch(2, "resume", str(run_dir)))
     assert code == 0, out
     assert max_weight_diff(run_dir, tmp_path / "ref") == 0.0

@@ -245,21 +245,23 @@ def train(cfg: RunConfig, *, overwrite: bool = False, resume: bool = False, show
     device = pick_device(cfg.train.device)
     engine = setup(cfg.train.distributed, device, cfg.train.distributed_timeout)
     device = getattr(engine, "device", device)
+    say = log if engine.is_main else (lambda *_: None)  # the other processes of a distributed run stay quiet
     progress = _Progress()
     try:
-        home, made, saved = _open_run(place, cfg, overwrite, resume, engine, log)
+        home, made, saved = _open_run(place, cfg, overwrite, resume, engine, say)
         lock = hold(home) if engine.is_main else None
         try:
             if engine.is_main:
                 write_marker(home, cfg, "training")
-            with progress_shown(show_progress and engine.is_main), stop_on_signals(log) as stop:
+            with progress_shown(show_progress and engine.is_main), stop_on_signals(say) as stop:
                 _train_into(home, run_dir, cfg, progress, show_progress, log, job_factory, device, engine,
                             saved, stop)
             if engine.is_main:
                 _put_in_place(home, place, cfg, overwrite)
         except Interrupted as e:
-            log(f"{e.signal_name}: stopped after step {e.step}; checkpoint {e.folder}\n"
-                f"resume with: tunelab resume {run_dir}")
+            launcher = f"torchrun --nproc-per-node {engine.world} -m " if engine.world > 1 else ""
+            say(f"{e.signal_name}: stopped after step {e.step}; checkpoint {e.folder}\n"
+                f"resume with: {launcher}tunelab resume {run_dir}")
             raise
         except Exception as e:
             if engine.is_main:
