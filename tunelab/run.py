@@ -360,6 +360,7 @@ def _train_into(stage: Path, run_dir: Path, cfg: RunConfig, progress: _Progress,
     if cfg.train.reuse_memory and device.type == "cpu" and reuse_freed_memory():
         say("speed-up: freed memory is kept for reuse, so big tensors skip fresh pages (train.reuse_memory)")
     seed_everything(cfg.train.seed)
+    engine.configure(cfg)
     job_cfg = global_batch(cfg, engine)
     job = progress.job = (job_factory or make_job)(job_cfg, device, say)
     check_metric(cfg, job)
@@ -378,7 +379,7 @@ def _train_into(stage: Path, run_dir: Path, cfg: RunConfig, progress: _Progress,
                            "train.max_steps or train.epochs to train it further")
     processes = f" in {engine.world} processes ({engine.name})" if engine.world > 1 else ""
     say(f"training on {device} in {describe(amp)}{processes}: {total} optimizer steps, batch "
-        f"{cfg.train.batch_size}{f' x {engine.world} processes' if engine.world > 1 else ''} x accum "
+        f"{cfg.train.batch_size}{f' x {engine.world} processes' if engine.replicas > 1 else ''} x accum "
         f"{cfg.train.grad_accum}; run dir {run_dir}")
     logger = RunLogger(stage if main else None, total, show_progress and main,
                        resume_step=saved.state.step if saved is not None else None, echo=main)

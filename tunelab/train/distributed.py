@@ -44,6 +44,8 @@ class Engine(Protocol):
 
     @property
     def is_main(self) -> bool: ...
+    def configure(self, cfg) -> None:
+        """What the engine needs of the run config before the job is built (pipeline: its fixed shapes)."""
     def wrap(self, model: nn.Module, loss_fn: Callable) -> nn.Module:
         """What the loop calls: net(batch) -> (loss summed over n items, n)."""
     def trainable(self, model: nn.Module) -> dict[str, nn.Parameter]: ...
@@ -99,6 +101,9 @@ class Single:
     rank, world, replicas, name = 0, 1, 1, "single"
     is_main = True
     forward_backward = None
+
+    def configure(self, cfg) -> None:
+        pass
 
     def wrap(self, model: nn.Module, loss_fn: Callable) -> nn.Module:
         return LossModule(model, loss_fn)

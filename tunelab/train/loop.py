@@ -148,12 +148,14 @@ def _forward_backward(net: nn.Module, window: list[Batch], device: torch.device,
                       stop: StopRequest | None) -> tuple[int, int, bool]:
     """Add up the gradients of the window's summed losses; (items, real tokens, stop asked) of the window,
     summed over processes. Gradients are synchronised between processes on the last micro-batch only."""
+    if engine.forward_backward is not None:  # the engine runs the window itself (pipeline): global numbers
+        loss_sum, items, tokens = engine.forward_backward(net, window, device, autocast_dtype)
+        mean_loss.add(loss_sum, items)
+        engine.heartbeat()
+        asked = stop is not None and stop.asked
+        return items, tokens, engine.all_sum([float(asked)])[0] > 0
     items = tokens = 0
     losses: list[tuple[float, int]] = []
-    if engine.forward_backward is not None:  # the engine runs the window itself (pipeline parallel)
-        loss_sum, items, tokens = engine.forward_backward(net, window, device, autocast_dtype)
-        losses.append((loss_sum, items))
-        window = []
     for i, batch in enumerate(window):
         batch, real = engine.shard(batch)
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
