@@ -297,3 +297,131 @@ def test_a_run_being_trained_by_another_process_is_not_replaced(make_config, tmp
     finally:
         os.close(fd)
     assert main(["resume", str(run_dir), "--no-progress", "train.max_steps=6"]) == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Cases a review found
+
+
+def test_an_early_stopped_run_stays_stopped(make_config, tmp_path, capsys):
+    from tunelab.cli import main
+
+    cfg = make_config({"train.max_steps": 40, "train.eval_every": 2, "train.lr": 1e-5,
+                       "train.early_stopping.patience": 1, "train.early_stopping.metric": "loss"})
+    config = write_config(tmp_path / "c.yaml", cfg)
+    assert main(["train", str(config), "--no-progress"]) == 0
+    run_dir = Path(cfg.output_dir)
+    first = json.loads((run_dir / "eval.json").read_text())
+    assert first["stopped_early"] and first["steps"] < 40
+    # training it further is refused, and the refusal leaves nothing beside the run
+    capsys.readouterr()
+    assert main(["resume", str(run_dir), "--no-progress"]) == 2
+    assert "stopped early" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.yaml", "run"]
+    # a crash after the stop (while saving): the resume finishes the same run, it does not train on
+    (run_dir / "tunelab-run.json").write_text(json.dumps({"status": "training"}))
+    for name in ("eval.json", "report.html"):
+        (run_dir / name).unlink()
+    assert main(["resume", str(run_dir), "--no-progress"]) == 0
+    again = json.loads((run_dir / "eval.json").read_text())
+    assert (again["steps"], again["best_step"], again["stopped_early"], again["test"]) == \
+           (first["steps"], first["best_step"], True, first["test"])
+
+
+def test_an_abandoned_overwrite_is_superseded_by_the_run_that_finished(make_config, tmp_path, monkeypatch, capsys):
+    """An interrupted `--overwrite` run (in a hidden staging folder), then a fresh `--overwrite` that finished:
+    the finished run is what a resume goes on from, never the abandoned one (also with [] in the name)."""
+    import tunelab.run as run
+    from tunelab.cli import main
+
+    run_dir = tmp_path / "exp[1]"
+    config = write_config(tmp_path / "c.yaml", make_config({"train.max_steps": 4, "train.checkpoint_every": 2,
+                                                            "output_dir": str(run_dir)}))
+    assert main(["train", str(config), "--no-progress"]) == 0
+    real = run._finish_run
+
+    def crash(*args, **kwargs):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(run, "_finish_run", crash)
+    assert main(["train", str(config), "--no-progress", "--overwrite", "train.lr=2e-3"]) == 2
+    (abandoned,) = tmp_path.glob(".exp[[]1].staging-*")
+    from tunelab.resume import find_resume
+
+    assert find_resume(run_dir.resolve()).home == abandoned  # an interrupted run is found (glob-escaped name)
+    monkeypatch.setattr(run, "_finish_run", real)
+    assert main(["train", str(config), "--no-progress", "--overwrite", "train.lr=5e-3"]) == 0
+    assert not abandoned.exists()  # superseded
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["train"]["lr"] == 5e-3
+    assert main(["resume", str(run_dir), "--no-progress", "train.max_steps=6"]) == 0
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["train"]["lr"] == 5e-3
+
+
+def test_train_resume_takes_the_default_metric_the_run_resolved(make_config, tmp_path):
+    from tunelab.cli import main
+
+    cfg = make_config({"train.max_steps": 4, "train.checkpoint_every": 2, "train.early_stopping.metric": None})
+    config = write_config(tmp_path / "c.yaml", cfg)
+    assert main(["train", str(config), "--no-progress"]) == 0
+    assert main(["train", str(config), "--no-progress", "--resume", "train.max_steps=6"]) == 0
+
+
+def test_a_second_ctrl_c_after_training_without_checkpoints_keeps_the_trained_model(make_config, tmp_path,
+                                                                                    monkeypatch, capsys):
+    import tunelab.tasks.classification as classification
+    from tunelab.cli import main
+
+    def interrupted(self):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(classification.ClassificationJob, "test", interrupted)
+    cfg = make_config({"train.max_steps": 3, "train.checkpoint_every": 0})
+    assert main(["train", str(write_config(tmp_path / "c.yaml", cfg)), "--no-progress"]) == 130
+    (rescued,) = tmp_path.glob("run.rescued-*")
+    assert (rescued / "model" / "model.safetensors").is_file()
+    assert str(rescued / "model") in capsys.readouterr().out
+
+
+def test_prune_keeps_every_checkpoint_a_kept_one_takes_its_best_weights_from(tmp_path):
+    from tunelab.train.checkpoint import Checkpoints, Snapshot, load
+    from tunelab.train.state import LoopState
+
+    root = Checkpoints(tmp_path, keep=2, config_text="task: classification\n")
+    w = {"w": torch.zeros(2)}
+
+    def save(step: int, best_step: int) -> None:
+        state = LoopState(step=step, best_step=best_step, best_metric=1.0)
+        root.save(Snapshot(state=state, weights=w, best_weights=w, optimizer={}, scheduler={}, rng=[{}],
+                           loss_window=(0.0, 0)))
+
+    save(4, 4)  # best here
+    save(6, 4)  # takes its best weights from step-4
+    save(8, 8)  # a new best: step-6 (kept, newest two) still needs step-4
+    assert complete_steps(tmp_path) == [4, 6, 8]
+    load(tmp_path / "step-6")  # loadable
+    save(10, 8)  # now step-6 is beyond the newest two, and step-4 is needed by nothing kept
+    assert complete_steps(tmp_path) == [8, 10]
+
+
+def test_a_longer_run_follows_its_new_schedule_from_the_first_new_step(make_config, tmp_path):
+    from tunelab.cli import main
+
+    cfg = make_config({"train.max_steps": 6, "train.scheduler": "linear", "train.warmup_steps": 0,
+                       "train.checkpoint_every": 3, "train.epochs": 10})
+    assert main(["train", str(write_config(tmp_path / "c.yaml", cfg)), "--no-progress"]) == 0
+    assert main(["resume", cfg.output_dir, "--no-progress", "train.max_steps=12"]) == 0
+    lrs = {r["step"]: r["lr"] for r in logged(Path(cfg.output_dir)) if r["kind"] == "train"}
+    assert lrs[7] == pytest.approx(1e-3 * (1 - 6 / 12))  # step 7 of 12 on the linear schedule, not 0
+
+
+def test_a_damaged_checkpoint_file_is_one_line(make_config, tmp_path, capsys):
+    from tunelab.cli import main
+
+    cfg = make_config({"train.max_steps": 4, "train.checkpoint_every": 2, "train.keep_checkpoints": 2})
+    assert main(["train", str(write_config(tmp_path / "c.yaml", cfg)), "--no-progress"]) == 0
+    weights_file = Path(cfg.output_dir) / "checkpoints" / "step-4" / "weights.safetensors"
+    weights_file.write_bytes(weights_file.read_bytes()[:100])
+    capsys.readouterr()
+    assert main(["resume", cfg.output_dir, "--no-progress", "train.max_steps=6"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "step-4 cannot be read" in err and "delete it" in err

@@ -8,6 +8,7 @@ trained further (a larger train.max_steps or train.epochs) into a new staging fo
 """
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
@@ -38,7 +39,7 @@ def in_progress_homes(place: Path) -> list[Path]:
     """Folders holding an unfinished run for RUN_DIR `place`: itself, or hidden staging folders beside it."""
     homes = [place] if place.is_dir() and marker_status(place) == "training" else []
     if place.parent.is_dir():
-        homes += [p for p in place.parent.glob(f".{place.name}.staging-*")
+        homes += [p for p in place.parent.glob(f"{glob.escape('.' + place.name)}.staging-*")
                   if p.is_dir() and marker_status(p) == "training"]
     return homes
 
@@ -115,6 +116,16 @@ def changed_settings(saved_config_text: str, cfg) -> list[str]:
             and not any(k == r or (r.endswith(".") and k.startswith(r)) for r in RESUMABLE)]
 
 
+def fill_resolved(cfg, saved_config_text: str) -> None:
+    """Settings a run resolves when it starts (a null early-stopping metric becomes the task's default): left
+    unset in the config a resume is asked with, they take the run's own value."""
+    import yaml
+
+    saved = yaml.safe_load(saved_config_text)
+    if cfg.train.early_stopping.metric is None:
+        cfg.train.early_stopping.metric = saved["train"]["early_stopping"]["metric"]
+
+
 def check_resumable(saved_config_text: str, cfg, saved_world: int, world: int, checkpoint: Path) -> None:
     """Refuse a resume that would change what the run means, naming each setting that differs."""
     import yaml
@@ -129,8 +140,8 @@ def check_resumable(saved_config_text: str, cfg, saved_world: int, world: int, c
                            "the run's own settings, or train a new run")
     if saved_world != world:
         raise TunelabError(f"cannot resume {checkpoint}: it was trained by {saved_world} process(es) and this is "
-                           f"{world} (the global batch would change); launch it with "
-                           f"`torchrun --nproc-per-node {saved_world}` as before" if saved_world > 1 else
+                           f"{world} (the global batch would change); launch it with {saved_world} processes as "
+                           f"before (one machine: `torchrun --nproc-per-node {saved_world}`)" if saved_world > 1 else
                            f"cannot resume {checkpoint}: it was trained by one process; resume it without torchrun")
 
 

@@ -159,12 +159,6 @@ def held_by_another(folder: Path) -> None:
     os.close(hold(folder))
 
 
-def has_checkpoint(home: Path) -> bool:
-    from tunelab.train.checkpoint import newest
-
-    return newest(home / "checkpoints") is not None
-
-
 def write_marker(home: Path, cfg: RunConfig, status: str) -> None:
     from tunelab import __version__
 
@@ -223,6 +217,7 @@ class _Progress:
         self.job = None
         self.trained = False  # the loop finished: the model is worth keeping
         self.saved = False  # RUN_DIR/model (in the staging folder) is complete
+        self.resumed_step: int | None = None  # a finished run trained further: the step it went on from
 
 
 def train(cfg: RunConfig, *, overwrite: bool = False, resume: bool = False, show_progress: bool = True,
@@ -231,14 +226,14 @@ def train(cfg: RunConfig, *, overwrite: bool = False, resume: bool = False, show
 
     A new run is written in RUN_DIR, marked "training" until it finished; a run that replaces an old one is
     written in a staging folder and swapped in (tunelab.io.atomic_replace_dir) only when it finished, so an
-    old run stays as it was on any failure. A failure before the first checkpoint leaves nothing behind; after
-    it, the run stays for `tunelab resume` (Ctrl-C and SIGTERM stop after a step and write one first). A model
-    that trained but could not be put in place without a checkpoint is rescued (`rescue_model`).
+    old run stays as it was on any failure. Ctrl-C and SIGTERM stop after a step with a checkpoint (after
+    training: before saving or testing, when a final checkpoint exists). Whatever stops a run, it leaves
+    nothing behind before its first checkpoint, its checkpoints for `tunelab resume` after that, and a model
+    that trained with no checkpoint to go back to is rescued (`rescue_model`).
     `job_factory(cfg, device, log)` builds the TaskJob; default: `make_job`, the registered task's.
     """
     from tunelab.train.distributed import setup
-    from tunelab.train.interrupt import stop_on_signals
-    from tunelab.train.interrupt import Interrupted
+    from tunelab.train.interrupt import Interrupted, stop_on_signals
 
     run_dir = Path(cfg.output_dir)
     place = run_dir.resolve()  # a symlinked RUN_DIR: its target is replaced, never the link
@@ -249,6 +244,8 @@ def train(cfg: RunConfig, *, overwrite: bool = False, resume: bool = False, show
     progress = _Progress()
     try:
         home, made, saved = _open_run(place, cfg, overwrite, resume, engine, say)
+        if saved is not None and saved.finished_run:
+            progress.resumed_step = saved.state.step
         lock = hold(home) if engine.is_main else None
         try:
             if engine.is_main:
@@ -259,17 +256,12 @@ def train(cfg: RunConfig, *, overwrite: bool = False, resume: bool = False, show
             if engine.is_main:
                 _put_in_place(home, place, cfg, overwrite)
         except Interrupted as e:
-            launcher = f"torchrun --nproc-per-node {engine.world} -m " if engine.world > 1 else ""
             say(f"{e.signal_name}: stopped after step {e.step}; checkpoint {e.folder}\n"
-                f"resume with: {launcher}tunelab resume {run_dir}")
+                f"resume with: {resume_command(run_dir, engine)}")
             raise
-        except Exception as e:
+        except BaseException as e:  # an error, or a second Ctrl-C (KeyboardInterrupt)
             if engine.is_main:
                 _after_failure(e, home, place, run_dir, made, cfg, progress, log)
-            raise
-        except BaseException:
-            if engine.is_main and not has_checkpoint(home):
-                discard_home(home, place, made)
             raise
         finally:
             if lock is not None:
@@ -279,6 +271,17 @@ def train(cfg: RunConfig, *, overwrite: bool = False, resume: bool = False, show
     if engine.is_main:
         log(f"run saved to {run_dir}  (model: {run_dir / 'model'}, report: {run_dir / 'report.html'})")
     return run_dir
+
+
+def resume_command(run_dir: Path, engine) -> str:
+    """The command that goes on with this run: with torchrun and the same processes for a distributed one."""
+    if engine.world == 1:
+        return f"tunelab resume {run_dir}"
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", engine.world))
+    nodes = engine.world // max(1, local)
+    flags = f"--nproc-per-node {local}" if nodes == 1 else \
+        f"--nnodes {nodes} --nproc-per-node {local} (and your --rdzv-* flags, on every machine)"
+    return f"torchrun {flags} -m tunelab resume {run_dir}"
 
 
 def _open_run(place: Path, cfg: RunConfig, overwrite: bool, resume: bool, engine, log):
@@ -292,10 +295,11 @@ def _open_run(place: Path, cfg: RunConfig, overwrite: bool, resume: bool, engine
         else:
             home, made = None, []
         return engine.gather(home)[0], made, None
-    from tunelab.resume import check_resumable, find_resume, seed_home
+    from tunelab.resume import check_resumable, fill_resolved, find_resume, seed_home
 
     point = engine.gather(find_resume(place) if engine.is_main else None)[0]
     saved = checkpoint.load(point.checkpoint)
+    fill_resolved(cfg, saved.config_text)
     check_resumable(saved.config_text, cfg, saved.world_size, engine.world, point.checkpoint)
     home, made = point.home, []
     if home is None:  # a finished run trained further: in a new staging folder, swapped in at the end
@@ -303,42 +307,66 @@ def _open_run(place: Path, cfg: RunConfig, overwrite: bool, resume: bool, engine
             home = staging_dir(place)
             seed_home(place, point.checkpoint, home)
         home = engine.gather(home)[0]
+        made = [home]  # a failure before a checkpoint of its own removes it again
         saved.folder, saved.finished_run = home / "checkpoints" / point.checkpoint.name, True
     log(f"resuming from {point.checkpoint} (step {saved.state.step})")
     return home, made, saved
 
 
 def _put_in_place(home: Path, place: Path, cfg: RunConfig, overwrite: bool) -> None:
-    """Mark the run finished and, when it was written in a staging folder, swap it in for RUN_DIR."""
+    """Mark the run finished and, when it was written in a staging folder, swap it in for RUN_DIR; then drop
+    the unfinished runs for RUN_DIR that this one supersedes (interrupted `--overwrite` runs)."""
+    from tunelab.resume import in_progress_homes
+
     write_marker(home, cfg, "finished")
     follow_umask(home)
     if home != place:
         if place.exists() and marker_status(place) != "training" and any(place.iterdir()):
             check_output_dir(place, True)  # again: the folder may have changed while this run trained
         atomic_replace_dir(home, place)
+    for other in in_progress_homes(place):
+        if other != place:
+            try:
+                fd = hold(other)
+            except TunelabError:  # another process trains it right now: leave it to that process
+                continue
+            shutil.rmtree(other, ignore_errors=True)
+            os.close(fd)
 
 
-def _after_failure(e: Exception, home: Path, place: Path, run_dir: Path, made: list[Path], cfg: RunConfig,
+def _after_failure(e: BaseException, home: Path, place: Path, run_dir: Path, made: list[Path], cfg: RunConfig,
                    progress: "_Progress", log) -> None:
-    """What a failed run leaves: nothing before its first checkpoint, its checkpoints after, or a rescued model."""
-    if has_checkpoint(home):
+    """What a failed or interrupted run leaves: nothing before its first checkpoint of its own, its checkpoints
+    after that, or, trained without any, a rescued model. A user's mistake or a full disk becomes one
+    TunelabError line; a bug or a second Ctrl-C goes on as it was, after a line saying what was kept."""
+    told = isinstance(e, (OSError, TunelabError))
+    if _checkpointed_since(home, progress.resumed_step):
         where = run_dir if home == place else home
         kept = (f"its checkpoints are kept in {where / 'checkpoints'}: fix the cause, then `tunelab resume "
                 f"{run_dir}` goes on from the newest")
-        if not isinstance(e, (OSError, TunelabError)):  # a bug: its traceback follows
-            log(f"the run stopped with an error; {kept}")
+        if not told:
+            log(f"the run stopped; {kept}")
             return
         raise TunelabError(f"{e}; {kept}") from e
     if not progress.trained:
         discard_home(home, place, made)
         return
     kept = rescue_model(home, place, cfg, progress.job, progress.saved)
-    if not isinstance(e, (OSError, TunelabError)):  # a bug: its traceback follows
+    if not told:
         log(f"the trained model is kept in {kept / 'model'}")
         return
     raise TunelabError(f"writing the run to {run_dir} failed after training ({e}); the trained model is "
                        f"kept in {kept / 'model'} (with config.yaml beside it): fix the cause, then move it "
                        "into place or train again") from e
+
+
+def _checkpointed_since(home: Path, step: int | None) -> bool:
+    """Whether `home` holds a checkpoint of its own: any (step None), or one later than `step` (the checkpoint
+    a finished run trained further was seeded with)."""
+    from tunelab.train.checkpoint import complete_steps
+
+    steps = complete_steps(home / "checkpoints")
+    return bool(steps) and (step is None or steps[-1] > step)
 
 
 def _train_into(stage: Path, run_dir: Path, cfg: RunConfig, progress: _Progress, show_progress: bool, log,
@@ -374,9 +402,8 @@ def _train_into(stage: Path, run_dir: Path, cfg: RunConfig, progress: _Progress,
     seed_everything(cfg.train.seed)  # the same stream of dropout masks whatever preparing consumed
     steps = job.micro_batches_per_epoch()
     total = plan_for(cfg.train, steps).total  # the loop follows the same plan
-    if saved is not None and saved.state.step >= total and saved.finished_run:
-        raise TunelabError(f"{run_dir} already trained {saved.state.step} of {total} steps; raise "
-                           "train.max_steps or train.epochs to train it further")
+    if saved is not None and saved.finished_run:
+        _check_something_left(saved.state, total, run_dir)
     processes = f" in {engine.world} processes ({engine.name})" if engine.world > 1 else ""
     say(f"training on {device} in {describe(amp)}{processes}: {total} optimizer steps, batch "
         f"{cfg.train.batch_size}{f' x {engine.world} processes' if engine.replicas > 1 else ''} x accum "
@@ -400,8 +427,36 @@ def _train_into(stage: Path, run_dir: Path, cfg: RunConfig, progress: _Progress,
     undo_fast_dropout(job.model)
     progress.trained = True
     job.model = engine.unwrap(job.model)
-    if not main:
-        return
+    if main:
+        _finish_run(stage, run_dir, cfg, job, result, logger.history, progress, stop, log, t0)
+
+
+def _check_something_left(state, total: int, run_dir: Path) -> None:
+    """Refuse to train a finished run further when there is nothing left to train."""
+    if state.stopped_early:
+        raise TunelabError(f"{run_dir} stopped early at step {state.step} (no better validation "
+                           "train.early_stopping.metric within its patience): training it further would change "
+                           "nothing; train a new run, e.g. with a larger train.early_stopping.patience")
+    if state.step >= total:
+        raise TunelabError(f"{run_dir} already trained {state.step} of {total} steps; raise "
+                           "train.max_steps or train.epochs to train it further")
+
+
+def _stop_if_asked(stop, stage: Path, step: int) -> None:
+    """After training, a Ctrl-C / SIGTERM stops the run where it is; the final checkpoint lets `tunelab resume`
+    finish it (without one, the run finishes: there is nothing to go on from)."""
+    from tunelab.train.checkpoint import newest
+    from tunelab.train.interrupt import Interrupted
+
+    folder = newest(stage / "checkpoints")
+    if stop.asked and folder is not None:
+        raise Interrupted(step, folder, stop.signal_name)
+
+
+def _finish_run(stage: Path, run_dir: Path, cfg: RunConfig, job, result, history: list[dict],
+                progress: _Progress, stop, log, t0: float) -> None:
+    """After training (main process): save the model, test it, write eval.json and the report."""
+    _stop_if_asked(stop, stage, result.steps)
     tokens_per_s = result.train_tokens / max(result.train_seconds, 1e-9)
     log(f"trained {result.steps} steps in {result.train_seconds:.1f}s ({tokens_per_s:.0f} real tokens/s)"
         + (f"; best validation {cfg.train.early_stopping.metric} at step {result.best_step}"
@@ -409,6 +464,7 @@ def _train_into(stage: Path, run_dir: Path, cfg: RunConfig, progress: _Progress,
         + ("; stopped early" if result.stopped_early else ""))
     job.save(stage / "model", stage)
     progress.saved = True
+    _stop_if_asked(stop, stage, result.steps)
     test_metrics = job.test()
     summary = {"test": test_metrics, "best_step": result.best_step, "best_validation": result.best_metrics,
                "steps": result.steps, "stopped_early": result.stopped_early,
@@ -416,7 +472,7 @@ def _train_into(stage: Path, run_dir: Path, cfg: RunConfig, progress: _Progress,
                "train_tokens_per_s": round(tokens_per_s, 1), "wall_seconds": round(time.perf_counter() - t0, 3)}
     summary.update(job.finish(stage))
     atomic_write_json(stage / "eval.json", summary)
-    _write_report(stage, run_dir.name, cfg, logger.history, job, test_metrics, result)
+    _write_report(stage, run_dir.name, cfg, history, job, test_metrics, result)
     log(job.summary(test_metrics))
 
 

@@ -13,7 +13,7 @@ half-written that could be loaded.
 
 A checkpoint is written in a hidden temporary folder beside the others, every file fsynced, then renamed to
 `step-N` (one atomic rename), so `step-N` is either complete or absent. `keep` newest checkpoints are kept,
-plus the one holding the best weights.
+plus the one holding the best weights and any a kept one takes its best weights from.
 """
 from __future__ import annotations
 
@@ -111,7 +111,7 @@ class Checkpoints:
             self.root.mkdir(parents=True, exist_ok=True)
             tmp = Path(tempfile.mkdtemp(dir=self.root, prefix=f".step-{step}.tmp-"))
             tmp.chmod(0o777 & ~current_umask())
-            best = self._write_files(tmp, snap)
+            self._write_files(tmp, snap)
             atomic_write_json(tmp / COMPLETE, {"format": FORMAT, "step": step})
             if final.exists():  # the same step written again (a resume that stops at once): replace it
                 shutil.rmtree(final)
@@ -125,7 +125,7 @@ class Checkpoints:
             raise TunelabError(f"writing the checkpoint of step {step} to {self.root} failed "
                                f"({e.strerror or e}){kept}: free disk space or make the folder writable, then "
                                "resume") from None
-        self.prune(snap.state.best_step, best)
+        self.prune(snap.state.best_step)
         return final
 
     def _write_files(self, folder: Path, snap: Snapshot) -> str | None:
@@ -156,20 +156,30 @@ class Checkpoints:
             return f"step-{s.best_step}"
         return "best"
 
-    def prune(self, best_step: int | None, best: str | None) -> None:
-        """Delete the complete checkpoints beyond the newest `keep`, keeping the one the best weights are in,
-        and temporary folders of interrupted writes."""
+    def prune(self, best_step: int | None) -> None:
+        """Delete the complete checkpoints beyond the newest `keep`, keeping the one the best weights are in
+        and every one a kept checkpoint takes its best weights from (so each kept one stays loadable), and
+        temporary folders of interrupted writes."""
         steps = complete_steps(self.root)
         kept = set(steps[-self.keep:])
-        if best is not None and best.startswith("step-"):
-            kept.add(int(best[5:]))
         if best_step is not None and best_step in steps:
             kept.add(best_step)
+        for step in sorted(kept):
+            kept.update(_best_source(self.root / f"step-{step}"))
         for step in steps:
             if step not in kept:
                 shutil.rmtree(self.root / f"step-{step}", ignore_errors=True)
         for leftover in self.root.glob(".step-*.tmp-*"):
             shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _best_source(folder: Path) -> set[int]:
+    """The step of the other checkpoint a checkpoint takes its best weights from (empty: none)."""
+    try:
+        best = json.loads((folder / STATE).read_text(encoding="utf-8")).get("best_weights")
+    except (OSError, ValueError):
+        return set()
+    return {int(best[5:])} if isinstance(best, str) and best.startswith("step-") else set()
 
 
 def _contiguous(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -259,6 +269,6 @@ def load(folder: Path) -> Loaded:
                       rng=torch.load(folder / RNG, map_location="cpu", weights_only=True),
                       loss_window=tuple(meta["loss_window"]), world_size=meta["world_size"],
                       config_text=(folder / CONFIG).read_text(encoding="utf-8"))
-    except (OSError, ValueError, KeyError, RuntimeError) as e:
-        raise TunelabError(f"checkpoint {folder} cannot be read ({e}); delete it to resume from an earlier "
-                           "one") from None
+    except Exception as e:  # noqa: BLE001 - any damage (safetensors and pickle raise their own types)
+        raise TunelabError(f"checkpoint {folder} cannot be read ({type(e).__name__}: {str(e)[:200]}); delete "
+                           "it to resume from an earlier one") from None

@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import time
 from datetime import timedelta
+from pathlib import Path
 from typing import Callable, ContextManager, Protocol
 
 import torch
@@ -181,6 +183,8 @@ class Distributed(Single):
                                 **({"device_id": device} if device.type == "cuda" else {}))
         self._store = self._heartbeat_store()
         self._step = 0
+        if self._store is not None:  # where this process runs, to tell later whether it is still alive
+            self._store.set(f"tunelab/process/{self.rank}", f"{socket.gethostname()} {os.getpid()}")
 
     @property
     def is_main(self) -> bool:
@@ -239,19 +243,44 @@ class Distributed(Single):
             self._store.set(f"tunelab/heartbeat/{self.rank}", f"{self._step} {time.time():.3f}")
 
     def stopped_processes(self) -> str:
-        """Which processes fell behind this one, from the heartbeats: for the error of a failed exchange."""
+        """Which processes are gone (on this machine) or fell behind this one: for the error of a failed
+        exchange. Read from torchrun's store, which outlives the processes."""
+        unknown = "see torchrun's summary for the process that failed"
         if self._store is None:
-            return "see torchrun's summary for the process that failed"
-        behind = []
+            return unknown
+        stopped = []
         for r in range(self.world):
-            try:
-                step, when = self._store.get(f"tunelab/heartbeat/{r}").decode().split()
-            except Exception:  # noqa: BLE001 - no heartbeat at all
-                behind.append(f"rank {r} (never reached the first exchange)")
+            if r == self.rank:
                 continue
-            if r != self.rank and int(step) < self._step:
-                behind.append(f"rank {r} (stopped at exchange {step}, {time.time() - float(when):.0f}s ago)")
-        return ("stopped: " + ", ".join(behind)) if behind else "see torchrun's summary for the process that failed"
+            gone = self._gone(r)
+            behind = self._behind(r)
+            if gone or behind:
+                stopped.append(f"rank {r} ({'; '.join(filter(None, [gone, behind]))})")
+        return ("stopped: " + ", ".join(stopped)) if stopped else unknown
+
+    def _gone(self, rank: int) -> str | None:
+        """'exited' for a process of this machine that no longer runs (or is a zombie), else None."""
+        try:
+            host, pid = self._store.get(f"tunelab/process/{rank}").decode().split()
+        except Exception:  # noqa: BLE001 - never registered, or the store is gone too
+            return None
+        if host != socket.gethostname():
+            return None
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            return f"process {pid} exited"
+        return f"process {pid} exited" if state in ("Z", "X") else None
+
+    def _behind(self, rank: int) -> str | None:
+        """How far behind this process `rank`'s last heartbeat is, when it is behind."""
+        try:
+            step, when = self._store.get(f"tunelab/heartbeat/{rank}").decode().split()
+        except Exception:  # noqa: BLE001 - no heartbeat at all
+            return "never reached the first exchange" if self._step > 1 else None
+        if int(step) < self._step:
+            return f"last at exchange {step}, {time.time() - float(when):.0f}s ago"
+        return None
 
     def close(self) -> None:
         import torch.distributed as dist

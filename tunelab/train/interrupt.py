@@ -24,7 +24,9 @@ class Interrupted(Exception):
 
 
 class StopRequest:
-    """Set by the handlers below; the loop reads `asked` after each step."""
+    """Set by the handlers below; the loop reads `asked` after each step (and stops after it, with a
+    checkpoint), the driver after training and after saving the model (and stops there when the run's final
+    checkpoint lets `tunelab resume` finish it)."""
 
     def __init__(self):
         self.asked = False

@@ -97,7 +97,7 @@ def train_loop(model: nn.Module, *, epoch_batches: Callable[[int], Iterable[Batc
         return written[state.step]
 
     net.train()
-    stop = False
+    stop = state.stopped_early  # a run resumed after early stopping trains no further
     while state.step < plan.total and not stop:
         batches = itertools.islice(epoch_batches(state.epoch), state.batch_in_epoch, None)  # a resume skips
         for window in plan.windows(batches):
@@ -216,7 +216,8 @@ def _validate(model: nn.Module, evaluate: Callable[[nn.Module], dict] | None, st
     if metrics is None:  # no validation data: the last weights are the result
         return False
     logger.log("eval", state.step, {k: v for k, v in metrics.items() if isinstance(v, (int, float))})
-    return keeper.judge(metrics, model)
+    state.stopped_early = keeper.judge(metrics, model)  # saved with the state: a resume stops too
+    return state.stopped_early
 
 
 def _checkpoint(checkpoints: Checkpoints | None, model: nn.Module, optimizer, scheduler, state: LoopState,
@@ -242,6 +243,11 @@ def _resume(saved: Loaded, model: nn.Module, optimizer, scheduler, keeper: BestK
         keeper.best_weights = engine.local_weights(model, saved.best_weights)
     engine.load_optimizer_state(model, optimizer, saved.optimizer)
     scheduler.load_state_dict(saved.scheduler)
+    # the rate of the next step under this run's schedule: the same number when the length is unchanged, the
+    # new schedule's when train.max_steps / epochs grew (the saved rate was the old schedule's last)
+    for group, base, factor in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+        group["lr"] = base * factor(scheduler.last_epoch)
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
     mean_loss.total, mean_loss.items = saved.loss_window
     restore_rng(saved.rng[engine.rank])
     return LoopState.from_dict(saved.state.to_dict())

@@ -31,6 +31,8 @@ class LoopState:
     """Evaluations with validation data (those where the metric was undefined included)."""
     evals_without_metric: int = 0
     """Evaluations where the early-stopping metric was undefined (None): skipped for best and patience."""
+    stopped_early: bool = False
+    """Early stopping said stop (patience used up): a resume has nothing left to train."""
     last_eval_step: int = -1
     """The step of the last evaluation, so the end of an epoch does not evaluate the same weights twice."""
     train_tokens: int = 0
