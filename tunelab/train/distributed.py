@@ -326,9 +326,14 @@ class FSDP(Distributed):
         if not blocks:
             raise TunelabError("train.distributed: fsdp found no transformer blocks to shard in this model; use "
                                "ddp")
+        # an explicit mesh of this run's device type: the default follows the machine's accelerator, so CPU
+        # training on a machine that also has a GPU would shard onto CUDA
+        from torch.distributed.device_mesh import init_device_mesh
+
+        mesh = init_device_mesh(self.device.type, (self.world,))
         for block in blocks:
-            fully_shard(block)
-        self._root = fully_shard(LossModule(model, loss_fn))  # the rest of the model: gathered around the loss
+            fully_shard(block, mesh=mesh)
+        self._root = fully_shard(LossModule(model, loss_fn), mesh=mesh)  # the rest: gathered around the loss
         return self._root
 
     def evaluate(self, model: nn.Module, fn: Callable[[nn.Module], dict | None]) -> dict | None:
