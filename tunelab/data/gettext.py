@@ -99,9 +99,10 @@ def header_charset(header: bytes) -> str:
 
 
 _PLACEHOLDER = re.compile(
-    r"%\([A-Za-z_]\w*\)[-+ #0]*\d*(?:\.\d+)?[A-Za-z]"  # Python %(name)s
+    r"%%"  # a literal percent sign: matched so that it is not read as the start of one, then not counted
+    r"|%\([A-Za-z_]\w*\)[-+#0]*\d*(?:\.\d+)?[A-Za-z]"  # Python %(name)s
     r"|%<PRI\w+>"  # C99 inttypes: %<PRIu64>
-    r"|%(?:\d+\$)?[-+ #0']*(?:\*|\d+)?(?:\.(?:\*|\d+))?(?:hh|h|ll|l|L|q|j|z|t|I64|I32)?"
+    r"|%(?:\d+\$)?[-+#0']*(?:\*|\d+)?(?:\.(?:\*|\d+))?(?:hh|h|ll|l|L|q|j|z|t|I64|I32)?"
     r"(?:p[A-Z]|[diouxXeEfFgGaAcspnmB])"  # printf %s %5.2f %1$s %lu, bfd's %pB %B, glibc's %m
     r"|%\d+"  # Qt %1
     r"|\{[\w.]*(?:[:!][^{}]*)?\}"  # {0} {name} {name:>8}
@@ -114,7 +115,9 @@ def placeholder_share(text: str) -> float:
     chars = sum(not c.isspace() for c in text)
     if not chars:
         return 0.0
-    covered = sum(sum(not c.isspace() for c in m.group()) for m in _PLACEHOLDER.finditer(text))
+    # printf's space flag ("% d") is left out of the pattern: "100% done" would read as a placeholder
+    covered = sum(sum(not c.isspace() for c in m.group()) for m in _PLACEHOLDER.finditer(text)
+                  if m.group() != "%%")
     return covered / chars
 
 

@@ -107,8 +107,8 @@ def field_pairs(ref: str, source_field: str, target_field: str, log: Log) -> lis
                                     f"{', '.join(f for f in record if not f.startswith('_')) or 'none'}")
             value = record[field]
             if value is not None and not isinstance(value, str):
-                raise _record_error(ref, record, k, f"field {field!r} holds a {type(value).__name__}, "
-                                    "not a text")
+                raise _record_error(ref, record, k, f"field {field!r} holds {type(value).__name__} "
+                                    f"{value!r}, not text")
             texts.append(value or "")
         if not (texts[0].strip() and texts[1].strip()):
             dropped[EMPTY].append(_where(record, k))
