@@ -14,9 +14,11 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent / "causal"))  # the tiny Llama of the causal-LM tests
+sys.path.insert(0, str(Path(__file__).parent / "seq2seq"))  # the tiny T5 of the seq2seq tests
 
 from causal_helpers import alpaca_records  # noqa: E402
 from causal_tiny import write_tiny_model  # noqa: E402
+from seq2seq_tiny import reverse_pairs, write_tiny_t5  # noqa: E402
 from tunelab.methods import METHODS  # noqa: E402
 from tunelab.tasks import tasks  # noqa: E402
 
@@ -32,6 +34,8 @@ def tiny_llama(tmp_path_factory) -> Path:
 def cases(tiny_bert, tiny_llama, data_dir, tmp_path_factory, helpers):
     """task -> (config data without method and output_dir, a batch of input ids to compare outputs on)."""
     alpaca = helpers.write_jsonl(tmp_path_factory.mktemp("matrix-data") / "alpaca.jsonl", alpaca_records(24))
+    pairs = helpers.write_jsonl(tmp_path_factory.mktemp("matrix-pairs") / "pairs.jsonl", reverse_pairs(24))
+    t5 = write_tiny_t5(tmp_path_factory.mktemp("matrix-t5"))
     train = {"max_steps": STEPS, "batch_size": 4, "lr": 1e-2, "warmup_steps": 0, "log_every": 1, "seed": 0,
              "device": "cpu", "eval_every": None, "early_stopping": {"patience": None}}
     data = {"val_fraction": 0.1, "test_fraction": 0.1}
@@ -48,6 +52,10 @@ def cases(tiny_bert, tiny_llama, data_dir, tmp_path_factory, helpers):
                                                     "heads": 2, "ffn_size": 32, "dropout": 0.0},
                       "data": {"train": str(data_dir / "train.jsonl"), **data}, "train": train},
                      [[2, 7, 8, 9, 3], [2, 10, 11, 3, 0]]),
+        "seq2seq": ({"task": "seq2seq", "model": {"name": str(t5), "max_length": 16},
+                     "data": {"train": str(pairs), **data}, "train": train,
+                     "generate": {"samples_in_eval": 2, "max_new_tokens": 4}},
+                    [[3, 4, 5, 1], [6, 7, 1, 0]]),
     }
 
 
@@ -57,14 +65,15 @@ MATRIX = [(task, method) for task in tasks().names() for method in tasks().get(t
 def test_the_matrix_covers_every_task_and_only_registered_methods():
     assert {task for task, _ in MATRIX} == set(tasks().names())
     assert {method for _, method in MATRIX} <= set(METHODS.names())
-    assert len(MATRIX) == 9
+    assert len(MATRIX) == 12
 
 
 def outputs(model, ids: list[list[int]]) -> torch.Tensor:
     batch = torch.tensor(ids)
     model.eval()
+    extra = {"decoder_input_ids": batch} if getattr(model.config, "is_encoder_decoder", False) else {}
     with torch.no_grad():
-        return model(input_ids=batch, attention_mask=(batch != 0).long()).logits
+        return model(input_ids=batch, attention_mask=(batch != 0).long(), **extra).logits
 
 
 @pytest.mark.parametrize("task, method", MATRIX)

@@ -10,7 +10,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, Dict, Literal, Optional, Union
 
 import yaml
 
@@ -41,16 +41,27 @@ class ModelConfig:
     """Scratch RNN/LSTM/GRU classifiers: read both directions."""
     position: Literal["sinusoidal", "learned", "rotary"] = "learned"
     """Scratch Transformer/GPT: position encoding."""
+    architecture: Literal["auto", "encoder-decoder"] = "auto"
+    """seq2seq: auto = what model.name is (an encoder-decoder folder, or a causal LM trained on source -> target
+    prompts); encoder-decoder = warm-start an encoder-decoder from the encoder model.name names (e.g.
+    builtin:minilm-l6: its uncased tokenizer only writes English)."""
+
+
+# A data reference: a path or builtin:NAME, or (seq2seq) a mapping {source: PATH, target: PATH} of two aligned
+# plain-text files, one sentence per line.
+DataRef = Union[str, Dict[str, str]]
+PAIR_KEYS = ("source", "target")
 
 
 @dataclass
 class DataConfig:
-    train: str = "builtin:bbc-news"
-    """builtin:NAME | .jsonl | .csv | .tsv | .parquet | .txt | folder (one sub-folder of .txt per label). Relative
-    paths are read from the current directory."""
-    validation: Optional[str] = None
+    train: DataRef = "builtin:bbc-news"
+    """builtin:NAME | .jsonl | .csv | .tsv | .parquet | .txt | folder (one sub-folder of .txt per label); seq2seq
+    also {source: PATH, target: PATH} (two aligned text files) and builtin:gettext. Relative paths are read from
+    the current directory."""
+    validation: Optional[DataRef] = None
     """Validation file; null = carve `val_fraction` out of train (stratified, seeded)."""
-    test: Optional[str] = None
+    test: Optional[DataRef] = None
     """Test file; null = carve `test_fraction` out of train (stratified, seeded)."""
     val_fraction: float = 0.1
     """Share of train held out for validation when data.validation is null."""
@@ -68,6 +79,20 @@ class DataConfig:
     """causal_lm: also compute the loss on prompt tokens (default: assistant tokens only)."""
     packing: bool = False
     """causal_lm: pack several examples into one row (attention and positions kept per example)."""
+    source_field: str = "source"
+    """seq2seq: field holding the input text (the sentence to translate, the document to summarise)."""
+    target_field: str = "target"
+    """seq2seq: field holding the reference output text."""
+    language: Optional[str] = None
+    """seq2seq with data.train builtin:gettext: the other language (de, fr, es, ...) of the English pairs."""
+    direction: Literal["to_english", "from_english"] = "to_english"
+    """seq2seq with builtin:gettext: translate into English (the source is the other language) or out of it."""
+    max_placeholder_share: float = 0.5
+    """seq2seq with builtin:gettext: drop pairs whose source is more than this share placeholders (%s, {0})."""
+    max_chars: Optional[int] = None
+    """seq2seq: drop pairs whose source or target is longer than this many characters; null = keep all."""
+    max_target_length: Optional[int] = None
+    """seq2seq: target tokens per example (longer targets are truncated and counted); null = model.max_length."""
 
 
 def _method_config() -> type:
@@ -196,7 +221,15 @@ class GenerateConfig:
     repetition_penalty: float = 1.0
     """Generation: > 1 discourages repeating tokens (> 0; 1 = off)."""
     samples_in_eval: int = 64
-    """causal_lm: test examples generated for the generation metrics (null-free; 0 = skip; >= 0)."""
+    """causal_lm, seq2seq: test examples generated for the generation metrics (seq2seq: also the validation
+    sample generated at each evaluation; 0 = skip; >= 0)."""
+    num_beams: int = 1
+    """seq2seq: beam search width (1 = greedy, exactly)."""
+    length_penalty: float = 1.0
+    """seq2seq beam search: exponent on the length a beam's log-probability is divided by (> 1 favours longer
+    outputs)."""
+    no_repeat_ngram_size: int = 0
+    """seq2seq: never repeat an n-gram of this size in an output (0 = off)."""
 
 
 @dataclass
@@ -226,6 +259,8 @@ def _type_name(tp: Any) -> str:
         return " or ".join(_type_name(a) for a in typing.get_args(tp))
     if origin is list:
         return f"list of {_type_name(typing.get_args(tp)[0])}"
+    if origin is dict:
+        return f"mapping of {' to '.join(_type_name(a) for a in typing.get_args(tp))}"
     if tp is type(None):
         return "null"
     return getattr(tp, "__name__", str(tp))
@@ -249,6 +284,13 @@ def _convert(value: Any, tp: Any, key: str, problems: list[str]) -> Any:
                 return out
         problems.append(f"{key}: got {value!r}; expected {_type_name(tp)}")
         return None
+    if origin is dict:
+        key_tp, value_tp = typing.get_args(tp)
+        if not isinstance(value, dict):
+            problems.append(f"{key}: got {value!r}; expected {_type_name(tp)}")
+            return None
+        return {_convert(k, key_tp, key, problems): _convert(v, value_tp, f"{key}.{k}", problems)
+                for k, v in value.items()}
     if origin is list:
         if not isinstance(value, list):
             problems.append(f"{key}: got {value!r}; expected {_type_name(tp)}")
@@ -373,11 +415,31 @@ def _check_choices(cfg: RunConfig, problems: list[str]) -> None:
             if chosen not in owners and key not in seen and _is_set(cfg, key):
                 problems.append(f"{key} applies to {' and '.join(owners)}; {choice_key} is {chosen}")
     _check_task_method(cfg, problems)
+    _check_pair_refs(cfg, problems)
     if isinstance(cfg.model.name, str) and _is_pretrained(cfg.model.name):
         for name in SCRATCH_ONLY:
             if f"model.{name}" not in seen and _is_set(cfg, f"model.{name}"):
                 problems.append(f"model.{name} applies to scratch models (model.name: scratch:KIND); model.name "
                                 f"is {cfg.model.name}, which brings its own shape")
+
+
+def _check_pair_refs(cfg: RunConfig, problems: list[str]) -> None:
+    """A {source, target} mapping in data.train / validation / test: exactly those two keys, and only under a
+    task that reads source -> target pairs (one whose options include data.source_field)."""
+    from tunelab.tasks import tasks
+
+    registry = tasks()
+    pair_tasks = registry.owners("data.source_field")
+    for name in ("train", "validation", "test"):
+        ref = getattr(cfg.data, name)
+        if not isinstance(ref, dict):
+            continue
+        if sorted(ref) != sorted(PAIR_KEYS):
+            problems.append(f"data.{name}: a mapping names two aligned text files as {{source: PATH, target: PATH}}; "
+                            f"got the keys {', '.join(map(str, ref)) or 'none'}")
+        elif isinstance(cfg.task, str) and "data.source_field" not in registry.options(cfg.task):
+            problems.append(f"data.{name}: a {{source, target}} mapping of aligned files applies to "
+                            f"{' and '.join(pair_tasks)}; task is {cfg.task}")
 
 
 def _check_task_method(cfg: RunConfig, problems: list[str]) -> None:
@@ -429,7 +491,9 @@ def _check_generate(g: GenerateConfig, problems: list[str]) -> None:
              ("top_p", g.top_p, float, lambda v: 0 < v <= 1, "in (0, 1] (1 = off)"),
              ("top_k", g.top_k, int, lambda v: v >= 0, ">= 0 (0 = off)"),
              ("repetition_penalty", g.repetition_penalty, float, lambda v: v > 0, "> 0 (1 = off)"),
-             ("samples_in_eval", g.samples_in_eval, int, lambda v: v >= 0, ">= 0 (0 = skip)"))
+             ("samples_in_eval", g.samples_in_eval, int, lambda v: v >= 0, ">= 0 (0 = skip)"),
+             ("num_beams", g.num_beams, int, lambda v: v >= 1, ">= 1 (1 = greedy)"),
+             ("no_repeat_ngram_size", g.no_repeat_ngram_size, int, lambda v: v >= 0, ">= 0 (0 = off)"))
     for key, value, tp, ok, allowed in rules:
         if isinstance(value, tp) and not isinstance(value, bool) and not ok(value):
             problems.append(f"generate.{key}: got {value}; must be {allowed}")

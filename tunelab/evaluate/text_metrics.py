@@ -9,6 +9,11 @@
 - `chrf`: sacrebleu's corpus chrF (character n-gram F-score, case-sensitive), divided by 100 to sit on the
   same 0-1 scale as the others (sacrebleu itself reports 0-100).
 All but chrF are means over the examples.
+
+`translation_metrics` (seq2seq) reports what machine translation papers report: sacrebleu's corpus BLEU and
+chrF on sacrebleu's own 0-100 scale (not divided: these numbers are compared with published ones), each with
+its sacrebleu signature (tokenisation, smoothing, version) so a score can be reproduced, plus the mean
+ROUGE-L above (0-1) for summarisation.
 """
 from __future__ import annotations
 
@@ -84,3 +89,18 @@ def generation_metrics(predictions: list[str], references: list[str]) -> dict:
            "chrf": float(sacrebleu.corpus_chrf(predictions, [references]).score) / 100.0,
            "generated": n}
     return out
+
+
+def translation_metrics(predictions: list[str], references: list[str]) -> dict:
+    """Corpus `bleu` and `chrf` (sacrebleu defaults, 0-100), their `signatures`, mean `rouge_l` (0-1) and
+    the count `generated`; {} for no predictions. One reference per prediction."""
+    from sacrebleu.metrics import BLEU, CHRF
+
+    if not predictions:
+        return {}
+    bleu, chrf = BLEU(), CHRF()
+    return {"bleu": float(bleu.corpus_score(predictions, [references]).score),
+            "chrf": float(chrf.corpus_score(predictions, [references]).score),
+            "rouge_l": sum(map(rouge_l, predictions, references)) / len(predictions),
+            "generated": len(predictions),
+            "signatures": {"bleu": str(bleu.get_signature()), "chrf": str(chrf.get_signature())}}
