@@ -137,6 +137,8 @@ def test_placeholder_heavy_and_long_pairs_are_dropped(tmp_path):
     assert "builtin:gettext (de): skipped 4 pairs mostly placeholders (> max_placeholder_share=0.5)" in lines
     assert "builtin:gettext (de): skipped 1 pairs longer than max_chars=30 (either side)" in lines
     assert len(gettext(tmp_path, max_placeholder_share=1.0)[0]) == 6
+    with pytest.raises(DataError, match=r"no pair left after the drops logged above"):
+        gettext(tmp_path, max_chars=3)
 
 
 @pytest.mark.parametrize("text, share", [

@@ -191,6 +191,9 @@ def gettext_pairs(language: str | None, *, direction: str = "to_english", max_pl
             seen.add(source)
             pairs.append({"source": source, "target": target, "_file": f"{language}/{path.name}"})
     _report(name, len(catalogs), counts, bad, len(pairs), direction, log or default_log)
+    if not pairs:
+        raise DataError(name, "no pair left after the drops logged above; check the catalogs or raise "
+                              "data.max_chars / data.max_placeholder_share")
     return pairs
 
 
@@ -214,7 +217,7 @@ def _language_list(root: Path) -> str:
 
 def _filter_reason(source: str, target: str, max_placeholder_share: float, max_chars: int | None,
                    seen: set[str]) -> str | None:
-    """Why a pair is dropped, or None to keep it. The checks run in the order the counts are reported."""
+    """Why a pair is dropped (the first check it fails), or None to keep it."""
     if max_chars is not None and max(len(source), len(target)) > max_chars:
         return f"pairs longer than max_chars={max_chars} (either side)"
     if max(placeholder_share(source), placeholder_share(target)) > max_placeholder_share:
