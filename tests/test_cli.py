@@ -347,7 +347,7 @@ def test_predict_to_a_closed_stdout_exits_quietly(run_dir, monkeypatch, capsys):
 
 def test_every_command_has_help_with_an_example(capsys):
     commands = [path for path, _ in _subparsers(build_parser())]
-    assert len(commands) == 14 and set(commands) <= set(EXAMPLES)
+    assert len(commands) == 15 and set(commands) <= set(EXAMPLES)
     for path in [(), *commands]:
         with pytest.raises(SystemExit) as e:
             main([*path, "--help"])

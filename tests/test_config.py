@@ -246,7 +246,7 @@ def test_a_method_option_under_another_method_exits_2_and_says_why(capsys):
     ({"model": {"layers": 4}}, "model.layers applies to scratch models (model.name: scratch:KIND); model.name is "
                                "builtin:minilm-l6"),
     ({"model": {"name": "gguf:x.gguf", "position": "rotary"}}, "model.position applies to scratch models"),
-    ({"generate": {"max_new_tokens": 5}}, "generate.max_new_tokens applies to causal_lm; task is classification"),
+    ({"generate": {"max_new_tokens": 5}}, "generate.max_new_tokens applies to causal_lm and seq2seq; task is classification"),
     ({"task": "causal_lm", "model": {"name": "gguf:x.gguf"}, "method": {"name": "head"}},
      "method.name: 'head' does not apply to task causal_lm; use full, freeze or lora"),
     ({"task": "pretrain", "model": {"name": "scratch:gpt"}, "method": {"name": "lora"}, "data": {"format": "text"}},

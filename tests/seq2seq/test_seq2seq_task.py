@@ -83,3 +83,20 @@ def test_training_lowers_the_loss_and_the_run_predicts_and_translates(tiny_t5, p
     assert [set(r) for r in rows] == [{"source", "generated"}] * 2
     again = generate_for(load_run(run_dir), ["red cat", "sun moon star"])  # save -> reload: same outputs
     assert again == [r["generated"] for r in rows]
+
+
+def test_translate_from_text_and_stdin(tiny_t5, pairs_file, tmp_path, helpers, capsys, monkeypatch):
+    import io
+
+    from tunelab.cli import main
+    from tunelab.runs import predict_records
+
+    run_dir = helpers.train_quietly(config(tiny_t5, str(pairs_file), tmp_path))
+    expected = [r["generated"] for r in predict_records(run_dir, [{"source": "red cat"}, {"source": "sun"}], "x")]
+    assert any(expected)
+    capsys.readouterr()
+    assert main(["translate", str(run_dir), "--text", "red cat", "--text", "sun"]) == 0
+    assert capsys.readouterr().out.splitlines() == expected
+    monkeypatch.setattr("sys.stdin", io.StringIO("red cat\nsun\n"))
+    assert main(["translate", str(run_dir)]) == 0
+    assert capsys.readouterr().out.splitlines() == expected

@@ -68,6 +68,9 @@ overrides: data.text_field, generate.* (the rest is fixed by training).""",
   tunelab data preview examples/smollm2-lora-alpaca.yaml --split validation data.train_on_prompt=true""",
     ("merge",): """examples:
   tunelab merge runs/smollm2-lora-alpaca""",
+    ("translate",): """examples:
+  tunelab translate runs/gettext-de-en --text "Datei öffnen"
+  tunelab translate runs/gettext-de-en generate.num_beams=4 < sentences.txt     (one sentence per line)""",
     ("chat",): """examples:
   tunelab chat runs/smollm2-lora-alpaca
   tunelab chat builtin:smollm2-135m-instruct --system "Answer in one sentence." generate.temperature=0.7

@@ -149,6 +149,22 @@ def cmd_chat(args) -> int:
     return 0
 
 
+def cmd_translate(args) -> int:
+    """Print the run's output for each --text, or for each line of standard input (one sentence per line)."""
+    import sys
+
+    from tunelab.runs import task_verb
+
+    texts = args.text or [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    if not texts:
+        from tunelab.errors import TunelabError
+
+        raise TunelabError("translate: give --text \"...\" or lines on standard input")
+    for line in task_verb(args.run_dir, "translate")(args.run_dir, texts, list(args.overrides)):
+        print(line)
+    return 0
+
+
 def add_commands(sub) -> None:
     """Register eval, predict, merge and chat on the main parser's subparsers."""
     e = sub.add_parser("eval", help="evaluate a finished run on labelled data",
@@ -178,6 +194,14 @@ def add_commands(sub) -> None:
     m = sub.add_parser("merge", help="fold a LoRA run's adapter into the weights (RUN_DIR/merged)")
     m.add_argument("run_dir", help="a finished method: lora run")
     m.set_defaults(func=cmd_merge)
+
+    t = sub.add_parser("translate", help="translate (or summarise) texts with a seq2seq run",
+                       description="The run's output for each --text, or for each line of standard input, one "
+                                   "per line on standard output.")
+    t.add_argument("run_dir", help="a finished seq2seq run")
+    t.add_argument("overrides", nargs="*", help="generation settings, e.g. generate.num_beams=4")
+    t.add_argument("--text", action="append", help="a text to translate (repeatable); default: standard input")
+    t.set_defaults(func=cmd_translate)
 
     c = sub.add_parser("chat", help="chat in the terminal with a causal_lm run or a model",
                        description="Interactive chat, streaming tokens. RUN_DIR may also be a model "
