@@ -323,17 +323,23 @@ class EncoderDecoderTransformer(nn.Module):
 
     @torch.no_grad()
     def generate(self, input_ids: Tensor, attention_mask: Tensor | None = None, max_new_tokens: int = 32,
-                 eos_token_id: int | None = None) -> Tensor:
+                 eos_token_id: int | None = None, no_repeat_ngram_size: int = 0) -> Tensor:
         """Greedy decoding; returns the generated tokens (B, n) without the decoder start token.
 
         Rows that produced `eos_token_id` keep producing it; decoding stops when every row has.
+        `no_repeat_ngram_size` n > 0 never picks a token that would repeat an n-gram of the row's decoder
+        sequence (start token included, as Hugging Face counts it).
         """
         with _eval_mode(self):
             memory, memory_padding = self.encode(input_ids, attention_mask)
             ids = input_ids.new_full((input_ids.size(0), 1), self.config["decoder_start_token_id"])
             done = torch.zeros(ids.size(0), dtype=torch.bool, device=ids.device)  # (B,)
             for _ in range(max_new_tokens):
-                token = self.decode(ids, memory, memory_padding)[:, -1].argmax(dim=-1)  # (B,)
+                logits = self.decode(ids, memory, memory_padding)[:, -1]  # (B, V)
+                if no_repeat_ngram_size > 0:
+                    logits = logits.masked_fill(banned_ngram_tokens(ids, no_repeat_ngram_size, logits.size(-1)),
+                                                float("-inf"))
+                token = logits.argmax(dim=-1)  # (B,)
                 if eos_token_id is not None:
                     token = token.masked_fill(done, eos_token_id)
                     done |= token == eos_token_id
@@ -341,6 +347,119 @@ class EncoderDecoderTransformer(nn.Module):
                 if done.all():
                     break
         return ids[:, 1:]
+
+    @torch.no_grad()
+    def beam_search(self, input_ids: Tensor, attention_mask: Tensor | None = None, *, num_beams: int,
+                    max_new_tokens: int, eos_token_id: int, length_penalty: float = 1.0,
+                    no_repeat_ngram_size: int = 0) -> tuple[list[list[int]], Tensor]:
+        """Batched beam search; returns the best hypothesis per row (tokens after the start token, EOS kept
+        where it was produced) and its score (B,), the summed token log-probabilities / length ** length_penalty.
+
+        The bookkeeping follows Hugging Face's default beam search (`early_stopping=False`), so the same
+        settings mean the same thing on both kinds of model: each step ranks the 2K best continuations of the
+        K beams; an EOS continuation ranked among the first K becomes a finished hypothesis (its length counts
+        the EOS); the K best others go on. A row stops collecting once it holds K finished hypotheses and its
+        best running beam, scored at the current length, is no better than the worst of them; at
+        max_new_tokens the K best continuations finish. With num_beams=1 this is exactly greedy decoding.
+        The whole prefix is decoded again at every step (no key/value cache): fine for small models.
+        """
+        B, K, V = input_ids.size(0), num_beams, self.config["vocab_size"]
+        if not 1 <= K <= V // 2:
+            raise ValueError(f"num_beams must be between 1 and vocab_size // 2 ({V // 2}); got {num_beams}")
+        with _eval_mode(self):
+            memory, memory_padding = self.encode(input_ids, attention_mask)  # (B, S, C), (B, S)
+            memory = memory.repeat_interleave(K, dim=0)  # (B*K, S, C): row b's beams are rows b*K .. b*K+K-1
+            if memory_padding is not None:
+                memory_padding = memory_padding.repeat_interleave(K, dim=0)
+            beams = _Beams(B, K, max_new_tokens, self.config["decoder_start_token_id"], memory.device)
+            for step in range(max_new_tokens):
+                prefix = beams.running[:, :, :step + 1].flatten(0, 1)  # (B*K, step+1)
+                log_probs = self.decode(prefix, memory, memory_padding)[:, -1].float().log_softmax(dim=-1)
+                if no_repeat_ngram_size > 0:
+                    log_probs = log_probs.masked_fill(banned_ngram_tokens(prefix, no_repeat_ngram_size, V),
+                                                      float("-inf"))
+                beams.advance(log_probs.view(B, K, V), step, eos_token_id, length_penalty,
+                              last=step == max_new_tokens - 1)
+                if not beams.open.any():
+                    break
+        return beams.best()
+
+
+def banned_ngram_tokens(prefix: Tensor, n: int, vocab_size: int) -> Tensor:
+    """(N, V) bool, True at the tokens that would repeat an n-gram of `prefix` (N, T) as the next token.
+
+    Hugging Face's `no_repeat_ngram_size`: the last n-1 tokens of a row are looked up among the row's earlier
+    n-grams, and each matching n-gram's last token is banned (n=1 bans every token seen).
+    """
+    N, T = prefix.shape
+    banned = torch.zeros(N, vocab_size, dtype=torch.long, device=prefix.device)
+    if T < n:
+        return banned.bool()
+    windows = prefix.unfold(1, n, 1)  # (N, T-n+1, n): every n-gram of the row
+    tail = prefix[:, T - n + 1:]  # (N, n-1): what the next token would complete
+    match = (windows[:, :, :-1] == tail[:, None]).all(dim=-1)  # (N, T-n+1)
+    return banned.scatter_add_(1, windows[:, :, -1], match.long()) > 0  # duplicates add up, hence not scatter_
+
+
+class _Beams:
+    """The state of a batched beam search: K running and K finished hypotheses per row (see `beam_search`).
+
+    Scores are float32; a missing hypothesis scores -inf. Sequences are (B, K, 1 + max_new_tokens) with the
+    decoder start token in column 0.
+    """
+
+    def __init__(self, batch: int, beams: int, max_new_tokens: int, start_id: int, device: torch.device):
+        self.K = beams
+        self.running = torch.full((batch, beams, 1 + max_new_tokens), start_id, dtype=torch.long, device=device)
+        # only beam 0 is live at first, so the K beams do not start as K copies of one hypothesis
+        self.running_scores = torch.full((batch, beams), float("-inf"), device=device)
+        self.running_scores[:, 0] = 0.0
+        self.finished = self.running.clone()
+        self.finished_scores = torch.full((batch, beams), float("-inf"), device=device)  # length-penalised
+        self.finished_lengths = torch.zeros((batch, beams), dtype=torch.long, device=device)
+        self.filled = torch.zeros((batch, beams), dtype=torch.bool, device=device)
+        self.open = torch.ones(batch, dtype=torch.bool, device=device)  # rows still collecting hypotheses
+
+    def advance(self, log_probs: Tensor, step: int, eos_id: int, length_penalty: float, last: bool) -> None:
+        """One decoding step from log_probs (B, K, V) of the next token of each running beam."""
+        B, K, V = log_probs.shape
+        totals = (self.running_scores[:, :, None] + log_probs).view(B, K * V)
+        scores, index = totals.topk(2 * K, dim=1)  # (B, 2K), best first
+        beam, token = index // V, index % V
+        candidates = self.running.gather(1, beam[:, :, None].expand(-1, -1, self.running.size(2))).clone()
+        candidates[:, :, step + 1] = token  # (B, 2K, 1 + max_new_tokens)
+        ends = torch.ones_like(token, dtype=torch.bool) if last else token == eos_id  # (B, 2K)
+
+        going_on = scores.masked_fill(ends, float("-inf")).topk(K, dim=1).indices  # (B, K)
+        self.running = candidates.gather(1, going_on[:, :, None].expand_as(self.running))
+        self.running_scores = scores.masked_fill(ends, float("-inf")).gather(1, going_on)
+
+        top_k = torch.arange(2 * K, device=scores.device) < K  # only the first K ranks may finish
+        finishing = ends & top_k & self.open[:, None]  # (B, 2K)
+        length = step + 1  # generated tokens, EOS included
+        penalised = (scores / length ** length_penalty).masked_fill(~finishing, float("-inf"))
+        self._keep_best_finished(candidates, penalised, finishing, length)
+
+        # Hugging Face's early-stop heuristic: the best running beam scored at today's length cannot win
+        worst = self.finished_scores.min(dim=1).values  # (B,)
+        hopeless = self.filled.all(dim=1) & (self.running_scores[:, 0] / length ** length_penalty <= worst)
+        self.open &= ~hopeless
+
+    def _keep_best_finished(self, candidates: Tensor, penalised: Tensor, finishing: Tensor, length: int) -> None:
+        """Merge the newly finished candidates (B, 2K) into the K best finished hypotheses per row."""
+        scores = torch.cat([self.finished_scores, penalised], dim=1)  # (B, 3K)
+        keep = scores.topk(self.K, dim=1).indices  # (B, K), best first
+        self.finished_scores = scores.gather(1, keep)
+        sequences = torch.cat([self.finished, candidates], dim=1)
+        self.finished = sequences.gather(1, keep[:, :, None].expand_as(self.finished))
+        lengths = torch.cat([self.finished_lengths, torch.full_like(penalised, length, dtype=torch.long)], dim=1)
+        self.finished_lengths = lengths.gather(1, keep)
+        self.filled = torch.cat([self.filled, finishing], dim=1).gather(1, keep)
+
+    def best(self) -> tuple[list[list[int]], Tensor]:
+        """The best finished hypothesis of each row (tokens after the start token) and its score (B,)."""
+        tokens = [row[1:1 + n].tolist() for row, n in zip(self.finished[:, 0], self.finished_lengths[:, 0])]
+        return tokens, self.finished_scores[:, 0]
 
 
 # --------------------------------------------------------------------------------- registry, save, load
