@@ -100,7 +100,7 @@ def kill_and_resume(config: Path, tmp_path: Path, at_step: int) -> tuple[Path, P
 
 
 # ---------------------------------------------------------------------------------------------
-# The proof, for classification, causal-LM LoRA and pretraining
+# The proof, for classification, causal-LM LoRA, pretraining and seq2seq
 
 
 def test_killed_classification_run_resumes_bit_identical(make_config, tmp_path):
@@ -161,6 +161,31 @@ def test_killed_pretraining_run_resumes_bit_identical(tmp_path):
         "output_dir": str(tmp_path / "unused")})
     config = write_config(tmp_path / "c.yaml", cfg)
     resumed, reference, _ = kill_and_resume(config, tmp_path, at_step=12)
+    assert_same_run(resumed, reference)
+
+
+def test_killed_seq2seq_run_resumes_bit_identical(tmp_path):
+    # the scratch encoder-decoder with dropout; evaluations generate (greedy) between checkpoints
+    from tunelab.config import config_from_dict
+    from tunelab.tokenizer_train import train_tokenizer
+
+    words = "red blue green cat dog sun moon tree fish bird".split()
+    rows = [[words[(i * 3 + j * 7) % len(words)] for j in range(2 + i % 3)] for i in range(48)]
+    pairs = [{"source": " ".join(r), "target": " ".join(reversed(r))} for r in rows]
+    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs))
+    (tmp_path / "sides.txt").write_text("".join(f"{p['source']}\n{p['target']}\n" for p in pairs))
+    tok = train_tokenizer([str(tmp_path / "sides.txt")], 300, tmp_path / "bpe", kind="bpe")
+    cfg = config_from_dict({
+        "task": "seq2seq",
+        "model": {"name": "scratch:transformer-seq2seq", "tokenizer": str(tok), "max_length": 16, "layers": 1,
+                  "hidden_size": 32, "heads": 2, "ffn_size": 64, "dropout": 0.1},
+        "data": {"train": str(tmp_path / "pairs.jsonl"), "val_fraction": 0.1, "test_fraction": 0.1},
+        "train": {"max_steps": 30, "batch_size": 8, "lr": 3e-3, "log_every": 1, "eval_every": 10, "seed": 1,
+                  "threads": 1, "device": "cpu", "checkpoint_every": 3, "precision": "fp32"},
+        "generate": {"max_new_tokens": 8, "samples_in_eval": 4},
+        "output_dir": str(tmp_path / "unused")})
+    config = write_config(tmp_path / "c.yaml", cfg)
+    resumed, reference, _ = kill_and_resume(config, tmp_path, at_step=9)
     assert_same_run(resumed, reference)
 
 

@@ -102,3 +102,18 @@ def test_chunk_and_block_splits_are_pinned():
                                                 "train": [0, 1, 2, 3, 4, 6, 7, 8, 9, 10, 11, 12, 13, 14, 16, 17,
                                                           19, 20, 22]}
     assert split_documents(7, 0.1, 0.1, 0) == {"test": [4], "validation": [2], "train": [0, 1, 3, 5, 6]}
+
+
+def test_seq2seq_pair_splits_are_pinned(tmp_path):
+    """seq2seq: pairs split at random (no stratification); data.limit cuts the training pairs afterwards."""
+    from tunelab.tasks.seq2seq import load_split_pairs
+
+    path = _write(tmp_path / "p.jsonl", [{"source": f"s{i}", "target": f"t{i}", "i": i} for i in range(30)])
+    got = {}
+    for limit in (None, 5):
+        cfg = config_from_dict({"task": "seq2seq", "data": {"train": path, "val_fraction": 0.1,
+                                                            "test_fraction": 0.2, "limit": limit}})
+        got[limit] = _indices(load_split_pairs(cfg.data, 4, NOTHING))
+    rest = [0, 1, 2, 3, 4, 5, 7, 8, 9, 11, 14, 15, 16, 17, 20, 21, 22, 23, 25, 27, 28]
+    held = {"test": [6, 10, 13, 18, 19, 24], "validation": [12, 26, 29]}
+    assert got == {None: {**held, "train": rest}, 5: {**held, "train": [0, 1, 2, 3, 4]}}

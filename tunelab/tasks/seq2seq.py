@@ -47,7 +47,10 @@ def family_of(model_cfg) -> str:
     if name in (f"{PREFIX}transformer-seq2seq", f"{PREFIX}seq2seq") or model_cfg.architecture == "encoder-decoder":
         return "encoder-decoder"
     if name.startswith(PREFIX) or is_scratch_dir(name):
-        raise TunelabError(f"model.name: {name!r}: the scratch model seq2seq trains is scratch:transformer-seq2seq")
+        raise TunelabError(f"model.name: {name!r}: seq2seq trains no scratch model but "
+                           "scratch:transformer-seq2seq (an encoder-decoder from nothing); a scratch GPT cannot "
+                           "be a decoder-only translator here: use scratch:transformer-seq2seq, or a pretrained "
+                           "Hugging Face causal LM (builtin:smollm2-135m-instruct or a folder)")
     if name.startswith("gguf:"):
         return "decoder"
     from transformers import AutoConfig
@@ -105,6 +108,35 @@ def read_pairs(ref, d, log) -> list[dict]:
 def _ref_name(ref) -> str:
     """A data reference as one string for messages: a path, builtin:NAME, or 'SOURCE + TARGET'."""
     return f"{ref['source']} + {ref['target']}" if isinstance(ref, dict) else str(ref)
+
+
+SPELL_SAMPLE, SPELL_SHARE = 200, 0.1  # targets checked; share that may come back changed before warning
+
+
+def spelling_warning(tokenizer, targets: list[str], name: str, seed: int = 0) -> str | None:
+    """One warning line when the tokenizer cannot write the targets back (None when it can).
+
+    A sample of targets goes through encode -> decode; case and whitespace are ignored (an uncased model
+    writes lowercase, and decoders re-space punctuation). MiniLM's tokenizer strips accents, so about half
+    of German/French/Spanish software messages come back changed ('Größe' -> 'große' is fine, 'Binärmodus'
+    -> 'binarmodus' is not) against under 2% of the English ones: the model cannot learn to write them.
+    """
+    import random
+
+    def norm(text: str) -> str:
+        return "".join(text.casefold().split())
+
+    sample = random.Random(seed).sample(targets, min(SPELL_SAMPLE, len(targets)))
+    ids = tokenizer(sample, add_special_tokens=False)["input_ids"] if sample else []
+    back = [tokenizer.decode(row, skip_special_tokens=True) for row in ids]
+    lost = [(t, b) for t, b in zip(sample, back) if norm(t) != norm(b)]
+    if not sample or len(lost) <= SPELL_SHARE * len(sample):
+        return None
+    target, got = min(lost, key=lambda tb: len(tb[0]))
+    return (f"warning: the tokenizer of {name} cannot write {len(lost)} of {len(sample)} sampled targets back "
+            f"(e.g. {target!r} comes back as {got!r}), so the model cannot learn to output them; translate "
+            "into a language it spells (MiniLM: English, data.direction: to_english) or use "
+            "scratch:transformer-seq2seq with a tokenizer trained on both sides of the data")
 
 
 class PairSet:
@@ -306,6 +338,9 @@ class Seq2SeqJob:
 
             check_max_length(cfg.model.max_length, model, cfg.model.name)
         self.pad_id = pad_id_of(self.tokenizer, fallback=self.tokenizer.eos_token_id)
+        warning = spelling_warning(self.tokenizer, [p["target"] for p in splits["train"][0]], cfg.model.name)
+        if warning:
+            self.log(warning)
         self.max_target = cfg.data.max_target_length or cfg.model.max_length
         self.data = {name: self.family.encode(self.tokenizer, model, pairs, src, cfg.model.max_length,
                                               self.max_target) for name, (pairs, src) in splits.items()}
