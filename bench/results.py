@@ -264,6 +264,7 @@ def render(smoke: bool, old: dict[str, str]) -> str:
     import checkpoint
     import distributed
     import scratch
+    import seq2seq
 
     lines = ["# tunelab benchmark", "",
              "Produced by `make bench` (`python bench/run.py`; one part: `make bench PART=lm`). Each side runs "
@@ -271,9 +272,9 @@ def render(smoke: bool, old: dict[str, str]) -> str:
              "rendered from the stored measurements named in its section, with their own dates.", ""]
     renderers = {"peak": peak_section, "classification": classification_section, "lm": lm_section,
                  "scratch": lambda rec: [scratch.markdown(rec)], "checkpoint": checkpoint.markdown,
-                 "distributed": distributed.markdown}
+                 "distributed": distributed.markdown, "seq2seq": seq2seq.markdown}
     for part in ("peak", "classification", "lm", "scratch", "classification_seeds", "lm_seeds", "checkpoint",
-                 "distributed"):
+                 "distributed", "seq2seq"):
         rec = record.latest(part, smoke) if part in renderers else None
         if rec is not None:
             lines += renderers[part](rec)

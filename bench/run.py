@@ -9,9 +9,9 @@ The sides run interleaved, the order reversed every round (A B C D, D C B A, ...
 tables give the median and range. Every run is stored with its time, load and machine in
 bench/out/<part>-<stamp>.json; results.md is rendered from those files alone.
 
-    python bench/run.py                                   # every part (the six below)
+    python bench/run.py                                   # every part (the seven below)
     python bench/run.py --part lm                         # one part: classification lm scratch peak
-                                                          #           checkpoint distributed
+                                                          #           checkpoint distributed seq2seq
     python bench/run.py --part classification --smoke     # a tiny job, 2 repeats: checks the bench end to end
     python bench/run.py --rewrite                         # results.md again from the stored measurements
     python bench/run.py --only tunelab-fp32               # one side in this process (prints JSON)
@@ -21,6 +21,10 @@ the overhead of `train.checkpoint_every` at its default (null) against 0 in % of
 full fine-tuning and SmolLM2 LoRA. `distributed` (bench/distributed.py): DDP in 2 processes x 1 thread
 (torchrun) against 1 process x 2 threads on the same global batch, tokens/s of both and the largest
 differences of their final weights and logged losses.
+
+`seq2seq` (bench/seq2seq.py): German <-> English on builtin:gettext with one training budget for a scratch
+Transformer, MiniLM warm-started as an encoder-decoder and SmolLM2 LoRA (decoder-only): test chrF / BLEU and
+speed; and the MiniLM job trained by Hugging Face `Seq2SeqTrainer` beside tunelab's.
 """
 from __future__ import annotations
 
@@ -215,15 +219,21 @@ SIDES = {"tunelab-fp32": lambda: run_tunelab("fp32"), "tunelab-bf16": lambda: ru
          "peak": record.peak,
          **{f"ckpt-{job}-{setting}": _side("checkpoint", "run_side", job, setting)
             for job in ("minilm", "lm") for setting in ("default", "off")},
-         **{side: _side("distributed", "run_side", side) for side in ("ddp-2x1", "single-1x2")}}
+         **{side: _side("distributed", "run_side", side) for side in ("ddp-2x1", "single-1x2")},
+         **{side: _side("seq2seq", "run_side", side) for side in (
+             "s2s-scratch-de-en", "s2s-scratch-en-de", "s2s-minilm-de-en", "s2s-trainer-minilm-de-en",
+             "s2s-smollm-de-en", "s2s-smollm-en-de")}}
 PARTS = {"classification": ("tunelab-fp32", "tunelab-bf16", "trainer-fp32", "trainer-bf16", "trainer-fp32-keepmem"),
          "lm": ("tunelab-lm-fp32", "tunelab-lm-bf16", "trainer-lm-fp32", "trainer-lm-bf16"),
          "checkpoint": ("ckpt-minilm-default", "ckpt-minilm-off", "ckpt-lm-default", "ckpt-lm-off"),
-         "distributed": ("ddp-2x1", "single-1x2")}
-ALL_PARTS = ("classification", "lm", "scratch", "peak", "checkpoint", "distributed")
+         "distributed": ("ddp-2x1", "single-1x2"),
+         "seq2seq": tuple(s for s in SIDES if s.startswith("s2s-"))}
+ALL_PARTS = ("classification", "lm", "scratch", "peak", "checkpoint", "distributed", "seq2seq")
+REPEATS = {"seq2seq": 2}  # runs per side where 3 would not fit the part's time (default 3; 2 with --smoke)
 HEADINGS = {"peak": "## Machine and matmul peak", "classification": "## Classification",
             "lm": "## Instruction tuning", "scratch": "## Classification from scratch",
             "checkpoint": "## Checkpoint cost", "distributed": "## Distributed data parallel",
+            "seq2seq": "## Translation",
             # written by bench/seeds.py
             "classification_seeds": "## Classification: test accuracy over seeds",
             "lm_seeds": "## Instruction tuning: validation loss over seeds"}
@@ -281,6 +291,10 @@ def measure(part: str, repeats: int) -> dict:
             rec["runs"].append(run)
             record.save(path, rec)
             check_same_job(rec["runs"])
+            if part == "seq2seq":  # one training budget for every model
+                import seq2seq
+
+                seq2seq.check_budget(rec["runs"])
             print(f"{part} {side} repeat {r}: {run['result']['tokens_per_s']:.0f} tokens/s, load "
                   f"{run['load_before'][0]:.2f} -> {run['load_after'][0]:.2f}", flush=True)
     rec["peak"].append(child("peak"))
@@ -306,6 +320,10 @@ def job_of(part: str) -> dict:
         import distributed
 
         return dict(distributed.JOB)
+    if part == "seq2seq":
+        import seq2seq
+
+        return seq2seq.job()
     return dict(JOB)
 
 
@@ -314,7 +332,8 @@ def main() -> None:
     ap.add_argument("--only", choices=list(SIDES), help="run one side in this process and print its JSON")
     ap.add_argument("--part", nargs="+", choices=ALL_PARTS, default=list(ALL_PARTS),
                     help="the parts to measure (default: all of them)")
-    ap.add_argument("--repeats", type=int, default=None, help="runs per side (default 3; 2 with --smoke)")
+    ap.add_argument("--repeats", type=int, default=None,
+                    help="runs per side (default 3, seq2seq 2; 2 with --smoke)")
     ap.add_argument("--smoke", action="store_true",
                     help="tiny jobs, to check the bench end to end; results go to bench/out/results-smoke.md")
     ap.add_argument("--rewrite", action="store_true", help="only rebuild results.md from the stored measurements")
@@ -338,7 +357,7 @@ def main() -> None:
             elif part == "peak":
                 record.save(record.new_path("peak", SMOKE), {"part": "peak", **child("peak"), "complete": True})
             else:
-                measure(part, args.repeats or (2 if SMOKE else 3))
+                measure(part, args.repeats or (2 if SMOKE else REPEATS.get(part, 3)))
     print(results.write(SMOKE))
 
 

@@ -386,3 +386,94 @@ def test_check_same_job_compares_runs_of_one_job_only():
     run.check_same_job([result("minilm", [1.0]), result("lm", [2.0, 2.0]), result("minilm", [1.0])])
     with pytest.raises(SystemExit, match="learning-rate schedules differ: ckpt-lm-x vs ckpt-lm-x: 1 steps vs 2"):
         run.check_same_job([result("minilm", [1.0]), result("lm", [2.0]), result("lm", [2.0, 2.0])])
+
+
+# ---------------------------------------------------------------------------------------------
+# The seq2seq part
+
+def s2s_result(side: str, tps: float, outputs: list[str], chrf: float) -> dict:
+    """One seq2seq-part run: 4 steps over 8 pairs of 10 tokens each, tested on two pairs."""
+    import seq2seq
+
+    model, direction, _ = seq2seq.parse_side(side)
+    return {"job_name": f"{model}-{direction}", "tokens_per_s": tps, "pairs_per_s": tps / 10, "train_seconds": 80 / tps,
+            "train_tokens": 80, "steps": 4, "lrs": [1e-4] * 4, "lr": 1e-4, "trainable_params": 2_500_000,
+            "family": "decoder" if model == "smollm" else "encoder-decoder", "peak_rss_mb": 900.0,
+            "data": {"train_pairs": 8, "train_examples": 8, "train_tokens": 80, "train_target_tokens": 40,
+                     "train_truncated": 0, "test_pairs": 2, "vocabulary": 400},
+            "chrf": chrf, "bleu": chrf / 2, "test_loss": 2.5, "generated": 2,
+            "signatures": {"chrf": "nrefs:1|chrf-sig", "bleu": "nrefs:1|bleu-sig"},
+            "outputs": outputs, "references": ["Datei nicht gefunden", "Speicher voll"]}
+
+
+def test_seq2seq_section_from_stored_figures(tmp_path, monkeypatch):
+    """One column per side with medians (ranges) of the speeds; tunelab over Seq2SeqTrainer as a ratio of
+    medians with each round's; the sentence-level chrF difference paired over the same test pairs."""
+    import results
+    import seq2seq
+
+    monkeypatch.setattr(record, "OUT", tmp_path / "out")
+    refs = ["Datei nicht gefunden", "Speicher voll"]
+    res = {side: [s2s_result(side, 100.0, refs, 50.0), s2s_result(side, 120.0, refs, 50.0)]
+           for side in seq2seq.SIDES}
+    # tunelab's MiniLM: right on both test pairs (sentence chrF 100, 100); the Trainer's: one right, one
+    # empty (100, 0): differences 0 and 100, mean 50, SE stdev/sqrt(2) = 50
+    res["s2s-minilm-de-en"] = [s2s_result("s2s-minilm-de-en", t, refs, 80.0) for t in (300.0, 330.0)]
+    res["s2s-trainer-minilm-de-en"] = [s2s_result("s2s-trainer-minilm-de-en", t, [refs[0], ""], c)
+                                       for t, c in ((150.0, 40.0), (100.0, 41.0))]
+    store(tmp_path / "out", "seq2seq", seq2seq.job(), list(res), res)
+    section = results.render(False, {}).split("## Translation")[1]
+    assert ("| | scratch Transformer (tunelab), de -> en | scratch Transformer (tunelab), en -> de | MiniLM enc-dec "
+            "(tunelab), de -> en | MiniLM enc-dec (Seq2SeqTrainer), de -> en | SmolLM2-135M LoRA (tunelab), de -> en "
+            "| SmolLM2-135M LoRA (tunelab), en -> de |") in section
+    assert "| tokens/s | 110 (100-120) | 110 (100-120) | 315 (300-330) | 125 (100-150) | 110 (100-120) |" in section
+    assert "| **test chrF** | 50.00 | 50.00 | 80.00 | 40.50 (40.00-41.00) | 50.00 | 50.00 |" in section
+    assert ("| model family | encoder-decoder | encoder-decoder | encoder-decoder | encoder-decoder | decoder | "
+            "decoder |") in section
+    # medians 315 / 125 = 2.52; rounds 300/150 = 2.00 and 330/100 = 3.30
+    assert "tunelab over Seq2SeqTrainer: **2.52x** tokens/s (per round 2.00-3.30x); test chrF 80.00" in section
+    assert "tunelab - Seq2SeqTrainer = +50.00 ± 50.00 (SE, paired over the same 2 test pairs): **not resolved**" \
+        in section
+    assert "test chrF varied across repeats for MiniLM enc-dec (Seq2SeqTrainer), de -> en" in section
+    assert "**German -> English only**" in section and "chrF `nrefs:1|chrf-sig`" in section
+    assert "(3 encoder and 3 decoder layers, hidden 256, 4 heads, learned positions, dropout 0.1)" in section
+    assert "LoRA r=16 alpha=32 dropout 0.05 on all-linear" in section
+    assert "Measured 2026-02-01T10:00:00Z to 2026-02-02T10:05:00Z (UTC) on Test CPU" in section
+
+
+def test_seq2seq_sides_share_one_budget_and_load_strictly(tmp_path):
+    """Every side's config passes tunelab's strict loader and differs from the others only in model, method,
+    learning rate and direction; the Trainer side prepares the MiniLM side's very config."""
+    import run
+    import seq2seq
+
+    assert run.PARTS["seq2seq"] == seq2seq.SIDES and "seq2seq" in run.ALL_PARTS
+    assert [seq2seq.parse_side(s) for s in ("s2s-trainer-minilm-de-en", "s2s-smollm-en-de")] == [
+        ("minilm", "de-en", True), ("smollm", "en-de", False)]
+    configs = {}
+    for side in seq2seq.SIDES:
+        model, direction, _ = seq2seq.parse_side(side)
+        tokenizer = tmp_path if model == "scratch" else None
+        configs[side] = seq2seq.side_config(model, direction, tmp_path / side, tokenizer)
+    budget = {(c.train.batch_size, c.train.epochs, c.train.max_steps, c.model.max_length, c.data.limit,
+               c.data.max_chars, c.data.val_fraction, c.data.test_fraction, c.train.seed, c.train.precision,
+               c.train.group_by_length, c.generate.num_beams, c.generate.max_new_tokens) for c in configs.values()}
+    assert len(budget) == 1 and next(iter(budget))[9:11] == ("fp32", "never")
+    assert {c.data.direction for s, c in configs.items() if s.endswith("de-en")} == {"to_english"}
+    assert {c.data.direction for s, c in configs.items() if s.endswith("en-de")} == {"from_english"}
+    assert configs["s2s-minilm-de-en"].model == configs["s2s-trainer-minilm-de-en"].model
+    assert configs["s2s-minilm-de-en"].train.lr == configs["s2s-trainer-minilm-de-en"].train.lr
+    assert not any(s.startswith("s2s-minilm-en") or "trainer-minilm-en" in s for s in seq2seq.SIDES)
+
+
+def test_seq2seq_budget_check_names_the_sides_that_differ():
+    import seq2seq
+
+    def run_of(side, steps, pairs):
+        return {"side": side, "result": {"steps": steps, "data": {"train_examples": pairs}}}
+
+    seq2seq.check_budget([run_of("s2s-minilm-de-en", 4, 8), run_of("s2s-smollm-en-de", 4, 9)])
+    with pytest.raises(SystemExit, match="budgets differ: s2s-minilm-de-en 4 steps vs s2s-smollm-de-en 5"):
+        seq2seq.check_budget([run_of("s2s-minilm-de-en", 4, 8), run_of("s2s-smollm-de-en", 5, 8)])
+    with pytest.raises(SystemExit, match="de-en: the sides trained different numbers of pairs"):
+        seq2seq.check_budget([run_of("s2s-minilm-de-en", 4, 8), run_of("s2s-smollm-de-en", 4, 7)])
