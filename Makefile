@@ -24,7 +24,7 @@ demo: venv
 test: venv
 	$(PY) -m pytest -q
 
-# make bench: every part; make bench PART=lm: one (classification, lm, scratch, peak, checkpoint, distributed)
+# make bench: every part; make bench PART=lm: one (classification, lm, scratch, peak, checkpoint, distributed, seq2seq)
 bench: venv
 	$(PY) bench/run.py $(if $(PART),--part $(PART))
 

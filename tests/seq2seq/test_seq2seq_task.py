@@ -100,3 +100,19 @@ def test_translate_from_text_and_stdin(tiny_t5, pairs_file, tmp_path, helpers, c
     monkeypatch.setattr("sys.stdin", io.StringIO("red cat\nsun\n"))
     assert main(["translate", str(run_dir)]) == 0
     assert capsys.readouterr().out.splitlines() == expected
+
+
+def test_an_encoder_decoder_batch_counts_its_target_tokens_as_trained_tokens():
+    """tokens/s of an encoder-decoder counts source and target tokens (the loop sums both masks)."""
+    import torch
+
+    import tunelab.train.loop as loop
+    from tunelab.train.distributed import Single
+    from tunelab.train.meter import MeanLoss
+
+    batch = {"input_ids": torch.ones(2, 3, dtype=torch.long), "attention_mask": torch.tensor([[1, 1, 1], [1, 1, 0]]),
+             "labels": torch.tensor([[5, 6], [7, -100]]), "decoder_attention_mask": torch.tensor([[1, 1], [1, 0]])}
+    w = torch.nn.Parameter(torch.ones(1))
+    net = Single().wrap(torch.nn.Module(), lambda model, b: ((w * 2).sum(), 2))
+    items, tokens, _ = loop._forward_backward(net, [batch], torch.device("cpu"), None, MeanLoss(), Single(), None)
+    assert (items, tokens) == (2, 5 + 3)

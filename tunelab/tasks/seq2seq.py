@@ -166,11 +166,13 @@ class PairSet:
         return f"{len(self)} pairs, {tokens} tokens" + (f"; {'; '.join(notes)}" if notes else "")
 
     def batch(self, idx: list[int], pad_id: int) -> dict[str, torch.Tensor]:
-        """input_ids / attention_mask (B, S) and labels (B, T) with IGNORE_INDEX on padding."""
+        """input_ids / attention_mask (B, S), labels (B, T) with IGNORE_INDEX on padding, and
+        decoder_attention_mask (B, T): the target tokens, which the loop counts as trained tokens too."""
         from tunelab.data.batching import pad_batch
 
         out = pad_batch([self.sources[i] for i in idx], pad_id)
         out["labels"] = pad_batch([self.labels[i] for i in idx], IGNORE_INDEX)["input_ids"]
+        out["decoder_attention_mask"] = (out["labels"] != IGNORE_INDEX).long()
         return out
 
 

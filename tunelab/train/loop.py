@@ -167,7 +167,8 @@ def _forward_backward(net: nn.Module, window: list[Batch], device: torch.device,
             loss.backward()
         losses.append((loss.item(), n))
         items += n
-        tokens += int(batch["attention_mask"].sum()) if real else 0
+        if real:  # real tokens: the input's, and an encoder-decoder's target tokens
+            tokens += sum(int(batch[k].sum()) for k in ("attention_mask", "decoder_attention_mask") if k in batch)
     asked = stop is not None and stop.asked
     if engine.world == 1:
         for loss_sum, n in losses:
