@@ -2,7 +2,7 @@
 
 - decoder-only (the tiny random Llama of tests/causal): the loss is on the target tokens only (every prompt
   position carries IGNORE_INDEX), training lowers it, predict / translate work, save -> reload generates the
-  same; a scratch GPT is one error naming what to use;
+  same; a scratch GPT (fresh or pretrained by tunelab) the same way, other scratch models one error;
 - the warm-started encoder-decoder (a tiny random BERT) and scratch:transformer-seq2seq (a tokenizer trained
   by tunelab's `tokenizer train` on both sides of the pairs) through the whole task;
 - the warning for a target language the tokenizer cannot spell, and the pinned first losses of a seeded run.
@@ -134,11 +134,20 @@ def test_decoder_only_trains_predicts_and_reloads(tiny_llama, pairs_file, tmp_pa
     assert json.loads((run_dir / "seq2seq.json").read_text()) == {"family": "decoder"}
 
 
-def test_a_scratch_gpt_is_one_error(pairs_file, tmp_path):
-    cfg = config({"name": "scratch:gpt"}, pairs_file, tmp_path)
-    with pytest.raises(TunelabError, match=r"use scratch:transformer-seq2seq, or a pretrained Hugging Face "
-                                           r"causal LM"):
-        prepared_job(cfg)
+def test_a_scratch_gpt_is_a_decoder_only_translator_too(pair_tokenizer, pairs_file, tmp_path, helpers):
+    cfg = config({"name": "scratch:gpt", "tokenizer": str(pair_tokenizer), "layers": 1, "hidden_size": 32,
+                  "heads": 4, "ffn_size": 64}, pairs_file, tmp_path)
+    job, _ = prepared_job(cfg)
+    batch = next(iter(job.epoch_batches(0)))
+    assert job.family.name == "scratch-decoder"
+    assert job.loss(job.model, batch)[1] == int((batch["targets"] != IGNORE_INDEX).sum())  # targets only
+    run_dir = trains_and_reloads(cfg, helpers)
+    assert json.loads((run_dir / "seq2seq.json").read_text()) == {"family": "scratch-decoder"}
+
+
+def test_other_scratch_models_are_one_error(pairs_file, tmp_path):
+    with pytest.raises(TunelabError, match=r"seq2seq trains scratch:transformer-seq2seq .* or scratch:gpt"):
+        prepared_job(config({"name": "scratch:lstm"}, pairs_file, tmp_path))
 
 
 # ------------------------------------------------------------------------------- encoder-decoder families

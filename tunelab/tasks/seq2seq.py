@@ -46,11 +46,12 @@ def family_of(model_cfg) -> str:
     name = model_cfg.name
     if name in (f"{PREFIX}transformer-seq2seq", f"{PREFIX}seq2seq") or model_cfg.architecture == "encoder-decoder":
         return "encoder-decoder"
+    if name == f"{PREFIX}gpt" or is_scratch_dir(name) and _scratch_kind(name) == "gpt":
+        return "scratch-decoder"
     if name.startswith(PREFIX) or is_scratch_dir(name):
-        raise TunelabError(f"model.name: {name!r}: seq2seq trains no scratch model but "
-                           "scratch:transformer-seq2seq (an encoder-decoder from nothing); a scratch GPT cannot "
-                           "be a decoder-only translator here: use scratch:transformer-seq2seq, or a pretrained "
-                           "Hugging Face causal LM (builtin:smollm2-135m-instruct or a folder)")
+        raise TunelabError(f"model.name: {name!r}: seq2seq trains scratch:transformer-seq2seq (an "
+                           "encoder-decoder from nothing) or scratch:gpt (decoder-only, fresh or a folder saved "
+                           "by `tunelab pretrain`); use one of them, or a Hugging Face model")
     if name.startswith("gguf:"):
         return "decoder"
     from transformers import AutoConfig
@@ -62,6 +63,18 @@ def family_of(model_cfg) -> str:
         return "decoder"
     raise TunelabError(f"model.name: {name!r} is an encoder ({config.model_type}); set model.architecture: "
                        "encoder-decoder to warm-start an encoder-decoder from it")
+
+
+def _scratch_kind(folder: str) -> str | None:
+    """The kind recorded in a saved scratch model folder (scratch_config.json)."""
+    import json
+
+    from tunelab.models.scratch import CONFIG_NAME
+
+    try:
+        return json.loads((Path(folder).expanduser() / CONFIG_NAME).read_text()).get("kind")
+    except (OSError, ValueError):
+        return None
 
 
 def _is_causal(config) -> bool:
@@ -307,7 +320,53 @@ class DecoderOnly:
         return load_causal_model(model_dir)
 
 
-FAMILIES = {"encoder-decoder": EncoderDecoder, "decoder": DecoderOnly}
+class ScratchDecoder(DecoderOnly):
+    """tunelab's scratch GPT (fresh on model.tokenizer, or a folder saved by `tunelab pretrain`) on the same
+    source -> target prompts: causal_lm's encoding, its own forward for the loss, greedy decoding."""
+
+    name = "scratch-decoder"
+
+    def load(self, model_cfg, log):
+        from tunelab.models.scratch import build_scratch_causal_lm
+
+        model, tokenizer, _ = build_scratch_causal_lm(model_cfg)
+        return model, tokenizer
+
+    def loss(self, model, batch):
+        """Summed cross-entropy of the target tokens (targets are next-token ids, IGNORE_INDEX elsewhere)."""
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # (B, T, V)
+        targets = batch["targets"]  # (B, T)
+        keep = targets != IGNORE_INDEX
+        loss = torch.nn.functional.cross_entropy(logits[keep].float(), targets[keep], reduction="sum")
+        return loss, int(keep.sum())
+
+    @torch.no_grad()
+    def generate(self, model, tokenizer, sources: list[str], gen_cfg, max_length: int, batch_size: int,
+                 device) -> list[str]:
+        """Greedy, one prompt at a time (the scratch GPT decodes unpadded prompts); the first line of the
+        continuation is the answer."""
+        from tunelab.data.corpus import end_of_document_id
+
+        eos, window = end_of_document_id(tokenizer), model.config["max_position"]
+        was_training = model.training
+        model.eval()
+        out = []
+        for text in sources:
+            ids = tokenizer(prompt_of(text), add_special_tokens=True)["input_ids"]
+            ids = ids[-max(1, window - gen_cfg.max_new_tokens):]  # the prompt's end, where the target starts
+            prompt = torch.tensor([ids], device=device)
+            new = model.generate(prompt, gen_cfg.max_new_tokens, eos_token_id=eos)[0, len(ids):].tolist()
+            out.append(tokenizer.decode(new, skip_special_tokens=True).split("\n")[0].strip())
+        model.train(was_training)
+        return out
+
+    def load_saved(self, model_dir: Path):
+        from tunelab.models.scratch import load_scratch
+
+        return load_scratch(model_dir)
+
+
+FAMILIES = {"encoder-decoder": EncoderDecoder, "decoder": DecoderOnly, "scratch-decoder": ScratchDecoder}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -558,6 +617,9 @@ def check_config(cfg) -> list[str]:
     if cfg.method.name == "lora" and (name.startswith("scratch:")):
         problems.append(f"method.name: lora wraps Hugging Face layers; {name} is a scratch model: use full or "
                         "freeze")
+    if name == "scratch:gpt" and cfg.generate.num_beams > 1:
+        problems.append("generate.num_beams: a scratch GPT decodes greedily here; set generate.num_beams: 1, or "
+                        "use scratch:transformer-seq2seq for beam search")
     if cfg.model.architecture == "encoder-decoder" and name.startswith("scratch:"):
         problems.append(f"model.architecture: encoder-decoder warm-starts from a pretrained encoder; {name} is "
                         "built from scratch: leave model.architecture at auto")
