@@ -501,8 +501,9 @@ def _write_report(run_dir: Path, name: str, cfg: RunConfig, history: list[dict],
                   result) -> None:
     from tunelab.evaluate.report import write_report
 
-    notes = [f"task {cfg.task}, model {cfg.model.name}, method {cfg.method.name}; {result.steps} steps; "
-             f"best validation {cfg.train.early_stopping.metric} at step {result.best_step}",
+    best = (f"best validation {cfg.train.early_stopping.metric} at step {result.best_step}"
+            if result.best_step is not None else "no validation: the last weights")
+    notes = [f"task {cfg.task}, model {cfg.model.name}, method {cfg.method.name}; {result.steps} steps; {best}",
              job.summary(test_metrics)]
     write_report(run_dir / "report.html", title=f"tunelab run: {name}", config_text=dump_config(cfg),
                  history=history, metric=cfg.train.early_stopping.metric, test_metrics=test_metrics,
