@@ -264,7 +264,7 @@ def render(smoke: bool, old: dict[str, str]) -> str:
     import checkpoint
     import distributed
     import scratch
-    import seq2seq
+    import translation as seq2seq
 
     lines = ["# tunelab benchmark", "",
              "Produced by `make bench` (`python bench/run.py`; one part: `make bench PART=lm`). Each side runs "

@@ -22,7 +22,7 @@ full fine-tuning and SmolLM2 LoRA. `distributed` (bench/distributed.py): DDP in 
 (torchrun) against 1 process x 2 threads on the same global batch, tokens/s of both and the largest
 differences of their final weights and logged losses.
 
-`seq2seq` (bench/seq2seq.py): German <-> English on builtin:gettext with one training budget for a scratch
+`seq2seq` (bench/translation.py): German <-> English on builtin:gettext with one training budget for a scratch
 Transformer, MiniLM warm-started as an encoder-decoder and SmolLM2 LoRA (decoder-only): test chrF / BLEU and
 speed; and the MiniLM job trained by Hugging Face `Seq2SeqTrainer` beside tunelab's.
 """
@@ -220,7 +220,7 @@ SIDES = {"tunelab-fp32": lambda: run_tunelab("fp32"), "tunelab-bf16": lambda: ru
          **{f"ckpt-{job}-{setting}": _side("checkpoint", "run_side", job, setting)
             for job in ("minilm", "lm") for setting in ("default", "off")},
          **{side: _side("distributed", "run_side", side) for side in ("ddp-2x1", "single-1x2")},
-         **{side: _side("seq2seq", "run_side", side) for side in (
+         **{side: _side("translation", "run_side", side) for side in (
              "s2s-scratch-de-en", "s2s-scratch-en-de", "s2s-minilm-de-en", "s2s-trainer-minilm-de-en",
              "s2s-smollm-de-en", "s2s-smollm-en-de")}}
 PARTS = {"classification": ("tunelab-fp32", "tunelab-bf16", "trainer-fp32", "trainer-bf16", "trainer-fp32-keepmem"),
@@ -292,7 +292,7 @@ def measure(part: str, repeats: int) -> dict:
             record.save(path, rec)
             check_same_job(rec["runs"])
             if part == "seq2seq":  # one training budget for every model
-                import seq2seq
+                import translation as seq2seq
 
                 seq2seq.check_budget(rec["runs"])
             print(f"{part} {side} repeat {r}: {run['result']['tokens_per_s']:.0f} tokens/s, load "
@@ -321,7 +321,7 @@ def job_of(part: str) -> dict:
 
         return dict(distributed.JOB)
     if part == "seq2seq":
-        import seq2seq
+        import translation as seq2seq
 
         return seq2seq.job()
     return dict(JOB)

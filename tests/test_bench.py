@@ -393,7 +393,7 @@ def test_check_same_job_compares_runs_of_one_job_only():
 
 def s2s_result(side: str, tps: float, outputs: list[str], chrf: float) -> dict:
     """One seq2seq-part run: 4 steps over 8 pairs of 10 tokens each, tested on two pairs."""
-    import seq2seq
+    import translation as seq2seq
 
     model, direction, _ = seq2seq.parse_side(side)
     return {"job_name": f"{model}-{direction}", "tokens_per_s": tps, "pairs_per_s": tps / 10, "train_seconds": 80 / tps,
@@ -410,7 +410,7 @@ def test_seq2seq_section_from_stored_figures(tmp_path, monkeypatch):
     """One column per side with medians (ranges) of the speeds; tunelab over Seq2SeqTrainer as a ratio of
     medians with each round's; the sentence-level chrF difference paired over the same test pairs."""
     import results
-    import seq2seq
+    import translation as seq2seq
 
     monkeypatch.setattr(record, "OUT", tmp_path / "out")
     refs = ["Datei nicht gefunden", "Speicher voll"]
@@ -445,7 +445,7 @@ def test_seq2seq_sides_share_one_budget_and_load_strictly(tmp_path):
     """Every side's config passes tunelab's strict loader and differs from the others only in model, method,
     learning rate and direction; the Trainer side prepares the MiniLM side's very config."""
     import run
-    import seq2seq
+    import translation as seq2seq
 
     assert run.PARTS["seq2seq"] == seq2seq.SIDES and "seq2seq" in run.ALL_PARTS
     assert [seq2seq.parse_side(s) for s in ("s2s-trainer-minilm-de-en", "s2s-smollm-en-de")] == [
@@ -467,7 +467,7 @@ def test_seq2seq_sides_share_one_budget_and_load_strictly(tmp_path):
 
 
 def test_seq2seq_budget_check_names_the_sides_that_differ():
-    import seq2seq
+    import translation as seq2seq
 
     def run_of(side, steps, pairs):
         return {"side": side, "result": {"steps": steps, "data": {"train_examples": pairs}}}
