@@ -34,6 +34,10 @@ def finish(proc: subprocess.Popen, timeout: float = 300) -> tuple[int, str]:
     return proc.returncode, out
 
 
+def as_overrides(settings: dict) -> list[str]:
+    return [f"{k}={v}" for k, v in settings.items()]
+
+
 def train_both(helpers, tmp_path: Path, cfg, per_process: dict, single: dict, nproc: int = 2) -> tuple[Path, Path]:
     """Train `cfg` with `nproc` processes (with `per_process` overrides) and with one (`single` overrides)."""
     from tunelab.config import dump_config
@@ -41,9 +45,8 @@ def train_both(helpers, tmp_path: Path, cfg, per_process: dict, single: dict, np
     config = tmp_path / "c.yaml"
     config.write_text(dump_config(cfg))
     many, one = tmp_path / "many", tmp_path / "one"
-    overrides = [lambda d: [f"{k}={v}" for k, v in d.items()]][0]
-    procs = [launch(nproc, "train", str(config), "--output-dir", str(many), *overrides(per_process)),
-             launch(1, "train", str(config), "--output-dir", str(one), *overrides(single))]
+    procs = [launch(nproc, "train", str(config), "--output-dir", str(many), *as_overrides(per_process)),
+             launch(1, "train", str(config), "--output-dir", str(one), *as_overrides(single))]
     for proc in procs:
         code, out = finish(proc)
         assert code == 0, out

@@ -12,8 +12,6 @@ import json
 import os
 import re
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -26,20 +24,8 @@ from tunelab.nn.models import GPT
 from tunelab.train.checkpoint import complete_steps
 from tunelab.train.pipeline import build_stage, check_config, layer_bounds, stage_parameters
 
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+from test_distributed import finish, launch  # noqa: E402 - the same torchrun launcher
 WORDS = "the cat dog bird sees chases sings to a tree house river".split()
-
-
-def launch(nproc: int, *args: str) -> subprocess.Popen:
-    """`tunelab ARGS` in `nproc` processes (torchrun), or in one plain process."""
-    runner = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc)] if nproc > 1 else []
-    return subprocess.Popen([sys.executable, *runner, "-m", "tunelab", *args, "--no-progress"], env=ENV,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-
-
-def finish(proc: subprocess.Popen, timeout: float = 300) -> tuple[int, str]:
-    out, _ = proc.communicate(timeout=timeout)
-    return proc.returncode, out
 
 
 def weights(run_dir: Path) -> dict[str, torch.Tensor]:
