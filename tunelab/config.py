@@ -73,8 +73,9 @@ class DataConfig:
     """Field holding the label: strings or integers (3 and "3" are one label), not a mix of JSON types."""
     limit: Optional[int] = None
     """Use at most this many training records (a stratified, seeded subset), for quick runs."""
-    format: Literal["auto", "alpaca", "messages", "sharegpt", "prompt_completion", "text"] = "auto"
-    """causal_lm: how records are laid out; `auto` detects it from the fields."""
+    format: Literal["auto", "alpaca", "messages", "sharegpt", "prompt_completion", "text", "rag"] = "auto"
+    """causal_lm: how records are laid out; `auto` detects it from the fields (rag: `question`, `passages`,
+    `answer`: answer the question from the passages, as `tunelab ask --index` prompts)."""
     train_on_prompt: bool = False
     """causal_lm: also compute the loss on prompt tokens (default: assistant tokens only)."""
     packing: bool = False
@@ -93,6 +94,24 @@ class DataConfig:
     """seq2seq: drop pairs whose source or target is longer than this many characters; null = keep all."""
     max_target_length: Optional[int] = None
     """seq2seq: target tokens per example (longer targets are truncated and counted); null = model.max_length."""
+    question_field: str = "question"
+    """extractive_qa: field holding the question (flat JSONL; SQuAD-style JSON has its own layout)."""
+    context_field: str = "context"
+    """extractive_qa: field holding the passage the answer is taken from."""
+    answers_field: str = "answers"
+    """extractive_qa: field holding {text: [...], answer_start: [...]} (empty lists: no answer in the context)."""
+    fix_offsets: bool = False
+    """extractive_qa: an answer whose text is not at its answer_start is searched for in the context (nearest
+    occurrence) and counted, instead of being an error."""
+    doc_stride: Optional[int] = None
+    """extractive_qa: context tokens shared by consecutive windows of a long context; null = a quarter of
+    model.max_length."""
+    query_field: str = "query"
+    """retrieval: field holding the query."""
+    positive_field: str = "positive"
+    """retrieval: field holding the passage that answers the query."""
+    negative_field: Optional[str] = None
+    """retrieval: field holding a hard negative passage (optional; null = in-batch negatives only)."""
 
 
 def _method_config() -> type:
@@ -233,6 +252,26 @@ class GenerateConfig:
 
 
 @dataclass
+class QAConfig:
+    max_answer_length: int = 30
+    """extractive_qa: longest answer span in tokens (>= 1)."""
+    n_best: int = 20
+    """extractive_qa: start and end candidates per window searched for the best span (>= 1)."""
+    no_answer_threshold: Optional[float] = None
+    """extractive_qa: answer "no answer" when its score beats the best span's by more than this; null = the
+    threshold that scores best on validation (saved with the run)."""
+
+
+@dataclass
+class RetrievalConfig:
+    temperature: float = 0.05
+    """retrieval: contrastive loss temperature (cosine similarities are divided by it; > 0)."""
+    pooling: Literal["mean", "cls"] = "mean"
+    """retrieval: how token vectors become one embedding (mean over real tokens, or the first token);
+    embeddings are L2-normalised."""
+
+
+@dataclass
 class RunConfig:
     task: str = "classification"
     """What to train for: one of the registered tasks (tunelab.tasks)."""
@@ -241,6 +280,8 @@ class RunConfig:
     method: MethodConfig = field(default_factory=MethodConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
+    qa: QAConfig = field(default_factory=QAConfig)
+    retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
     output_dir: str = "runs/run"
 
     def to_dict(self) -> dict:
@@ -352,7 +393,8 @@ def _check_ranges(cfg: RunConfig, problems: list[str]) -> None:
                 "train.grad_accum": t.grad_accum, "method.r": m.r, "train.log_every": t.log_every,
                 "train.keep_checkpoints": t.keep_checkpoints,
                 "model.layers": cfg.model.layers, "model.hidden_size": cfg.model.hidden_size,
-                "model.heads": cfg.model.heads}
+                "model.heads": cfg.model.heads, "qa.max_answer_length": cfg.qa.max_answer_length,
+                "qa.n_best": cfg.qa.n_best}
     for key, v in positive.items():
         if isinstance(v, int) and v < 1:
             problems.append(f"{key}: got {v}; must be >= 1")
@@ -365,6 +407,10 @@ def _check_ranges(cfg: RunConfig, problems: list[str]) -> None:
                    "method.dropout": m.dropout}.items():
         if isinstance(v, float) and not 0.0 <= v < 1.0:
             problems.append(f"{key}: got {v}; must be in [0, 1)")
+    if isinstance(d.doc_stride, int) and d.doc_stride < 0:
+        problems.append(f"data.doc_stride: got {d.doc_stride}; must be >= 0 (0 = windows do not overlap) or null")
+    if isinstance(cfg.retrieval.temperature, float) and cfg.retrieval.temperature <= 0:
+        problems.append(f"retrieval.temperature: got {cfg.retrieval.temperature}; must be > 0")
     if isinstance(t.lr, float) and t.lr <= 0:
         problems.append(f"train.lr: got {t.lr}; must be > 0")
     if isinstance(t.checkpoint_every, int) and t.checkpoint_every < 0:
@@ -572,7 +618,8 @@ def field_docs(cls: type) -> dict[str, str]:
 
 
 SECTIONS = (("model", ModelConfig), ("data", DataConfig), ("method", MethodConfig), ("train", TrainConfig),
-            ("train.early_stopping", EarlyStoppingConfig), ("generate", GenerateConfig))
+            ("train.early_stopping", EarlyStoppingConfig), ("generate", GenerateConfig),
+            ("qa", QAConfig), ("retrieval", RetrievalConfig))
 
 
 def reference_markdown() -> str:
