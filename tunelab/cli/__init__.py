@@ -13,6 +13,7 @@ on the main command or any subcommand. Everything heavy is imported inside the c
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import re
 import sys
@@ -25,6 +26,14 @@ EXIT_BROKEN_PIPE = 141  # what a shell reports for a program stopped by SIGPIPE 
 # `train.lr=1e-4`, `output_dir=runs/x`: a dotted key of identifiers, then `=`. Paths (`a/b=c`) and model
 # references (`gguf:x=y`) do not match, so they stay positionals.
 OVERRIDE = re.compile(r"[A-Za-z_][\w-]*(\.[A-Za-z_][\w-]*)*=")
+
+# The modules under tunelab.cli that add commands (each has `add_commands(subparsers)`), one per line, in
+# the order `tunelab --help` lists them. A group may give its commands' examples as their `epilog`.
+COMMAND_GROUPS = (
+    "train",
+    "use",
+    "data",
+)
 
 EXAMPLES = {
     (): """examples:
@@ -120,10 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help="show full tracebacks for errors")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    from tunelab.cli import data, train, use  # light modules: heavy imports are inside the commands
-
-    for group in (train, use, data):
-        group.add_commands(sub)
+    for name in COMMAND_GROUPS:  # light modules: heavy imports are inside the commands
+        importlib.import_module(f"tunelab.cli.{name}").add_commands(sub)
     for path, parser in [((), p), *_subparsers(p)]:
         _finish(parser, path)
     return p
