@@ -76,11 +76,17 @@ def encode_chat(tokenizer, messages: list[dict], max_length: int, train_on_promp
     return ids, label_mask_from_spans(offsets, assistant_spans(tokenizer, messages, full, stop_at)), truncated
 
 
-def prompt_and_reference(tokenizer, norm: Normalised, fmt: str) -> tuple[list[int], str | None]:
+def prompt_and_reference(tokenizer, norm: Normalised, fmt: str, budget: int | None = None
+                         ) -> tuple[list[int], str | None]:
     """Prompt token ids for generation and the reference answer (the last assistant turn) if there is one.
 
     Conversations are rendered with the generation prompt; plain prompts and texts are tokenized as they are.
+    rag records are fitted to `budget` prompt tokens by cutting passages (tunelab.retrieval.rag); None: whole.
     """
+    if norm.rag is not None:
+        from tunelab.retrieval.rag import prompt_ids
+
+        return prompt_ids(tokenizer, norm.rag, budget), norm.rag.answer
     if norm.messages is not None:
         messages, reference = norm.messages, None
         if messages[-1]["role"] == "assistant":

@@ -4,8 +4,9 @@ A record becomes token ids plus *next-token targets*: `targets[t]` is the token 
 position t (`ids[t + 1]`) or IGNORE_INDEX (-100) where no loss is taken. Shifting here, per example, means
 packed rows never ask one example's last token to predict the next example's first token.
 
-Chat formats get their ids and trained-token masks from `tunelab.data.chat_template`; prompt_completion and
-text are tokenized here. `EncodedSet.describe` gives the counts a user should see.
+Chat formats get their ids and trained-token masks from `tunelab.data.chat_template` (rag records through
+`tunelab.retrieval.rag`, which fits the passages to max_length first); prompt_completion and text are
+tokenized here. `EncodedSet.describe` gives the counts a user should see.
 """
 from __future__ import annotations
 
@@ -86,7 +87,15 @@ def encode_records(tokenizer, records: list[dict], fmt: str, *, max_length: int,
                     continue
                 examples.append(Encoded(ids, ids[1:] + [IGNORE_INDEX], i))
             continue
-        if norm.messages is not None:
+        if norm.rag is not None:  # passages cut to fit, never the question or the answer
+            from tunelab.retrieval.rag import encode_rag
+
+            encoded = encode_rag(tokenizer, norm.rag, max_length, train_on_prompt)
+            if encoded is None:  # the question and answer alone are longer than max_length
+                dropped += 1
+                continue
+            ids, mask, cut = encoded
+        elif norm.messages is not None:
             ids, mask, cut = encode_chat(tokenizer, norm.messages, max_length, train_on_prompt)
         else:
             ids, mask, cut = encode_plain(tokenizer, norm.prompt, norm.completion, max_length, train_on_prompt)

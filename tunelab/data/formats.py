@@ -7,18 +7,23 @@ Formats (`data.format`):
   prompt_completion  {prompt, completion}                    plain text, no chat template (as trl does)
   text               {text}                                  continued pretraining: chunked to max_length
                                                              (the field is `data.text_field`, default text)
+  rag                {question, passages, answer}            answer from passages (strings or {id, text}),
+                                                             prompted as `tunelab ask --index` prompts
+                                                             (tunelab.retrieval.rag)
 
 `normalise` turns one record into a `Normalised` example: chat `messages` (the three chat formats), plain
-`prompt`/`completion`, or `text`. Nothing here tokenizes.
+`prompt`/`completion`, or `text`; rag records also keep their question and passages (`rag`), because
+fitting them to a token limit cuts passages, never the question. Nothing here tokenizes.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from tunelab.errors import DataError, TunelabError
+from tunelab.retrieval.rag import Passage, RagExample, rag_messages
 
-FORMATS = ("alpaca", "messages", "sharegpt", "prompt_completion", "text")
-CHAT_FORMATS = ("alpaca", "messages", "sharegpt")
+FORMATS = ("alpaca", "messages", "sharegpt", "prompt_completion", "text", "rag")
+CHAT_FORMATS = ("alpaca", "messages", "sharegpt", "rag")
 CHAT_ROLES = ("system", "user", "assistant")
 
 # ShareGPT `from` values -> chat roles (the real data set also says chatgpt / bing / bard for the assistant)
@@ -27,7 +32,8 @@ SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistan
 
 # The fields that identify each format, checked in this order by `detect_format`.
 FORMAT_FIELDS = (("messages", ("messages",)), ("sharegpt", ("conversations",)),
-                 ("alpaca", ("instruction",)), ("prompt_completion", ("prompt",)), ("text", ("text",)))
+                 ("alpaca", ("instruction",)), ("prompt_completion", ("prompt",)),
+                 ("rag", ("question", "passages")), ("text", ("text",)))
 
 
 def where(record: dict, source: str) -> tuple[str, int | None]:
@@ -50,7 +56,8 @@ def detect_format(records: list[dict], source: str, text_field: str = "text") ->
         return "text"
     path, line = where(first, source)
     raise DataError(path, f"cannot tell the data format from the fields ({fields_of(first)}); expected "
-                          "messages | conversations | instruction+output | prompt+completion | text, or set "
+                          "messages | conversations | instruction+output | prompt+completion | "
+                          "question+passages+answer | text, or set "
                           f"data.format to one of {', '.join(FORMATS)}", line)
 
 
@@ -126,6 +133,29 @@ class Normalised:
     prompt: str | None = None
     completion: str | None = None
     text: str | None = None
+    rag: RagExample | None = None
+
+
+def _rag_passages(record: dict, i: int, source: str) -> list[Passage]:
+    """A rag record's `passages`: strings, or {id, text} with a string or integer id; best first."""
+    path, line = where(record, source)
+    passages = record.get("passages")
+    if not isinstance(passages, list):
+        what = "missing" if "passages" not in record else f"a {type(passages).__name__}, not a list"
+        raise DataError(path, f"record {i + 1}: field 'passages' is {what}; format rag needs a list of strings "
+                              f"or {{id, text}} (fields here: {fields_of(record)})", line)
+    out = []
+    for j, p in enumerate(passages):
+        if isinstance(p, dict):
+            text, pid = p.get("text"), p.get("id")
+            ok_id = pid is None or (isinstance(pid, (str, int)) and not isinstance(pid, bool))
+        else:
+            text, pid, ok_id = p, None, True
+        if not isinstance(text, str) or not text.strip() or not ok_id:
+            raise DataError(path, f"record {i + 1}, passage {j + 1}: expected a non-empty string or {{\"id\": "
+                                  f"string, \"text\": non-empty string}}, got {p!r:.60}", line)
+        out.append(Passage(text=text, id=None if pid is None else str(pid)))
+    return out
 
 
 def normalise(record: dict, fmt: str, i: int, source: str, need_answer: bool = True,
@@ -149,4 +179,10 @@ def normalise(record: dict, fmt: str, i: int, source: str, need_answer: bool = T
                           completion=_text_field(record, "completion", i, source, fmt, required=need_answer))
     if fmt == "text":
         return Normalised(text=_text_field(record, text_field, i, source, fmt))
+    if fmt == "rag":
+        question = _text_field(record, "question", i, source, fmt)
+        passages = _rag_passages(record, i, source)
+        answer = _text_field(record, "answer", i, source, fmt, required=need_answer)
+        return Normalised(messages=rag_messages(question, passages, answer),
+                          rag=RagExample(question, passages, answer))
     raise TunelabError(f"data.format: unknown format {fmt!r}; known: auto, {', '.join(FORMATS)}")

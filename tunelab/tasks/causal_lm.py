@@ -94,13 +94,15 @@ def generation_eval(model, tokenizer, data: EncodedSet, *, gen_cfg, batch_size: 
     left only where prompt + `max_new_tokens` would exceed the model's context; `prompts_cut` counts them.
     """
     from tunelab.evaluate.text_metrics import generation_metrics
-    from tunelab.generation import fit_prompts, generate_texts, model_context, settings_kwargs
+    from tunelab.generation import fit_prompts, generate_texts, model_context, prompt_budget, settings_kwargs
 
+    context = model_context(_unwrap(model), tokenizer)
+    budget = prompt_budget(context, gen_cfg.max_new_tokens)  # rag prompts: passages cut to fit it
     prompts, references, shown = [], [], []
     for norm in data.normalised:
         if len(prompts) >= gen_cfg.samples_in_eval:
             break
-        ids, reference = prompt_and_reference(tokenizer, norm, data.fmt)
+        ids, reference = prompt_and_reference(tokenizer, norm, data.fmt, budget)
         if reference is None:
             continue
         prompts.append(ids)
@@ -108,7 +110,6 @@ def generation_eval(model, tokenizer, data: EncodedSet, *, gen_cfg, batch_size: 
         shown.append(norm.messages[-2]["content"] if norm.messages else norm.prompt)
     if not prompts:
         return {}, []
-    context = model_context(_unwrap(model), tokenizer)
     prompts, cut = fit_prompts(prompts, context, gen_cfg.max_new_tokens)
     if cut and log is not None:
         log(f"generation: {cut} of {len(prompts)} prompts cut from the left to fit the model's context of "
@@ -430,15 +431,16 @@ def causal_prompts(tokenizer, records: list[dict], source: str, fmt: str, contex
     """
     from tunelab.data.chat_template import require_chat_template
     from tunelab.data.formats import CHAT_FORMATS, normalise
-    from tunelab.generation import fit_prompts
+    from tunelab.generation import fit_prompts, prompt_budget
 
     fmt = detect_format(records, source, text_field) if fmt == "auto" else fmt
     if fmt in CHAT_FORMATS:
         require_chat_template(tokenizer, fmt)
+    budget = prompt_budget(context, max_new_tokens)  # rag prompts: passages cut to fit it
     prompts, refs, norms = [], [], []
     for i, rec in enumerate(records):
         norm = normalise(rec, fmt, i, source, need_answer=False, text_field=text_field)
-        ids, ref = prompt_and_reference(tokenizer, norm, fmt)
+        ids, ref = prompt_and_reference(tokenizer, norm, fmt, budget)
         prompts.append(ids)
         refs.append(ref)
         norms.append(norm)

@@ -1,0 +1,157 @@
+"""Generative QA over retrieved passages: the one prompt that fine-tuning (`data.format: rag`) and
+`tunelab ask --index` share, fitted to the model's context, and answering questions with it.
+
+The prompt is a chat: a system instruction (answer from the passages; say so when they do not hold the
+answer), then one user turn with the numbered passages (with their ids) and the question. Fitting it to a
+token limit cuts the lowest-ranked passage first, at token boundaries, then drops it and goes on to the next;
+the question is never cut. A model trained on `rag` records is therefore asked exactly the way it learned.
+
+Nothing heavy is imported at module level: tunelab.data.formats imports the record types from here.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from tunelab.errors import TunelabError
+
+SYSTEM_PROMPT = ("Answer the question using only the numbered passages. Keep the answer short. If the passages "
+                 "do not contain the answer, say that they do not contain it.")
+
+
+@dataclass(frozen=True)
+class Passage:
+    """One passage of a prompt: its text, its id (None: shown by number only) and, from an index, where it
+    came from and its retrieval score."""
+    text: str
+    id: str | None = None
+    score: float | None = None
+    doc_id: str | None = None
+    cut: bool = False
+    """True when the text was shortened to fit the prompt."""
+
+
+@dataclass
+class RagExample:
+    """A question with its passages (best first) and, in training data, the answer."""
+    question: str
+    passages: list[Passage]
+    answer: str | None = None
+
+
+def user_message(question: str, passages: list[Passage]) -> str:
+    """The user turn: numbered passages, each headed by its number and id, then the question."""
+    blocks = [f"[{k}]" + (f" (id: {p.id})" if p.id is not None else "") + f"\n{p.text}"
+              for k, p in enumerate(passages, 1)]
+    head = "Passages:\n\n" + "\n\n".join(blocks) if blocks else "Passages: (none)"
+    return f"{head}\n\nQuestion: {question}"
+
+
+def rag_messages(question: str, passages: list[Passage], answer: str | None = None) -> list[dict]:
+    """Chat messages: system instruction, user turn (passages + question), and the answer when given."""
+    messages = [{"role": "system", "content": SYSTEM_PROMPT},
+                {"role": "user", "content": user_message(question, passages)}]
+    if answer is not None:
+        messages.append({"role": "assistant", "content": answer})
+    return messages
+
+
+class NoRoom(TunelabError):
+    """Even the question without any passage does not fit the token limit."""
+
+    def __init__(self, needed: int, limit: int):
+        self.needed, self.limit = needed, limit
+        super().__init__(f"the prompt needs {needed} tokens without any passage; the limit is {limit}")
+
+
+@dataclass
+class Fitted:
+    """A prompt fitted to a token limit."""
+    ids: list[int]
+    """Token ids of the rendered chat (with the generation prompt; or with the answer when one was given)."""
+    messages: list[dict]
+    passages: list[Passage] = field(default_factory=list)
+    """The passages in the prompt, best first (texts as cut)."""
+    dropped: int = 0
+    """Passages left out entirely."""
+
+    @property
+    def shortened(self) -> bool:
+        """True when a passage was cut or left out."""
+        return self.dropped > 0 or any(p.cut for p in self.passages)
+
+
+def _render_ids(tokenizer, question: str, passages: list[Passage], answer: str | None) -> tuple[list, list]:
+    """(token ids, messages) of the chat, as training encodes it (no special tokens added beyond the
+    template's own)."""
+    from tunelab.data.chat_template import render
+
+    messages = rag_messages(question, passages, answer)
+    text = render(tokenizer, messages, generation_prompt=answer is None)
+    return tokenizer(text, add_special_tokens=False)["input_ids"], messages
+
+
+def _token_ends(tokenizer, text: str) -> list[int]:
+    """Character offsets where each token of `text` ends: text[:ends[n-1]] is its first n tokens."""
+    offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    return sorted({end for _, end in offsets if end > 0})
+
+
+def fit_prompt(tokenizer, question: str, passages: list[Passage], limit: int | None,
+               answer: str | None = None) -> Fitted:
+    """The chat for `question` over `passages`, at most `limit` tokens long (None: no limit).
+
+    With `answer` the limit covers the whole conversation (training: model.max_length); without, the prompt
+    with its generation prompt (asking: the context minus the room for the answer). The lowest-ranked passage
+    is cut token by token (a binary search over how many of its tokens stay), then dropped, then the next;
+    raises NoRoom when the question alone does not fit.
+    """
+    kept = list(passages)
+    ids, messages = _render_ids(tokenizer, question, kept, answer)
+    dropped = 0
+    while limit is not None and len(ids) > limit:
+        if not kept:
+            raise NoRoom(len(ids), limit)
+        last = kept.pop()
+        ends = _token_ends(tokenizer, last.text)
+        # the whole passage is known not to fit (its last token ending at the text's end)
+        lo, hi, best = 1, len(ends) - (1 if ends and ends[-1] >= len(last.text) else 0), None
+        while lo <= hi:  # the most tokens of `last` that fit
+            mid = (lo + hi) // 2
+            trial = replace(last, text=last.text[: ends[mid - 1]], cut=True)
+            trial_ids, trial_messages = _render_ids(tokenizer, question, [*kept, trial], answer)
+            if len(trial_ids) <= limit:
+                best, lo = (trial, trial_ids, trial_messages), mid + 1
+            else:
+                hi = mid - 1
+        if best is not None:
+            kept.append(best[0])
+            return Fitted(best[1], best[2], kept, dropped)
+        dropped += 1
+        ids, messages = _render_ids(tokenizer, question, kept, answer)
+    return Fitted(ids, messages, kept, dropped)
+
+
+def encode_rag(tokenizer, example: RagExample, max_length: int, train_on_prompt: bool
+               ) -> tuple[list[int], list[bool], bool] | None:
+    """Training: (ids, trained-token mask, passages shortened?) of one record within max_length tokens, the
+    loss on the answer only (unless train_on_prompt). None when the question and answer alone do not fit."""
+    from tunelab.data.chat_template import encode_chat
+
+    try:
+        fitted = fit_prompt(tokenizer, example.question, example.passages, max_length, example.answer)
+    except NoRoom:
+        return None
+    ids, mask, _ = encode_chat(tokenizer, fitted.messages, max_length, train_on_prompt)
+    return ids, mask, fitted.shortened
+
+
+def prompt_ids(tokenizer, example: RagExample, budget: int | None) -> list[int]:
+    """Generation from a file of rag records: the prompt within `budget` tokens (the answer left out).
+
+    Where the question alone is too long, its prompt without passages (the caller cuts it from the left,
+    as it does other over-long prompts of a file) instead of stopping the whole file.
+    """
+    try:
+        return fit_prompt(tokenizer, example.question, example.passages, budget).ids
+    except NoRoom:
+        return _render_ids(tokenizer, example.question, [], None)[0]
