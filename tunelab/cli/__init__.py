@@ -33,6 +33,7 @@ COMMAND_GROUPS = (
     "train",
     "use",
     "data",
+    "index",
 )
 
 EXAMPLES = {

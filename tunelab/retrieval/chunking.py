@@ -49,10 +49,7 @@ def read_documents(corpus: str | Path, *, text_field: str = "text", id_field: st
     file holds one document per record (`text_field`; id = `id_field`, or the record number from 1 where no
     record has that field). Empty documents are kept here: chunking skips and counts them.
     """
-    path = Path(corpus).expanduser()
-    if not path.exists():
-        raise DataError(path.absolute(), "does not exist; --corpus takes a folder of .txt/.md files, a .txt/.md "
-                                         "file, or a .jsonl/.csv/.parquet file of records")
+    path = check_corpus(corpus)
     if path.is_dir():
         return _folder_documents(path)
     suffix = path.suffix.lower()
@@ -62,6 +59,15 @@ def read_documents(corpus: str | Path, *, text_field: str = "text", id_field: st
         return _record_documents(path, text_field, id_field)
     raise DataError(path, f"unsupported corpus file type {path.suffix!r}; use a folder, "
                           f"{', '.join(TEXT_SUFFIXES + RECORD_SUFFIXES)}")
+
+
+def check_corpus(corpus: str | Path) -> Path:
+    """The corpus path, or an error where it does not exist (checked before a model loads)."""
+    path = Path(corpus).expanduser()
+    if not path.exists():
+        raise DataError(path.absolute(), "does not exist; --corpus takes a folder of .txt/.md files, a .txt/.md "
+                                         "file, or a .jsonl/.csv/.parquet file of records")
+    return path
 
 
 def _read_text(path: Path) -> str:

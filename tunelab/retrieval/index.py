@@ -267,13 +267,13 @@ def build_index(corpus: str | Path, output: str | Path, encoder=None, *, chunk_s
     from tunelab.retrieval.embed import load_encoder
 
     output = Path(output).expanduser()
-    _check_output(output, overwrite)
+    check_output(output, overwrite)
     if approximate not in (None, "hnsw"):
         raise TunelabError(f"--approximate {approximate!r}: the approximate kind is hnsw")
     if approximate and faiss_or_none() is None:
         raise _needs_faiss("--approximate hnsw builds a faiss HNSW graph")
-    started = time.perf_counter()
     encoder = encoder or load_encoder()
+    started = time.perf_counter()  # reading, chunking, embedding, writing: passages/s, not model loading
     check_chunking(chunk_size, overlap, encoder.tokenizer, encoder.max_length)  # before reading a large corpus
     documents = read_documents(corpus, text_field=text_field, id_field=id_field)
     passages, empty = chunk_documents(documents, encoder.tokenizer, chunk_size, overlap, encoder.max_length)
@@ -301,7 +301,8 @@ def _encoder_meta(encoder) -> dict:
     return meta
 
 
-def _check_output(output: Path, overwrite: bool) -> None:
+def check_output(output: Path, overwrite: bool) -> None:
+    """Refuse an --output that is a file, a folder that is not an index, or an index without `overwrite`."""
     if output.exists() and not output.is_dir():
         raise TunelabError(f"--output {output} is a file; give a folder for the index")
     if output.is_dir() and any(output.iterdir()):
@@ -331,13 +332,13 @@ def add_to_index(path: str | Path, corpus: str | Path, encoder=None, *, skip_exi
     """
     from tunelab.retrieval.chunking import chunk_documents, read_documents
 
-    started = time.perf_counter()
     index = load_index(path)
     if index.kind == "hnsw" and faiss_or_none() is None:
         raise _needs_faiss(f"{index.path} is an approximate (hnsw) index")
     if encoder is not None:
         index.check_encoder(encoder)
     encoder = encoder or index.encoder()
+    started = time.perf_counter()  # as in build_index: reading, chunking, embedding, writing; not model loading
     documents = read_documents(corpus, text_field=text_field, id_field=id_field)
     known = {p["doc_id"] for p in index.passages}
     new = [d for d in documents if d.doc_id not in known]
