@@ -407,3 +407,26 @@ def test_minilm_ranks_the_obvious_passage_first(tmp_path):
     hits = load_index(tmp_path / "idx").query(questions, k=2)
     assert [row[0].doc_id for row in hits] == list(docs)
     assert all(row[0].score > row[1].score + 0.2 for row in hits)
+
+
+# ---------------------------------------------------------------------------------------------
+# The bench hooks
+
+
+def test_bench_hooks_report_consistent_numbers(corpus, encoder, tmp_path):
+    from tunelab.retrieval.measure import approximate_recall, compare_search, time_build, time_search
+
+    exact, built = time_build(corpus, tmp_path / "idx", encoder, chunk_size=16, overlap=4)
+    assert (built["documents"], built["passages"], built["kind"]) == (4, 14, "exact")
+    assert built["passages_per_s"] == pytest.approx(14 / built["seconds"])
+    speed = time_search(exact, exact.vectors[:3], k=5, min_seconds=0.05)
+    assert speed["queries_per_s"] > 0 and speed["batched_queries_per_s"] > 0 and speed["passages"] == 14
+    assert approximate_recall(exact, exact, exact.vectors, k=5) == 1.0
+    rng = np.random.default_rng(2)
+    vectors = _unit(rng, 500, 32)
+    far = approximate_recall(_index_of(vectors[::-1].copy(), tmp_path), _index_of(vectors, tmp_path),
+                             vectors[:20], k=1)  # passage ids name other vectors: the top-1 ids disagree
+    assert far == 0.0
+    report = compare_search(vectors, vectors[:20], k=10, min_seconds=0.05)
+    assert report["passages"] == 500 and report["recall@10"] >= 0.9
+    assert report["exact"]["kind"] == "exact" and report["approximate"]["kind"] == "hnsw"

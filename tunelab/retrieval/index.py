@@ -76,6 +76,7 @@ class Index:
     meta: dict
     vectors: np.ndarray
     passages: list[dict]
+    graph: Any = field(default=None, repr=False)  # the faiss HNSW graph (hnsw kind; read on first search)
     _searcher: Any = field(default=None, repr=False)
     _encoder: Any = field(default=None, repr=False)
 
@@ -138,7 +139,9 @@ def _searcher(index: Index) -> Callable[[np.ndarray, int], tuple[np.ndarray, np.
     if index.kind == "hnsw":
         if faiss is None:
             raise _needs_faiss(f"{index.path} is an approximate (hnsw) index")
-        graph = faiss.read_index(str(index.path / "hnsw.faiss"))
+        if index.graph is None:
+            index.graph = faiss.read_index(str(index.path / "hnsw.faiss"))
+        graph = index.graph
 
         def search_hnsw(q: np.ndarray, k: int):
             graph.hnsw.efSearch = max(HNSW_EF_SEARCH, k)
@@ -286,9 +289,10 @@ def build_index(corpus: str | Path, output: str | Path, encoder=None, *, chunk_s
     if approximate:
         meta["hnsw"] = {"m": HNSW_M, "ef_construction": HNSW_EF_CONSTRUCTION, "ef_search": HNSW_EF_SEARCH}
     rows = [p.as_dict() for p in passages]
-    _commit(output, meta, vectors, rows, _hnsw_graph(vectors) if approximate else None)
+    graph = _hnsw_graph(vectors) if approximate else None
+    _commit(output, meta, vectors, rows, graph)
     stats = BuildStats(len(documents), empty, 0, len(passages), time.perf_counter() - started)
-    return Index(output, meta, vectors, rows, _encoder=encoder), stats
+    return Index(output, meta, vectors, rows, graph=graph, _encoder=encoder), stats
 
 
 def _encoder_meta(encoder) -> dict:
@@ -359,4 +363,4 @@ def add_to_index(path: str | Path, corpus: str | Path, encoder=None, *, skip_exi
         graph = _hnsw_graph(vectors, faiss_or_none().read_index(str(index.path / "hnsw.faiss")))
     _commit(index.path, meta, all_vectors, rows, graph)
     stats = BuildStats(len(new), empty, len(documents) - len(new), len(passages), time.perf_counter() - started)
-    return Index(index.path, meta, all_vectors, rows, _encoder=encoder), stats
+    return Index(index.path, meta, all_vectors, rows, graph=graph, _encoder=encoder), stats
