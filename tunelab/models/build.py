@@ -27,6 +27,19 @@ def load_classifier_and_tokenizer(model_cfg, labels: list[str]) -> tuple[nn.Modu
     return model, load_tokenizer(path), head
 
 
+def load_qa_model_and_tokenizer(model_cfg) -> tuple[nn.Module, object, set[str]]:
+    """(span model, tokenizer, head parameter names) for an extractive QA run: a Hugging Face encoder with
+    AutoModelForQuestionAnswering's head, or the scratch Transformer's `TransformerQA`."""
+    from tunelab.models.load import load_question_answering
+    from tunelab.models.scratch import build_scratch_qa, is_scratch_dir
+
+    if model_cfg.name.startswith("scratch:") or is_scratch_dir(model_cfg.name):
+        return build_scratch_qa(model_cfg)
+    path = resolve_model(model_cfg.name)
+    model, head = load_question_answering(path, model_cfg.dropout)
+    return model, load_tokenizer(path), head
+
+
 def is_peft(model: nn.Module) -> bool:
     return hasattr(model, "peft_config")
 

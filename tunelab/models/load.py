@@ -55,6 +55,28 @@ def load_sequence_classifier(path: Path, labels: list[str], dropout: float | Non
     return model, {n for n in new if n in params}
 
 
+def load_question_answering(path: Path, dropout: float | None = None) -> tuple[nn.Module, set[str]]:
+    """AutoModelForQuestionAnswering (an encoder with a span head: start and end logits per token);
+    returns (model, names of the newly initialised parameters: the span head `qa_outputs`, unless the
+    folder already holds one, e.g. a run's model/)."""
+    import torch
+    from transformers import AutoModelForQuestionAnswering
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the "newly initialized" notice is expected; the head is reported
+    try:
+        model, info = AutoModelForQuestionAnswering.from_pretrained(
+            str(path), config=_config(path, dropout), output_loading_info=True, dtype=torch.float32)
+    except ValueError as e:  # a decoder or encoder-decoder folder: "Unrecognized configuration class ..."
+        raise TunelabError(f"model.name: {str(path)!r} has no question-answering head in transformers ({e}); "
+                           "use an encoder such as builtin:minilm-l6") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    params = {n for n, _ in model.named_parameters()}
+    return model, {n for n in info.get("missing_keys", []) if n in params}
+
+
 POSITION_KEYS = ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length")  # names configs use
 
 

@@ -4,7 +4,8 @@ Three ways a run gets a scratch model:
 - `model.name: scratch:KIND`, KIND one of rnn | lstm | gru | transformer | gpt, sized by `model.layers`,
   `hidden_size`, `heads`, `ffn_size`, `bidirectional`, `position`, `dropout` (null -> 0.1) and
   `max_length` (the learned/sinusoidal position table size). RNN kinds use hidden_size for the embedding
-  too and ignore heads/ffn_size/position. `scratch:gpt` for classification is `GPTClassifier`.
+  too and ignore heads/ffn_size/position. `scratch:gpt` for classification is `GPTClassifier`;
+  `scratch:transformer` for extractive_qa is `TransformerQA` (a start/end span head per token).
 - `model.name: FOLDER` where FOLDER holds `scratch_config.json` (a RUN_DIR/model of `tunelab train` or
   `tunelab pretrain`): the saved weights, its own tokenizer and sizes; `model.tokenizer` and the size keys
   do not apply. A pretrained GPT becomes a `GPTClassifier` with its body loaded and a new head.
@@ -19,6 +20,7 @@ sense on a pretrained body; LoRA needs a Hugging Face model).
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -94,6 +96,75 @@ class GPTClassifier(nn.Module):
             pooled = (x * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)  # (B, C)
         logits = self.classifier(self.dropout(pooled))  # (B, num_labels)
         return ModelOutput(None if labels is None else F.cross_entropy(logits, labels), logits)
+
+
+# ------------------------------------------------------------------- a Transformer encoder with a span head
+
+@dataclass
+class SpanOutput:
+    """What a span model returns, named as transformers' QuestionAnsweringModelOutput names it."""
+
+    loss: Tensor | None
+    start_logits: Tensor
+    end_logits: Tensor
+
+
+class TransformerQA(nn.Module):
+    """Embeddings -> Transformer encoder -> `qa_outputs` Linear(C, 2): a start and an end logit per token.
+
+    The body is built as in `TransformerClassifier` (the same module names `embeddings` / `encoder`, so a
+    saved scratch classifier's body loads one to one, `from_classifier`). Extractive QA reads the question
+    and a context window as one row ([CLS] question [SEP] context [SEP]); with no segment embeddings the
+    model tells them apart by the [SEP] between them. `token_type_ids` is accepted and ignored, so batches
+    built for BERT-like models run here too. The loss, when positions are given, is the mean of the start
+    and end cross entropies over the real tokens (as BertForQuestionAnswering, with padding left out).
+    """
+
+    scratch_kind = "transformer-qa"
+
+    def __init__(self, vocab_size: int, hidden_size: int = 128, num_layers: int = 2, num_heads: int = 4,
+                 ffn_size: int | None = None, max_position: int = 512, dropout: float = 0.1,
+                 position: str = "learned", norm_first: bool = True, pad_token_id: int = 0):
+        super().__init__()
+        self.config = dict(vocab_size=vocab_size, hidden_size=hidden_size, num_layers=num_layers,
+                           num_heads=num_heads, ffn_size=ffn_size, max_position=max_position, dropout=dropout,
+                           position=position, norm_first=norm_first, pad_token_id=pad_token_id)
+        self.embeddings = Embeddings(vocab_size, hidden_size, max_position, position, dropout)
+        self.encoder = TransformerEncoder(num_layers, hidden_size, num_heads, ffn_size or 4 * hidden_size,
+                                          dropout, "gelu", norm_first,
+                                          rotary_base=ROTARY_BASE if position == "rotary" else None)
+        self.qa_outputs = nn.Linear(hidden_size, 2)
+
+    @classmethod
+    def from_classifier(cls, classifier: nn.Module) -> "TransformerQA":
+        """A span model whose body holds copies of a scratch TransformerClassifier's; the head is new."""
+        sizes = {k: v for k, v in classifier.config.items() if k != "num_labels"}
+        model = cls(**sizes)
+        model.embeddings.load_state_dict(classifier.embeddings.state_dict())
+        model.encoder.load_state_dict(classifier.encoder.state_dict())
+        return model
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, token_type_ids: Tensor | None = None,
+                start_positions: Tensor | None = None, end_positions: Tensor | None = None) -> SpanOutput:
+        real = attention_mask.bool() if attention_mask is not None else input_ids != self.config["pad_token_id"]
+        x = self.encoder(self.embeddings(input_ids), key_padding_mask=~real)  # (B, T, C)
+        start, end = self.qa_outputs(x).unbind(dim=-1)  # (B, T) each
+        loss = None
+        if start_positions is not None and end_positions is not None:
+            loss = span_loss(start, end, real, start_positions, end_positions, reduction="mean")
+        return SpanOutput(loss, start, end)
+
+
+def span_loss(start_logits: Tensor, end_logits: Tensor, real: Tensor, start_positions: Tensor,
+              end_positions: Tensor, reduction: str = "sum") -> Tensor:
+    """(CE(start) + CE(end)) / 2 per row over its real tokens (padding cannot take probability), summed or
+    averaged over the rows. Logits (B, T), real (B, T) bool, positions (B,)."""
+    hidden = ~real
+    start = F.cross_entropy(start_logits.float().masked_fill(hidden, float("-inf")), start_positions,
+                            reduction=reduction)
+    end = F.cross_entropy(end_logits.float().masked_fill(hidden, float("-inf")), end_positions,
+                          reduction=reduction)
+    return (start + end) / 2
 
 
 # ------------------------------------------------------------------------------------------- tokenizer
@@ -186,6 +257,37 @@ def build_scratch_causal_lm(model_cfg) -> tuple[GPT, object, set[str]]:
     return GPT(len(tokenizer), **_transformer_sizes(model_cfg)), tokenizer, set()
 
 
+def span_head_names(model: nn.Module) -> set[str]:
+    """Names of a span model's head parameters (`qa_outputs`, the name transformers uses too)."""
+    return {name for name, _ in model.named_parameters() if name.split(".")[0] == "qa_outputs"}
+
+
+def build_scratch_qa(model_cfg) -> tuple[TransformerQA, object, set[str]]:
+    """(span model, tokenizer, head names) for extractive QA: `scratch:transformer` fresh, or a saved scratch
+    folder holding a span model (trained further) or a Transformer classifier (its body, a new span head)."""
+    if is_scratch_dir(model_cfg.name):
+        _check_no_tokenizer(model_cfg)
+        path = Path(model_cfg.name).expanduser()
+        model, tokenizer = _load_model(path), _load_tokenizer(path)
+        if model.scratch_kind == "transformer":
+            model = TransformerQA.from_classifier(model)
+        elif not isinstance(model, TransformerQA):
+            raise TunelabError(f"model.name: {str(path)!r} holds a scratch {model.scratch_kind} model; extractive "
+                               "QA goes on from a scratch transformer folder (classification or QA), or "
+                               "scratch:transformer")
+        if model_cfg.dropout is not None:
+            set_dropout(model, model_cfg.dropout)
+        limit = model.config["max_position"]
+        if model_cfg.max_length > limit:
+            raise TunelabError(f"model.max_length: {model_cfg.max_length} exceeds the {limit} positions the saved "
+                               f"model {str(path)!r} was built with; set model.max_length to {limit} or less")
+        return model, tokenizer, span_head_names(model)
+    _kind(model_cfg.name, ("transformer",), "a span model")
+    tokenizer = load_tokenizer_ref(model_cfg.tokenizer)
+    model = TransformerQA(len(tokenizer), pad_token_id=tokenizer.pad_token_id, **_transformer_sizes(model_cfg))
+    return model, tokenizer, span_head_names(model)
+
+
 def _check_no_tokenizer(model_cfg) -> None:
     if model_cfg.tokenizer is not None:
         raise TunelabError(f"model.tokenizer: {model_cfg.tokenizer!r} cannot apply to the saved model "
@@ -223,9 +325,10 @@ def _load_model(directory: Path) -> nn.Module:
     """The model saved in `directory` (training mode, CPU); bad folders are a TunelabError."""
     try:
         config = json.loads((directory / CONFIG_NAME).read_text())
-        if config.get("kind") != GPTClassifier.scratch_kind:
+        own = {GPTClassifier.scratch_kind: GPTClassifier, TransformerQA.scratch_kind: TransformerQA}
+        if config.get("kind") not in own:
             return load_scratch_model(directory)
-        model = GPTClassifier(**{k: v for k, v in config.items() if k != "kind"})
+        model = own[config["kind"]](**{k: v for k, v in config.items() if k != "kind"})
         from safetensors.torch import load_file
 
         model.load_state_dict(load_file(str(directory / WEIGHTS_NAME)))
@@ -307,6 +410,7 @@ def set_dropout(model: nn.Module, p: float) -> None:
         model.config["dropout"] = p
 
 
-__all__ = ["GPTClassifier", "build_scratch_causal_lm", "build_scratch_classifier",
+__all__ = ["GPTClassifier", "SpanOutput", "TransformerQA", "build_scratch_causal_lm", "build_scratch_classifier",
+           "build_scratch_qa", "span_head_names", "span_loss",
            "head_names", "is_scratch_dir", "is_scratch_model", "load_scratch", "load_scratch_for_training",
            "load_tokenizer_ref", "save_scratch", "set_dropout"]
