@@ -34,6 +34,7 @@ COMMAND_GROUPS = (
     "use",
     "data",
     "index",
+    "ask",
 )
 
 EXAMPLES = {

@@ -97,27 +97,34 @@ def prediction_inputs(args) -> str | None:
     is not under a file.
     """
     from tunelab.errors import TunelabError
-    from tunelab.io import nearest_existing
 
     texts, inp, output = getattr(args, "text", None), getattr(args, "input", None), getattr(args, "output", None)
     if bool(texts) == bool(inp):
         raise TunelabError("predict: give either --text \"...\" or --input FILE (and --output FILE, or the "
                            "predictions go to standard output as JSONL)")
     if output:
-        out = Path(output)
-        if out.is_dir():
-            raise TunelabError(f"predict --output: {output} is a folder; give a file such as "
-                               f"{out / 'predictions.jsonl'}")
-        if inp and same_file(out, Path(inp)):
-            raise TunelabError(f"predict --output: {output} is the input file; it would be overwritten with the "
-                               "predictions: give another file")
-        parent = nearest_existing(out.absolute().parent)
-        if not parent.is_dir():
-            raise TunelabError(f"predict --output: {output} is under {parent}, which is a file, not a folder")
-        if not os.access(parent, os.W_OK | os.X_OK) or (out.exists() and not os.access(out, os.W_OK)):
-            raise TunelabError(f"predict --output: {output} cannot be written (no permission in {parent}); "
-                               "give a file in a folder you can write to")
+        check_output(output, inp, "predict --output")
     return inp
+
+
+def check_output(output: str, inp: str | None, option: str) -> None:
+    """`output` can be written as a new file: not a folder, not the input `inp`, not under a file, writable.
+    `option` names the flag in the message (e.g. "predict --output")."""
+    from tunelab.errors import TunelabError
+    from tunelab.io import nearest_existing
+
+    out = Path(output)
+    if out.is_dir():
+        raise TunelabError(f"{option}: {output} is a folder; give a file such as {out / 'predictions.jsonl'}")
+    if inp and same_file(out, Path(inp)):
+        raise TunelabError(f"{option}: {output} is the input file; it would be overwritten with the "
+                           "predictions: give another file")
+    parent = nearest_existing(out.absolute().parent)
+    if not parent.is_dir():
+        raise TunelabError(f"{option}: {output} is under {parent}, which is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK) or (out.exists() and not os.access(out, os.W_OK)):
+        raise TunelabError(f"{option}: {output} cannot be written (no permission in {parent}); "
+                           "give a file in a folder you can write to")
 
 
 def cmd_merge(args) -> int:

@@ -155,3 +155,113 @@ def prompt_ids(tokenizer, example: RagExample, budget: int | None) -> list[int]:
         return fit_prompt(tokenizer, example.question, example.passages, budget).ids
     except NoRoom:
         return _render_ids(tokenizer, example.question, [], None)[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Answering: `tunelab ask RUN_OR_MODEL --index INDEX`
+
+
+@dataclass
+class Generator:
+    """A causal LM ready to answer: model, tokenizer, generation settings, and the context its prompt +
+    answer must fit (`context_from` says where that number came from, for error messages)."""
+    model: object
+    tokenizer: object
+    gen: object  # tunelab.config.GenerateConfig
+    context: int
+    context_from: str
+
+    @property
+    def budget(self) -> int:
+        """Prompt tokens left once generate.max_new_tokens is set aside."""
+        from tunelab.generation import prompt_budget
+
+        return prompt_budget(self.context, self.gen.max_new_tokens)
+
+
+@dataclass
+class Answer:
+    """A generated answer and the passages its prompt held (best first; `dropped` more were left out)."""
+    question: str
+    text: str
+    passages: list[Passage]
+    dropped: int
+
+
+def load_generator(ref: str, overrides: list[str], max_length: int | None = None) -> Generator:
+    """A finished run whose task can chat (causal_lm, LoRA included) or a model reference (builtin:NAME,
+    gguf:PATH, a folder), loaded as `tunelab chat` loads it, with generate.* `overrides`.
+
+    The context is `max_length` when given (at most the model's positions), else the run's model.max_length
+    (what it was trained at), else the model's positions.
+    """
+    from tunelab.data.chat_template import require_chat_template
+    from tunelab.generation import model_context
+    from tunelab.runs import is_run, task_verb
+
+    if is_run(ref):
+        model, tokenizer, gen, context = task_verb(ref, "chat")(ref, list(overrides))
+        context_from = f"the run's model.max_length {context}"
+    else:
+        from tunelab.tasks.causal_lm import chat_model
+
+        model, tokenizer, gen, _ = chat_model(ref, list(overrides))
+        context = model_context(model, tokenizer)
+        context_from = f"the model's {context} positions"
+        if context is None:
+            raise TunelabError(f"ask: {ref} states no context length; give --max-length TOKENS")
+    require_chat_template(tokenizer, "rag")
+    positions = model_context(model, tokenizer)
+    if max_length is not None:
+        if max_length < 1 or (positions is not None and max_length > positions):
+            raise TunelabError(f"ask --max-length: got {max_length}; the model reads 1 to {positions} tokens")
+        context, context_from = max_length, f"--max-length {max_length}"
+    return Generator(model, tokenizer, gen, context, context_from)
+
+
+def passages_of_hits(hits) -> list[Passage]:
+    """Index hits (tunelab.retrieval.index.Hit, best first) as prompt passages."""
+    return [Passage(h.text, str(h.passage_id), float(h.score), str(h.doc_id)) for h in hits]
+
+
+def fit_question(generator: Generator, question: str, passages: list[Passage]) -> Fitted:
+    """The prompt for one question within the generator's budget, or one error saying what to change."""
+    budget = generator.budget
+    try:
+        return fit_prompt(generator.tokenizer, question, passages, budget)
+    except NoRoom as e:
+        raise TunelabError(
+            f"ask: the question {question[:60]!r}{'...' if len(question) > 60 else ''} takes {e.needed} prompt "
+            f"tokens without any passage, but only {budget} are left ({generator.context_from} minus "
+            f"generate.max_new_tokens {generator.gen.max_new_tokens}); shorten the question, lower "
+            "generate.max_new_tokens or raise --max-length") from None
+
+
+def answer_questions(generator: Generator, index, questions: list[str], k: int, batch_size: int = 8
+                     ) -> list[Answer]:
+    """Retrieve the top `k` passages of `index` (tunelab.retrieval.index.Index) for each question, fit
+    them into the prompt, and generate the answers (the run's or the model's generate settings)."""
+    from tunelab.generation import generate_texts, settings_kwargs
+
+    hits = index.query(list(questions), k)
+    fitted = [fit_question(generator, q, passages_of_hits(h)) for q, h in zip(questions, hits)]
+    kwargs = settings_kwargs(generator.tokenizer, generator.model, generator.gen)
+    texts = generate_texts(generator.model, generator.tokenizer, [f.ids for f in fitted], kwargs, batch_size)
+    return [Answer(q, t, f.passages, f.dropped) for q, t, f in zip(questions, texts, fitted)]
+
+
+def gold_answers(value, path: str, line: int | None, i: int, field: str) -> list[str] | None:
+    """A record's gold answers: a string, a list of strings, or SQuAD-style {text: [...]}; None when absent.
+    An empty list means the passages hold no answer."""
+    if value is None:
+        return None
+    if isinstance(value, dict) and "text" in value:
+        value = value["text"]
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return list(value)
+    from tunelab.errors import DataError
+
+    raise DataError(path, f"record {i + 1}: field {field!r} must be a string, a list of strings or "
+                          f"{{\"text\": [...]}} (the gold answers), got {value!r:.60}", line)
