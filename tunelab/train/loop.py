@@ -167,8 +167,8 @@ def _forward_backward(net: nn.Module, window: list[Batch], device: torch.device,
             loss.backward()
         losses.append((loss.item(), n))
         items += n
-        if real:  # real tokens: the input's, and an encoder-decoder's target tokens
-            tokens += sum(int(batch[k].sum()) for k in ("attention_mask", "decoder_attention_mask") if k in batch)
+        if real:  # real tokens: every mask's (the input's, an encoder-decoder's targets, retrieval's passages)
+            tokens += sum(int(v.sum()) for k, v in batch.items() if k.endswith("attention_mask"))
     asked = stop is not None and stop.asked
     if engine.world == 1:
         for loss_sum, n in losses:
