@@ -304,6 +304,19 @@ def test_add_equals_one_build_of_all_documents(corpus, encoder, tmp_path):
     assert meta_grown == meta_one and meta_grown["documents"] == 6
 
 
+def test_add_to_an_hnsw_index_grows_its_graph(tmp_path, encoder, helpers):
+    first = helpers.write_jsonl(tmp_path / "a.jsonl", [{"id": f"a{i}", "text": words_doc(i, 12, helpers)}
+                                                       for i in range(60)])
+    more = helpers.write_jsonl(tmp_path / "b.jsonl", [{"id": f"b{i}", "text": words_doc(500 + i, 12, helpers)}
+                                                      for i in range(20)])
+    build_index(first, tmp_path / "idx", encoder, chunk_size=16, overlap=2, approximate="hnsw", desc=None)
+    add_to_index(tmp_path / "idx", more, desc=None)  # the recorded encoder
+    index = load_index(tmp_path / "idx")
+    assert (index.kind, len(index), index.meta["documents"]) == ("hnsw", 80, 80)
+    hits = index.search(index.vectors[60:], k=1)  # the graph holds the new vectors
+    assert [row[0].passage_id for row in hits] == [f"b{i}#0" for i in range(20)]
+
+
 def test_add_refuses_known_ids_unless_skipped(corpus, encoder, tmp_path):
     build_index(corpus, tmp_path / "idx", encoder, chunk_size=16, overlap=4, desc=None)
     before = (tmp_path / "idx" / "vectors.npy").read_bytes()

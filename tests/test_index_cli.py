@@ -6,6 +6,7 @@ import io
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tunelab.cli import main
@@ -113,3 +114,29 @@ def test_shorten():
     assert shorten("a  b\n\tc", 10) == "a b c"
     assert shorten("abcdef ghij", 8) == "abcdef…"
     assert len(shorten("x" * 50, 20)) == 20
+
+
+def test_a_retrieval_run_is_an_encoder(tiny_bert, tmp_path, helpers, docs, capsys):
+    """A finished run of task retrieval embeds with its own weights, pooling and max_length."""
+    from tunelab.config import config_from_dict
+    from tunelab.retrieval.embed import load_encoder
+    from tunelab.retrieval.index import load_index
+
+    pairs = helpers.write_jsonl(tmp_path / "pairs.jsonl", [
+        {"query": f"{a} {b}", "positive": f"{b} {a} news"} for a in ("goal", "bread", "chip", "team", "soup")
+        for b in ("match", "cheese", "code", "coach")])
+    cfg = config_from_dict({
+        "task": "retrieval", "model": {"name": str(tiny_bert), "max_length": 16},
+        "data": {"train": str(pairs), "val_fraction": 0.0, "test_fraction": 0.0}, "retrieval": {"pooling": "cls"},
+        "train": {"max_steps": 2, "batch_size": 8, "lr": 1e-3, "warmup_steps": 0, "seed": 0, "device": "cpu",
+                  "precision": "fp32", "early_stopping": {"patience": None}},
+        "output_dir": str(tmp_path / "retriever")})
+    run = helpers.train_quietly(cfg)
+    encoder = load_encoder(str(run))
+    assert (encoder.pooling, encoder.max_length, encoder.name) == ("cls", 16, str(run))
+    assert encoder.fingerprint != load_encoder(str(tiny_bert)).fingerprint  # trained weights, other pooling
+    assert main(["index", "build", "--corpus", str(docs), "--model", str(run), "--output", "idx",
+                 "--chunk-size", "16", "--overlap", "4", "--no-progress"]) == 0
+    index = load_index("idx")
+    assert index.meta["encoder"]["fingerprint"] == encoder.fingerprint
+    assert np.allclose(index.vectors, encoder.embed([p["text"] for p in index.passages], desc=None), atol=1e-6)

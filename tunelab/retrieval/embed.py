@@ -3,6 +3,8 @@ token), then L2-normalised, so a dot product is the cosine similarity.
 
 Mean pooling + normalisation is how all-MiniLM-L6-v2 (the built-in encoder) was trained as a sentence
 embedder; the retrieval task trains with the same function, so what it learns is what the index uses.
+`load_encoder(ref)` gives the encoder an index is built and queried with: a model reference or a finished
+retrieval run, with a fingerprint of its weights so an index can refuse any other.
 """
 from __future__ import annotations
 
