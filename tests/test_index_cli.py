@@ -80,7 +80,7 @@ def test_build_query_add(docs, tiny_bert, capsys, tmp_path, monkeypatch):
     assert "music.txt#0  music guitar music guitar" in capsys.readouterr().out
 
 
-def test_mistakes_are_one_line_errors(built, docs, tiny_bert, capsys, tmp_path):
+def test_mistakes_are_one_line_errors(built, docs, tiny_bert, capsys, tmp_path, monkeypatch):
     assert "already holds an index; add --overwrite" in error_of(
         capsys, ["index", "build", "--corpus", str(docs), "--output", "idx"])
     assert "is a folder that is not a tunelab index; it is never replaced" in error_of(
@@ -94,6 +94,9 @@ def test_mistakes_are_one_line_errors(built, docs, tiny_bert, capsys, tmp_path):
                                                                             "-k", "0"])
     assert "ids are already in idx (e.g. food.txt, sport.txt, tech/chips.md); add --skip-existing" in error_of(
         capsys, ["index", "add", "idx", "--corpus", str(docs)])
+    monkeypatch.setattr("sys.stdin", io.StringIO("\n  \n"))
+    assert "give --text \"...\" (repeatable) or questions on standard input" in error_of(
+        capsys, ["index", "query", "idx"])
     assert not Path("x").exists()
 
 
