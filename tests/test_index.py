@@ -82,8 +82,8 @@ def test_unicode_windows_end_at_word_boundaries_and_round_trip():
         assert (p.start == 0 or not text[p.start - 1].isalnum()) and (p.end == len(text) or not text[p.end].isalnum())
     assert passages[-1].end == len(text)
     # tokens 0-5, 4-10, 11-16 (the window from 9 would start inside "unbelievably": no overlap), 15-21, ...
-    assert [p.text for p in passages[:4]] == ["Größe naïve café —", "café — unbelievably", "Übersetzung 東京",
-                                              "東京 tokenization 🙂 end."]
+    assert [p.text for p in passages[:4]] == [
+        "Größe naïve café —", "café — unbelievably", "Übersetzung 東京", "東京 tokenization 🙂 end."]
     assert len(passages) == 14
 
 

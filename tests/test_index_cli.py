@@ -102,7 +102,8 @@ def test_mistakes_are_one_line_errors(built, docs, tiny_bert, capsys, tmp_path, 
 
 def test_another_encoder_is_refused(built, capsys):
     line = error_of(capsys, ["index", "query", "idx", "--text", "goal", "--model", "builtin:minilm-l6"])
-    assert line.startswith("error: idx was built with encoder ") and "; builtin:minilm-l6 is another (fingerprint" in line
+    assert line.startswith("error: idx was built with encoder ")
+    assert "; builtin:minilm-l6 is another (fingerprint" in line
 
 
 def test_a_run_of_another_task_is_not_an_encoder(tiny_bert, data_dir, tmp_path, helpers, docs, capsys):
