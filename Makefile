@@ -24,7 +24,8 @@ demo: venv
 test: venv
 	$(PY) -m pytest -q
 
-# make bench: every part; make bench PART=lm: one (classification, lm, scratch, peak, checkpoint, distributed, seq2seq)
+# make bench: every part; make bench PART=lm: one (classification, lm, scratch, peak, checkpoint, distributed, seq2seq,
+# qa, retrieval)
 bench: venv
 	$(PY) bench/run.py $(if $(PART),--part $(PART))
 

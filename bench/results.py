@@ -261,6 +261,7 @@ def labelled_old(part: str, text: str) -> str:
 
 
 def render(smoke: bool, old: dict[str, str]) -> str:
+    import answering
     import checkpoint
     import distributed
     import scratch
@@ -272,9 +273,10 @@ def render(smoke: bool, old: dict[str, str]) -> str:
              "rendered from the stored measurements named in its section, with their own dates.", ""]
     renderers = {"peak": peak_section, "classification": classification_section, "lm": lm_section,
                  "scratch": lambda rec: [scratch.markdown(rec)], "checkpoint": checkpoint.markdown,
-                 "distributed": distributed.markdown, "seq2seq": seq2seq.markdown}
+                 "distributed": distributed.markdown, "seq2seq": seq2seq.markdown, "qa": answering.qa_markdown,
+                 "retrieval": answering.retrieval_markdown}
     for part in ("peak", "classification", "lm", "scratch", "classification_seeds", "lm_seeds", "checkpoint",
-                 "distributed", "seq2seq"):
+                 "distributed", "seq2seq", "qa", "retrieval"):
         rec = record.latest(part, smoke) if part in renderers else None
         if rec is not None:
             lines += renderers[part](rec)

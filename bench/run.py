@@ -9,9 +9,10 @@ The sides run interleaved, the order reversed every round (A B C D, D C B A, ...
 tables give the median and range. Every run is stored with its time, load and machine in
 bench/out/<part>-<stamp>.json; results.md is rendered from those files alone.
 
-    python bench/run.py                                   # every part (the seven below)
+    python bench/run.py                                   # every part (the nine below)
     python bench/run.py --part lm                         # one part: classification lm scratch peak
-                                                          #           checkpoint distributed seq2seq
+                                                          #           checkpoint distributed seq2seq qa
+                                                          #           retrieval
     python bench/run.py --part classification --smoke     # a tiny job, 2 repeats: checks the bench end to end
     python bench/run.py --rewrite                         # results.md again from the stored measurements
     python bench/run.py --only tunelab-fp32               # one side in this process (prints JSON)
@@ -25,6 +26,11 @@ differences of their final weights and logged losses.
 `seq2seq` (bench/translation.py): German <-> English on builtin:gettext with one training budget for a scratch
 Transformer, MiniLM warm-started as an encoder-decoder and SmolLM2 LoRA (decoder-only): test chrF / BLEU and
 speed; and the MiniLM job trained by Hugging Face `Seq2SeqTrainer` beside tunelab's.
+
+`qa` and `retrieval` (bench/answering.py): extractive QA (MiniLM + span head on builtin:bbc-qa) trained by
+tunelab and by `Trainer` on the same windows, tokens/s and test EM / F1; retrieval recall@k / MRR@10 of BM25,
+the untuned and the tunelab-fine-tuned MiniLM on BBC headline -> article, and the index's build and query
+speed, exact and HNSW, with the HNSW search's recall@10 against exact search.
 """
 from __future__ import annotations
 
@@ -222,18 +228,24 @@ SIDES = {"tunelab-fp32": lambda: run_tunelab("fp32"), "tunelab-bf16": lambda: ru
          **{side: _side("distributed", "run_side", side) for side in ("ddp-2x1", "single-1x2")},
          **{side: _side("translation", "run_side", side) for side in (
              "s2s-scratch-de-en", "s2s-scratch-en-de", "s2s-minilm-de-en", "s2s-trainer-minilm-de-en",
-             "s2s-smollm-de-en", "s2s-smollm-en-de")}}
+             "s2s-smollm-de-en", "s2s-smollm-en-de")},
+         **{side: _side("answering", "run_side", side) for side in (
+             "qa-tunelab-fp32", "qa-tunelab-bf16", "qa-trainer-fp32", "qa-trainer-bf16", "retrieval-finetune",
+             "retrieval-index")}}
 PARTS = {"classification": ("tunelab-fp32", "tunelab-bf16", "trainer-fp32", "trainer-bf16", "trainer-fp32-keepmem"),
          "lm": ("tunelab-lm-fp32", "tunelab-lm-bf16", "trainer-lm-fp32", "trainer-lm-bf16"),
          "checkpoint": ("ckpt-minilm-default", "ckpt-minilm-off", "ckpt-lm-default", "ckpt-lm-off"),
          "distributed": ("ddp-2x1", "single-1x2"),
-         "seq2seq": tuple(s for s in SIDES if s.startswith("s2s-"))}
-ALL_PARTS = ("classification", "lm", "scratch", "peak", "checkpoint", "distributed", "seq2seq")
-REPEATS = {"seq2seq": 2}  # runs per side where 3 would not fit the part's time (default 3; 2 with --smoke)
+         "seq2seq": tuple(s for s in SIDES if s.startswith("s2s-")),
+         "qa": tuple(s for s in SIDES if s.startswith("qa-")),
+         "retrieval": ("retrieval-finetune", "retrieval-index")}
+ALL_PARTS = ("classification", "lm", "scratch", "peak", "checkpoint", "distributed", "seq2seq", "qa", "retrieval")
+# runs per side where 3 would not fit the part's time (default 3; 2 with --smoke)
+REPEATS = {"seq2seq": 2, "qa": 2, "retrieval": 2}
 HEADINGS = {"peak": "## Machine and matmul peak", "classification": "## Classification",
             "lm": "## Instruction tuning", "scratch": "## Classification from scratch",
             "checkpoint": "## Checkpoint cost", "distributed": "## Distributed data parallel",
-            "seq2seq": "## Translation",
+            "seq2seq": "## Translation", "qa": "## Extractive QA", "retrieval": "## Retrieval",
             # written by bench/seeds.py
             "classification_seeds": "## Classification: test accuracy over seeds",
             "lm_seeds": "## Instruction tuning: validation loss over seeds"}
@@ -324,6 +336,10 @@ def job_of(part: str) -> dict:
         import translation as seq2seq
 
         return seq2seq.job()
+    if part in ("qa", "retrieval"):
+        import answering
+
+        return answering.job(part)
     return dict(JOB)
 
 
@@ -333,7 +349,7 @@ def main() -> None:
     ap.add_argument("--part", nargs="+", choices=ALL_PARTS, default=list(ALL_PARTS),
                     help="the parts to measure (default: all of them)")
     ap.add_argument("--repeats", type=int, default=None,
-                    help="runs per side (default 3, seq2seq 2; 2 with --smoke)")
+                    help="runs per side (default 3; seq2seq, qa, retrieval 2; 2 with --smoke)")
     ap.add_argument("--smoke", action="store_true",
                     help="tiny jobs, to check the bench end to end; results go to bench/out/results-smoke.md")
     ap.add_argument("--rewrite", action="store_true", help="only rebuild results.md from the stored measurements")

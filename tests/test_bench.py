@@ -477,3 +477,150 @@ def test_seq2seq_budget_check_names_the_sides_that_differ():
         seq2seq.check_budget([run_of("s2s-minilm-de-en", 4, 8), run_of("s2s-smollm-de-en", 5, 8)])
     with pytest.raises(SystemExit, match="de-en: the sides trained different numbers of pairs"):
         seq2seq.check_budget([run_of("s2s-minilm-de-en", 4, 8), run_of("s2s-smollm-de-en", 4, 7)])
+
+
+# ---------------------------------------------------------------------------------------------
+# The qa and retrieval parts (bench/answering.py)
+
+def qa_result(side: str, tps: float, f1: list[float]) -> dict:
+    """One qa-part run: 2 steps over 4 windows of 10 tokens, tested on len(f1) questions (EM = F1 here)."""
+    n = len(f1)
+    return {"tokens_per_s": tps, "train_seconds": 40 / tps, "train_tokens": 40, "steps": 2, "lrs": [1e-4, 5e-5],
+            "precision": side.rsplit("-", 1)[1], "peak_rss_mb": 1000.0, "model_flops": 4e9,
+            "params": {"body": 10_617_600, "head": 0, "adapter": 0},
+            "data": {"train_questions": 2, "train_unanswerable": 1, "train_windows": 4, "train_tokens": 40,
+                     "test_questions": n, "test_unanswerable": 1, "test_windows": 2 * n, "test_tokens": 20 * n},
+            "exact_match": sum(f1) / n, "f1": sum(f1) / n, "has_answer_exact_match": sum(f1[1:]) / (n - 1),
+            "has_answer_f1": sum(f1[1:]) / (n - 1), "no_answer_exact_match": f1[0], "no_answer_f1": f1[0], "n": n,
+            "test_em": f1, "test_f1": f1}
+
+
+def test_qa_section_from_stored_figures(tmp_path, monkeypatch):
+    """One column per side, medians (ranges); tunelab over Trainer per precision as ratios of medians with
+    each round's; the per-question F1 difference paired over the same test questions."""
+    import answering
+    import results
+
+    monkeypatch.setattr(record, "OUT", tmp_path / "out")
+    res = {"qa-tunelab-fp32": [qa_result("qa-tunelab-fp32", t, [1.0, 1.0, 1.0, 0.0]) for t in (200.0, 220.0)],
+           "qa-tunelab-bf16": [qa_result("qa-tunelab-bf16", t, [1.0, 1.0, 1.0, 0.0]) for t in (400.0, 400.0)],
+           "qa-trainer-fp32": [qa_result("qa-trainer-fp32", t, [1.0, 0.0, 1.0, 0.0]) for t in (100.0, 110.0)],
+           "qa-trainer-bf16": [qa_result("qa-trainer-bf16", t, f) for t, f in
+                               ((250.0, [1.0, 1.0, 1.0, 0.0]), (150.0, [1.0, 1.0, 0.0, 0.0]))]}
+    store(tmp_path / "out", "qa", answering.job("qa"), list(res), res)
+    section = results.render(False, {}).split("## Extractive QA")[1]
+    assert "| | tunelab fp32 | tunelab bf16 | HF Trainer fp32 | HF Trainer bf16 |" in section
+    assert "| real tokens/s | 210 (200-220) | 400 | 105 (100-110) | 200 (150-250) |" in section
+    # MFU: 4e9 FLOPs over 40/200 s = 20 GFLOP/s against the fp32 peak 100 -> 20%; bf16 against 1 GFLOP/s
+    assert "| MFU (% of its precision's peak) | 21.0 (20.0-22.0) | 4000.0 | 10.5 (10.0-11.0) |" in section
+    assert "| **test F1** | 0.7500 | 0.7500 | 0.5000 | 0.6250 (0.5000-0.7500) |" in section
+    # fp32: medians 210 / 105 = 2.00, rounds 2.00 and 2.00; bf16: 400 / 200, rounds 1.60 and 2.67
+    assert "- both fp32: tunelab **2.00x** tokens/s (per round 2.00-2.00x)" in section
+    assert "- both bf16: tunelab **2.00x** tokens/s (per round 1.60-2.67x)" in section
+    assert "(tunelab bf16, Trainer fp32): tunelab **3.81x**" in section
+    # fp32 differences 0, 1, 0, 0: mean 0.25, SE stdev/sqrt(4) = 0.25
+    assert "- test F1, fp32: tunelab - Trainer = +0.2500 ± 0.2500 (SE, paired over the same 4 questions): " \
+           "**not resolved**" in section
+    assert "- test F1, bf16: tunelab - Trainer = +0.0000" in section
+    assert "varied across repeats for HF Trainer bf16" in section
+    assert "Data: 2 training questions (1 unanswerable) in 4 windows of at most 384 tokens sharing 128" in section
+    assert "Measured 2026-02-01T10:00:00Z to 2026-02-02T10:05:00Z (UTC) on Test CPU" in section
+
+
+def retrieval_results(build: float, hnsw_recall: float) -> dict[str, dict]:
+    rankers = {name: {"recall@1": r1, "recall@5": 0.9, "recall@10": 0.95, "mrr@10": r1 + 0.05, "n": 210,
+                      "passages": 209} for name, r1 in (("bm25", 0.5), ("base", 0.6), ("tuned", 0.7))}
+    finetune = {"job_name": "finetune", "tokens_per_s": build * 10, "train_seconds": 60.0, "train_tokens": 1000,
+                "steps": 25, "lrs": [3e-5] * 25, "best_step": 25, "wall_seconds": 90.0, "peak_rss_mb": 1200.0,
+                "precision": "fp32", "rankers": rankers,
+                "data": {"train_pairs": 800, "validation_pairs": 211, "test_pairs": 210}}
+    index = {"job_name": "index", "tokens_per_s": build * 100, "train_tokens": 0, "lrs": [], "documents": 223,
+             "passages": 1100, "passage_tokens": 120_000,
+             "build_seconds": {"exact": 1100 / build, "hnsw": 1200 / build},
+             "build_passages_per_s": {"exact": build, "hnsw": build * 11 / 12}, "queries": 2225, "embed_qps": 300.0,
+             "exact_batch_qps": 5000.0, "exact_single_qps": 2000.0, "hnsw_batch_qps": 6000.0,
+             "hnsw_single_qps": 2500.0, "query_qps": 50.0, "queries_one_by_one": 300,
+             "hnsw_recall_at_10": hnsw_recall, "hnsw_exact_top10_share": 0.9, "peak_rss_mb": 700.0}
+    return {"retrieval-finetune": finetune, "retrieval-index": index}
+
+
+def test_retrieval_section_from_stored_figures(tmp_path, monkeypatch):
+    """The three rankers' test metrics from the fine-tuning run; the index's build and search speeds as
+    medians (ranges) and the HNSW recall; the note compares the measured embedding and search speeds."""
+    import answering
+    import results
+
+    monkeypatch.setattr(record, "OUT", tmp_path / "out")
+    runs = [retrieval_results(20.0, 0.99), retrieval_results(24.0, 0.98)]
+    res = {side: [r[side] for r in runs] for side in answering.RETRIEVAL_SIDES}
+    store(tmp_path / "out", "retrieval", answering.job("retrieval"), list(res), res)
+    section = results.render(False, {}).split("## Retrieval")[1]
+    assert "| BM25 (rank_bm25 Okapi, whole articles) | 0.5000 | 0.9000 | 0.9500 | 0.5500 |" in section
+    assert "| MiniLM-L6, untuned | 0.6000 | 0.9000 | 0.9500 | 0.6500 |" in section
+    assert "| MiniLM-L6 fine-tuned by tunelab | 0.7000 | 0.9000 | 0.9500 | 0.7500 |" in section
+    assert "800 training pairs (data.limit 800), 1 epoch = 25 steps of 32" in section
+    assert "each of its 210 headlines ranked against all 209 test articles" in section
+    assert "identical in every repeat (2 runs)" in section
+    assert "| build, exact: passages/s | 22.0 (20.0-24.0) |" in section
+    assert "| build with the HNSW graph (--approximate hnsw): passages/s | 20.2 (18.3-22.0) |" in section
+    assert "| **HNSW recall@10 against exact search** | 0.9850 (0.9800-0.9900) |" in section
+    assert "At 1,100 vectors embedding a query (300/s batched) costs more than searching exactly (2000/s one " \
+           "by one); HNSW search runs at 1.25x" in section
+
+
+def test_qa_sides_share_one_job_and_load_strictly(tmp_path):
+    """The qa configs pass tunelab's strict loader and differ only in precision; the Trainer side prepares
+    the fp32 config (its bf16 is the Trainer's own autocast); bf16 sides drop out on a CPU without it."""
+    import answering
+    import run
+
+    assert run.PARTS["qa"] == answering.QA_SIDES and run.PARTS["retrieval"] == answering.RETRIEVAL_SIDES
+    assert {"qa", "retrieval"} <= set(run.ALL_PARTS)
+    assert run.sides_of("qa", fast_bf16=False) == ["qa-tunelab-fp32", "qa-trainer-fp32"]
+    fp32, bf16 = (answering.qa_config(p, tmp_path / p) for p in ("fp32", "bf16"))
+    assert (fp32.train.precision, bf16.train.precision) == ("fp32", "bf16")
+    bf16.train.precision, bf16.output_dir = "fp32", fp32.output_dir
+    assert bf16 == fp32
+    assert (fp32.task, fp32.data.val_fraction, fp32.qa.no_answer_threshold, fp32.train.group_by_length) == (
+        "extractive_qa", 0.0, 0.0, "never")
+    tuned = answering.finetune_config(tmp_path / "r")
+    assert (tuned.task, tuned.data.train, tuned.train.precision) == ("retrieval", "builtin:bbc-headlines", "fp32")
+
+
+def test_kept_predictions_pairs_each_question_and_restores_scores():
+    """Inside the context tunelab's test scoring is unchanged and each question's (prediction, golds) is
+    kept; a margin above the threshold 0 is "no answer"; afterwards the module's own function is back."""
+    import answering
+    from tunelab.tasks import extractive_qa
+
+    original = extractive_qa.scores
+    answers = [extractive_qa.Answer("£1bn", 0, 4, 5.0, 1.0), extractive_qa.Answer("Warner", 5, 11, 1.0, 3.0)]
+    records = [{"answers": ["£1bn"]}, {"answers": []}]
+    kept: list = []
+    with answering.kept_predictions(kept):
+        metrics, _ = extractive_qa.scores(answers, records, 0.0, 0.5)
+    assert kept == [("£1bn", ["£1bn"]), ("", [])]
+    assert (metrics["exact_match"], metrics["no_answer_exact_match"]) == (1.0, 1.0)
+    assert extractive_qa.scores is original
+
+
+def test_hnsw_recall_is_the_share_of_the_exact_top_k_it_finds():
+    """Query 1: HNSW finds a of the exact {a, b} (0.5); query 2: both (1.0): recall 0.75, whole top k 1 of 2.
+    A one-query call is timed as well as the batch (the index sees both forms)."""
+    from types import SimpleNamespace
+
+    import answering
+
+    class Fake:
+        def __init__(self, tops):
+            self.tops, self.calls = tops, []
+
+        def search(self, vectors, k):
+            self.calls.append(len(vectors))
+            rows = self.tops if len(vectors) == len(self.tops) else self.tops[:len(vectors)]
+            return [[SimpleNamespace(passage_id=p) for p in row[:k]] for row in rows]
+
+    exact, hnsw = Fake([["a", "b"], ["c", "d"]]), Fake([["a", "x"], ["d", "c"]])
+    out = answering.search_speeds(exact, hnsw, torch.zeros(2, 4).numpy(), 2)
+    assert (out["hnsw_recall_at_10"], out["hnsw_exact_top10_share"]) == (0.75, 0.5)
+    assert exact.calls == [1, 2, 1, 1] and out["exact_batch_qps"] > 0 and out["hnsw_single_qps"] > 0
