@@ -114,11 +114,13 @@ def test_tasks_register_themselves_with_what_the_commands_need():
     from tunelab.tasks import tasks
 
     registry = tasks()
-    assert registry.names() == TASK_MODULES == ("classification", "causal_lm", "pretrain", "seq2seq")
+    assert registry.names() == TASK_MODULES == ("classification", "causal_lm", "pretrain", "seq2seq",
+                                                 "extractive_qa", "retrieval")
     for name in registry.names():
         task = registry.get(name)
         assert task.name == name and task.metrics and task.methods and callable(task.job)
-        assert all(o.startswith(("data.", "generate.", "model.")) for o in registry.options(name))
+        assert all(o.startswith(("data.", "generate.", "model.", "qa.", "retrieval."))
+                   for o in registry.options(name))
 
 
 def test_registry_checks_names_and_says_what_is_known():

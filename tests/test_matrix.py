@@ -15,9 +15,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent / "causal"))  # the tiny Llama of the causal-LM tests
 sys.path.insert(0, str(Path(__file__).parent / "seq2seq"))  # the tiny T5 of the seq2seq tests
+sys.path.insert(0, str(Path(__file__).parent / "extractive"))  # the tiny word-level BERT of the QA tests
+sys.path.insert(0, str(Path(__file__).parent / "retrieval_task"))  # coded query -> passage pairs
 
 from causal_helpers import alpaca_records  # noqa: E402
 from causal_tiny import write_tiny_model  # noqa: E402
+from extractive_helpers import reading_records, write_tiny_bert  # noqa: E402
+from retrieval_data import coded_pairs  # noqa: E402
 from seq2seq_tiny import reverse_pairs, write_tiny_t5  # noqa: E402
 from tunelab.methods import METHODS  # noqa: E402
 from tunelab.tasks import tasks  # noqa: E402
@@ -36,6 +40,9 @@ def cases(tiny_bert, tiny_llama, data_dir, tmp_path_factory, helpers):
     alpaca = helpers.write_jsonl(tmp_path_factory.mktemp("matrix-data") / "alpaca.jsonl", alpaca_records(24))
     pairs = helpers.write_jsonl(tmp_path_factory.mktemp("matrix-pairs") / "pairs.jsonl", reverse_pairs(24))
     t5 = write_tiny_t5(tmp_path_factory.mktemp("matrix-t5"))
+    qa_bert = write_tiny_bert(tmp_path_factory.mktemp("matrix-qa-bert"))
+    questions = helpers.write_jsonl(tmp_path_factory.mktemp("matrix-qa") / "qa.jsonl", reading_records(40))
+    retrieval = helpers.write_jsonl(tmp_path_factory.mktemp("matrix-retrieval") / "pairs.jsonl", coded_pairs(24))
     train = {"max_steps": STEPS, "batch_size": 4, "lr": 1e-2, "warmup_steps": 0, "log_every": 1, "seed": 0,
              "device": "cpu", "eval_every": None, "early_stopping": {"patience": None}}
     data = {"val_fraction": 0.1, "test_fraction": 0.1}
@@ -56,6 +63,12 @@ def cases(tiny_bert, tiny_llama, data_dir, tmp_path_factory, helpers):
                      "data": {"train": str(pairs), **data}, "train": train,
                      "generate": {"samples_in_eval": 2, "max_new_tokens": 4}},
                     [[3, 4, 5, 1], [6, 7, 1, 0]]),
+        "extractive_qa": ({"task": "extractive_qa", "model": {"name": str(qa_bert), "max_length": 24},
+                           "data": {"train": str(questions), **data}, "train": train},
+                          [[2, 10, 11, 3, 20, 21, 22, 3], [2, 12, 3, 30, 31, 3, 0, 0]]),
+        "retrieval": ({"task": "retrieval", "model": {"name": str(tiny_bert), "max_length": 16},
+                       "data": {"train": str(retrieval), **data}, "train": train},
+                      [[2, 7, 8, 9, 3], [2, 10, 11, 3, 0]]),
     }
 
 
@@ -65,7 +78,7 @@ MATRIX = [(task, method) for task in tasks().names() for method in tasks().get(t
 def test_the_matrix_covers_every_task_and_only_registered_methods():
     assert {task for task, _ in MATRIX} == set(tasks().names())
     assert {method for _, method in MATRIX} <= set(METHODS.names())
-    assert len(MATRIX) == 12
+    assert len(MATRIX) == 18
 
 
 def outputs(model, ids: list[list[int]]) -> torch.Tensor:
@@ -73,7 +86,12 @@ def outputs(model, ids: list[list[int]]) -> torch.Tensor:
     model.eval()
     extra = {"decoder_input_ids": batch} if getattr(model.config, "is_encoder_decoder", False) else {}
     with torch.no_grad():
-        return model(input_ids=batch, attention_mask=(batch != 0).long(), **extra).logits
+        out = model(input_ids=batch, attention_mask=(batch != 0).long(), **extra)
+    if getattr(out, "logits", None) is not None:
+        return out.logits
+    if getattr(out, "start_logits", None) is not None:  # a span model (extractive_qa): a start and an end logit per token
+        return torch.stack([out.start_logits, out.end_logits], dim=-1)
+    return out.last_hidden_state  # an encoder (retrieval)
 
 
 @pytest.mark.parametrize("task, method", MATRIX)

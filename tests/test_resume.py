@@ -193,6 +193,47 @@ def test_killed_seq2seq_run_resumes_bit_identical(tmp_path):
 # Signals, refusals, training further, disk trouble
 
 
+def test_killed_extractive_qa_run_resumes_bit_identical(tmp_path):
+    # the span head on a tiny word-level BERT with dropout; long contexts read in windows; evaluations
+    # between checkpoints choose the no-answer threshold on validation
+    sys.path.insert(0, str(Path(__file__).parent / "extractive"))
+    from extractive_helpers import qa_config, reading_records, write_jsonl, write_tiny_bert
+
+    model = write_tiny_bert(tmp_path / "bert")
+    data = write_jsonl(tmp_path / "qa.jsonl", reading_records(120))
+    cfg = qa_config(model, data, tmp_path / "unused", **{"train.max_steps": 30, "train.eval_every": 10,
+                                                         "train.checkpoint_every": 3, "train.batch_size": 8,
+                                                         "model.dropout": 0.1})
+    config = write_config(tmp_path / "c.yaml", cfg)
+    resumed, reference, _ = kill_and_resume(config, tmp_path, at_step=9)
+    assert_same_run(resumed, reference)
+    assert json.loads((resumed / "qa.json").read_text()) == json.loads((reference / "qa.json").read_text())
+
+
+def test_killed_retrieval_run_resumes_bit_identical(tiny_bert, tmp_path):
+    # in-batch negatives with hard negatives, the tiny BERT's dropout on, exact-search evaluations between
+    # checkpoints
+    sys.path.insert(0, str(Path(__file__).parent / "retrieval_task"))
+    from retrieval_data import coded_pairs
+    from tunelab.config import config_from_dict
+
+    pairs = coded_pairs(64)
+    for i, p in enumerate(pairs):
+        p["negative"] = pairs[(i + 1) % len(pairs)]["positive"]
+    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs))
+    cfg = config_from_dict({
+        "task": "retrieval", "model": {"name": str(tiny_bert), "max_length": 16},
+        "data": {"train": str(tmp_path / "pairs.jsonl"), "negative_field": "negative", "val_fraction": 0.15,
+                 "test_fraction": 0.15},
+        "retrieval": {"temperature": 0.1},
+        "train": {"max_steps": 24, "batch_size": 8, "lr": 3e-3, "log_every": 1, "eval_every": 6, "seed": 1,
+                  "threads": 1, "device": "cpu", "checkpoint_every": 3, "precision": "fp32"},
+        "output_dir": str(tmp_path / "unused")})
+    config = write_config(tmp_path / "c.yaml", cfg)
+    resumed, reference, _ = kill_and_resume(config, tmp_path, at_step=9)
+    assert_same_run(resumed, reference)
+
+
 def test_sigterm_finishes_the_step_writes_a_checkpoint_and_says_how_to_resume(make_config, tmp_path):
     cfg = make_config({"train.max_steps": 400, "train.checkpoint_every": 0, "train.threads": 1,
                        "train.eval_every": 1000})
