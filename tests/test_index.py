@@ -228,6 +228,23 @@ def test_exact_search_equals_a_brute_force_ranking(with_faiss, monkeypatch, tmp_
         assert np.allclose([h.score for h in row], scores[q, expected], atol=1e-5)
 
 
+def test_a_search_of_few_queries_runs_on_one_faiss_thread_and_restores_the_setting(tmp_path):
+    faiss = pytest.importorskip("faiss")
+    rng = np.random.default_rng(1)
+    index = _index_of(_unit(rng, 50), tmp_path)
+    seen = []
+    index._searcher = lambda q, k: (seen.append(faiss.omp_get_max_threads()),
+                                    numpy_search(index.vectors, q, k))[1]
+    original = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(2)
+    try:
+        index.search(_unit(rng, 1), k=3)
+        index.search(_unit(rng, index_module.FEW_QUERIES), k=3)
+        assert seen == [1, 2] and faiss.omp_get_max_threads() == 2
+    finally:
+        faiss.omp_set_num_threads(original)
+
+
 @pytest.mark.parametrize("with_faiss", [True, False])
 def test_ties_rank_in_passage_order_and_k_beyond_the_size_gives_all(with_faiss, monkeypatch, tmp_path):
     if not with_faiss:
