@@ -183,6 +183,23 @@ def test_cli_predict_writes_answers_and_refuses_text(learned, tmp_path, capsys):
     assert "tunelab ask" in err and "--input FILE" in err
 
 
+def test_predict_and_eval_read_squad_json_like_jsonl(learned, tmp_path, capsys):
+    from tunelab.cli import main
+
+    run_dir, _ = learned
+    squad = {"version": "v2.0", "data": [{"title": "t", "paragraphs": [{
+        "context": "a big tree and a blue road",
+        "qas": [{"id": "q1", "question": "which colour is there ?",
+                 "answers": [{"text": "blue", "answer_start": 17}]}]}]}]}
+    path = tmp_path / "dev.json"
+    path.write_text(json.dumps(squad))
+    assert main(["predict", str(run_dir), "--input", str(path)]) == 0
+    row = json.loads(capsys.readouterr().out)
+    assert (row["id"], row["answer"], row["start"], row["end"]) == ("q1", "blue", 17, 21)
+    assert main(["eval", str(run_dir), "--data", str(path)]) == 0
+    assert json.loads((run_dir / "eval-dev.json").read_text())["exact_match"] == 1.0
+
+
 def test_cli_train_exit_codes_and_one_line_data_error(bert, tmp_path, capsys):
     from tunelab.cli import main
     from tunelab.config import dump_config

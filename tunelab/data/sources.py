@@ -70,6 +70,10 @@ def read_json(path: Path) -> list[dict]:
         data = json.loads(_read_text(path))
     except json.JSONDecodeError as e:
         raise DataError(path, f"malformed JSON ({e.msg})", e.lineno) from None
+    if isinstance(data, dict) and isinstance(data.get("data"), list):  # SQuAD layout: one record per question
+        from tunelab.data.squad import squad_as_flat
+
+        return squad_as_flat(data, str(path))
     if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
         raise DataError(path, "a .json file must hold a list of objects; use .jsonl for one object per line")
     return data

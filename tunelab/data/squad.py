@@ -87,6 +87,14 @@ def squad_records(data: dict, source: str) -> list[dict]:
     return out
 
 
+def squad_as_flat(data: dict, source: str) -> list[dict]:
+    """A SQuAD-style JSON object as flat records (id, question, context, answers: {text, answer_start}), so
+    `tunelab predict --input` / `eval --data` read it like JSONL (with the default field names)."""
+    return [{"id": r["id"], "question": r["question"], "context": r["context"],
+             "answers": {"text": r["answers"], "answer_start": r["starts"]}, "_file": source}
+            for r in squad_records(data, source)]
+
+
 def _list(obj, key: str, where: str, source: str) -> list:
     value = obj.get(key) if isinstance(obj, dict) else None
     if not isinstance(value, list):
