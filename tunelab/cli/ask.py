@@ -119,6 +119,7 @@ def _ask_index(args) -> int:
         from tunelab.retrieval.index import load_index
 
         index = load_index(args.index)
+        index.encoder()  # loaded now, so the seconds per question count retrieval and generation only
         generator = load_generator(args.run_dir, list(args.overrides), args.max_length)
         start = time.perf_counter()
         answers = answer_questions(generator, index, questions, args.k)
