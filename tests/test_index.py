@@ -118,6 +118,14 @@ def test_folder_corpus_is_read_recursively_in_path_order(corpus):
     assert docs[-1].text.startswith("goal match")
 
 
+def test_a_file_that_is_not_utf8_in_a_folder_is_read_as_windows_1252_and_reported(tmp_path, caplog):
+    (tmp_path / "a.txt").write_text("plain text", encoding="utf-8")
+    (tmp_path / "b.txt").write_bytes("caf\u00e9 \u2013 menu".encode("cp1252"))  # like one BBC article
+    docs = read_documents(tmp_path)
+    assert [d.text for d in docs] == ["plain text", "caf\u00e9 \u2013 menu"]
+    assert "1 file is not valid UTF-8 and was read as Windows-1252 (b.txt)" in caplog.text
+
+
 def test_record_corpora(tmp_path, helpers):
     records = [{"id": "x", "body": "goal match"}, {"id": "7", "body": "bread soup"}]
     for fmt in ("jsonl", "csv", "parquet"):

@@ -82,7 +82,23 @@ def _folder_documents(folder: Path) -> list[Document]:
     if not files:
         raise DataError(folder, f"has no {' or '.join(TEXT_SUFFIXES)} files (searched recursively); put the "
                                 "documents there, or pass a .jsonl/.csv/.parquet file of records")
-    return [Document(p.relative_to(folder).as_posix(), _read_text(p)) for p in files]
+    documents, legacy = [], []
+    for p in files:
+        doc_id = p.relative_to(folder).as_posix()
+        try:
+            text = _read_text(p)
+        except DataError:  # not UTF-8: one such file must not stop a corpus of thousands
+            text = p.read_bytes().decode("cp1252", errors="replace")
+            legacy.append(doc_id)
+        documents.append(Document(doc_id, text))
+    if legacy:
+        from tunelab.data.sources import default_log
+
+        shown = ", ".join(legacy[:3]) + (", ..." if len(legacy) > 3 else "")
+        default_log(f"{folder}: {len(legacy)} file{'s are' if len(legacy) > 1 else ' is'} not valid UTF-8 and "
+                    f"{'were' if len(legacy) > 1 else 'was'} read as Windows-1252 ({shown}); re-save as UTF-8 "
+                    "if that is wrong")
+    return documents
 
 
 def _record_documents(path: Path, text_field: str, id_field: str) -> list[Document]:
