@@ -118,6 +118,24 @@ def test_a_file_of_questions_gives_answers_and_em_f1(tiny_llama, tiny_index, tmp
     assert lines[2] == f"metrics written to {tmp_path / 'a.metrics.json'}"
 
 
+def test_a_refusal_scores_as_no_answer_and_the_rag_answer_field_is_read(tiny_llama, tiny_index, tmp_path,
+                                                                         capsys):
+    from tunelab.retrieval.rag import scored_answer
+
+    assert scored_answer("The passages do not contain the answer.") == ""
+    assert scored_answer("They don't contain it") == "" and scored_answer("Paris") == "Paris"
+    # rag training records hold `answer`; an empty list is a question whose passages hold no answer
+    records = [{"question": QUESTION, "answer": "7nTc:"}, {"question": "what soup to cook", "answer": []}]
+    source = write_jsonl(tmp_path / "q.jsonl", records)
+    code, lines, err = ask(capsys, tiny_llama, "--index", tiny_index, "--input", source, "--output",
+                           tmp_path / "a.jsonl", "-k", 2, "generate.max_new_tokens=6")
+    assert code == 0, err
+    metrics = json.loads((tmp_path / "a.metrics.json").read_text())
+    assert (metrics["n"], metrics["has_answer_n"], metrics["no_answer_n"]) == (2, 1, 1)
+    assert metrics["has_answer_exact_match"] == 1.0
+    assert "; has_answer 1.000 / 1.000 (n=1); no_answer " in lines[1]
+
+
 @pytest.fixture(scope="module")
 def rag_run(tiny_llama, tmp_path_factory) -> Path:
     """A causal_lm run of the tiny Llama trained 2 steps on rag records (with LoRA: the adapter path)."""

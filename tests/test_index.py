@@ -468,3 +468,25 @@ def test_bench_hooks_report_consistent_numbers(corpus, encoder, tmp_path):
     report = compare_search(vectors, vectors[:20], k=10, min_seconds=0.05)
     assert report["passages"] == 500 and report["recall@10"] >= 0.9
     assert report["exact"]["kind"] == "exact" and report["approximate"]["kind"] == "hnsw"
+
+
+@pytest.mark.parametrize("with_faiss", [True, False])
+def test_ties_at_the_kth_place_are_broken_by_passage_order(with_faiss, monkeypatch, tmp_path):
+    if not with_faiss:
+        monkeypatch.setitem(sys.modules, "faiss", None)
+    rng = np.random.default_rng(3)
+    base = _unit(rng, 1)
+    vectors = np.concatenate([_unit(rng, 20) * 0.1 + 0.0, np.repeat(base, 10, axis=0)])  # 10 identical last
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    index = _index_of(vectors, tmp_path)
+    hits = index.search(base, k=3)[0]
+    assert [int(h.passage_id[1:-2]) for h in hits] == [20, 21, 22]  # the first three of the ten tied
+
+
+def test_index_batch_size_must_be_positive(corpus, tmp_path, capsys):
+    from tunelab.cli import main
+
+    assert main(["index", "build", "--corpus", str(corpus), "--output", str(tmp_path / "i"),
+                 "--batch-size", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "error: --batch-size: got 0; give 1 or more passages embedded at once"

@@ -151,3 +151,17 @@ def test_builtin_bbc_qa_is_seeded_exact_and_a_quarter_unanswerable():
     # an unanswerable question's span is not in the article it is paired with
     assert all(r["question"].rstrip("?") not in r["context"] for r in unanswerable)
     assert [r["id"] for r in records[:3]] == [r["id"] for r in bbc_qa()[:3]]
+
+
+def test_a_squad_question_without_answers_is_unlabelled_not_unanswerable(tmp_path):
+    data = squad(version2=True)
+    del data["data"][0]["paragraphs"][0]["qas"][1]["answers"]
+    records = load_qa_records(str(write(tmp_path / "s.json", data)))
+    assert [r["answers"] for r in records] == [["Ada Lovelace", "Lovelace"], None, []]
+
+
+def test_a_data_wrapper_that_is_not_squad_keeps_the_records_message(tmp_path):
+    from tunelab.data.sources import load_records
+
+    with pytest.raises(DataError, match="must hold a list of objects"):
+        load_records(str(write(tmp_path / "d.json", {"data": [{"text": "x", "label": "a"}]})))

@@ -34,16 +34,30 @@ def test_qa_metrics_split_into_has_and_no_answer():
     assert m["n"] == 4 and m["exact_match"] == 0.5 and m["f1"] == pytest.approx((1 + 1 + 0 + 2 / 3) / 4)
     assert (m["has_answer_n"], m["has_answer_exact_match"], m["has_answer_f1"]) == (2, 0.5, pytest.approx(5 / 6))
     assert (m["no_answer_n"], m["no_answer_exact_match"]) == (2, 0.5)
-    only = qa_metrics(["a"], [["a"]])
+    only = qa_metrics(["x"], [["x"]])
     assert only["no_answer_n"] == 0 and only["no_answer_f1"] is None
 
 
 def test_equal_margins_flip_together():
     # questions 0 and 1 share a margin: 0 is answered right, 1 has no answer; only both or neither can flip
     t, f1 = choose_no_answer_threshold([1.0, 1.0, 0.0], [1.0, 0.0, 0.0], [True, False, False])
-    assert f1 == pytest.approx(2 / 3) and t == pytest.approx(-1e-6)
+    assert f1 == pytest.approx(2 / 3) and t == pytest.approx(-1.0)  # below the last margin by 1
 
 
 def test_all_answerable_keeps_every_answer():
     t, f1 = choose_no_answer_threshold([0.5, -2.0], [1.0, 0.5], [True, True])
     assert t == 1.5 and f1 == 0.75
+
+
+def test_the_threshold_sits_halfway_so_a_close_margin_does_not_flip_with_it():
+    # margins 2.0 and 2.0 - 1e-7: only the first (no gold answer) should turn into "no answer"
+    t, f1 = choose_no_answer_threshold([2.0, 2.0 - 1e-7], [0.0, 1.0], [False, True])
+    assert f1 == 1.0 and 2.0 - 1e-7 < t < 2.0
+
+
+def test_gold_answers_that_normalise_to_nothing_count_as_no_answer():
+    # as the official v2.0 script: "The" and "." are dropped from the golds, leaving none
+    assert exact_match("", ["The", "."]) == 1.0 and exact_match("Paris", ["The"]) == 0.0
+    assert exact_match("Paris", ["the", "Paris"]) == 1.0
+    m = qa_metrics(["", "Rome"], [["The"], ["Rome"]])
+    assert (m["no_answer_n"], m["has_answer_n"], m["exact_match"]) == (1, 1, 1.0)

@@ -39,10 +39,10 @@ def test_a_tiny_bert_learns_the_synthetic_task(learned, helpers):
     summary = json.loads((run_dir / "eval.json").read_text())
     test = summary["test"]
     assert (test["n"], test["has_answer_n"], test["no_answer_n"]) == (90, 71, 19)
-    assert test["exact_match"] == pytest.approx(0.9889, abs=1e-4) and test["has_answer_exact_match"] == 1.0
-    assert test["no_answer_f1"] == pytest.approx(18 / 19)
+    # the threshold sits halfway between two validation margins; on test it separates every question
+    assert test["exact_match"] == 1.0 and test["has_answer_exact_match"] == 1.0 and test["no_answer_f1"] == 1.0
     qa = json.loads((run_dir / "qa.json").read_text())
-    assert qa["no_answer_threshold"] == pytest.approx(13.8526, abs=1e-3) and qa["how"].startswith("chosen on validation")
+    assert qa["no_answer_threshold"] == pytest.approx(3.0706, abs=1e-3) and qa["how"].startswith("chosen on validation")
     assert test["no_answer_threshold"] == qa["no_answer_threshold"]
     report = (run_dir / "report.html").read_text()
     assert "Has answer / no answer (test)" in report and "which colour is there ?" in report
@@ -198,6 +198,27 @@ def test_predict_and_eval_read_squad_json_like_jsonl(learned, tmp_path, capsys):
     assert (row["id"], row["answer"], row["start"], row["end"]) == ("q1", "blue", 17, 21)
     assert main(["eval", str(run_dir), "--data", str(path)]) == 0
     assert json.loads((run_dir / "eval-dev.json").read_text())["exact_match"] == 1.0
+
+
+def test_an_unlabelled_validation_or_test_file_is_refused_before_training(bert, reading, tmp_path):
+    from tunelab.errors import DataError
+    from tunelab.tasks.extractive_qa import split_questions
+
+    unlabelled = write_jsonl(tmp_path / "u.jsonl", [{"question": "which colour is there ?",
+                                                     "context": "a blue tree"}])
+    for split in ("validation", "test"):
+        cfg = qa_config(bert, reading, tmp_path / "run", **{f"data.{split}": str(unlabelled)})
+        with pytest.raises(DataError, match=f"record 1: no 'answers' field; {split} needs gold answers"):
+            split_questions(cfg, lambda _: None)
+
+
+def test_a_file_of_two_contexts_trains_with_an_empty_validation_split(bert, tmp_path, helpers):
+    records = [r for r in reading_records(40)]
+    contexts = sorted({r["context"] for r in records})[:2]
+    two = write_jsonl(tmp_path / "two.jsonl", [r for r in records if r["context"] in contexts] or records[:2])
+    cfg = qa_config(bert, two, tmp_path / "run", **{"data.val_fraction": 0.1, "data.test_fraction": 0.1})
+    run_dir, _ = helpers.train_and_capture(cfg)
+    assert (run_dir / "model").is_dir()
 
 
 def test_cli_train_exit_codes_and_one_line_data_error(bert, tmp_path, capsys):

@@ -185,3 +185,25 @@ def test_a_question_without_any_span_is_no_answer():
     assert answer.text == "ab"
     none = Answer("", None, None, -math.inf, 3.0)
     assert decide(none, None) == {"answer": "", "score": 3.0, "start": None, "end": None}
+
+
+def test_a_span_of_white_space_tokens_alone_is_never_the_answer():
+    # byte-level BPE: token 1 is a newline; its start and end logits are the highest, but a span of it alone
+    # would strip to "" (and bypass the threshold): the best real span wins instead
+    context = "alpha\nbeta"
+    w = Window(0, [0] * 5, [], 1, [(0, 5), (5, 6), (6, 10)])
+    answer = answer_of(context, [w], [(np.array([0, 1.0, 9.0, 2.0, 0]), np.array([0, 0.5, 9.0, 3.0, 0]))], 5, 30)
+    assert (answer.text, answer.start, answer.end) == ("beta", 6, 10)
+    only_blank = answer_of(" ", [Window(0, [0] * 3, [], 1, [(0, 1)])],
+                           [(np.array([0, 5.0, 0]), np.array([0, 5.0, 0]))], 5, 30)
+    assert only_blank.start is None
+
+
+def test_a_long_question_still_advances_windows_by_a_quarter():
+    from tunelab.tasks.extractive_qa import question_windows
+
+    ids, offsets = list(range(100, 160)), [(i, i + 1) for i in range(60)]
+    rows = question_windows(0, list(range(20)), ids, offsets, None, max_length=31, stride=7, cls=2, sep=3,
+                            use_types=False)
+    firsts = [w.offsets[0][0] for w in rows]  # budget 31 - 20 - 3 = 8 tokens: step max(8 - 7, 8 // 4) = 2
+    assert firsts == list(range(0, 53, 2)) and all(len(w.ids) <= 31 for w in rows)

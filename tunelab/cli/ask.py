@@ -140,14 +140,16 @@ def _write_answers(args, records: list[dict], answers, seconds: float) -> None:
     """Answers (+ passages used) for each record to --output or stdout; EM/F1 where gold answers are given."""
     from tunelab.cli.common import write_rows
     from tunelab.evaluate.qa_metrics import qa_metrics
-    from tunelab.retrieval.rag import gold_answers
+    from tunelab.retrieval.rag import gold_answers, scored_answer
 
     rows, preds, golds = [], [], []
     for i, (rec, answer) in enumerate(zip(records, answers)):
-        gold = gold_answers(rec.get(args.answers_field), rec.get("_file", args.input), rec.get("_line"), i,
-                            args.answers_field)
+        field = args.answers_field
+        if field == "answers" and field not in rec and "answer" in rec:  # the rag training layout's field
+            field = "answer"
+        gold = gold_answers(rec.get(field), rec.get("_file", args.input), rec.get("_line"), i, field)
         if gold is not None:
-            preds.append(answer.text)
+            preds.append(scored_answer(answer.text))
             golds.append(gold)
         row = {k: v for k, v in rec.items() if not k.startswith("_")}
         row["answer"] = answer.text
@@ -160,7 +162,9 @@ def _write_answers(args, records: list[dict], answers, seconds: float) -> None:
         print(f"{note}; no gold {args.answers_field!r} in the input, so no EM/F1", file=sys.stderr)
         return
     m = qa_metrics(preds, golds)
-    print(f"exact_match {m['exact_match']:.3f}  f1 {m['f1']:.3f}  (n={m['n']} with gold answers; {note})",
+    split = "".join(f"; {name} {m[f'{name}_exact_match']:.3f} / {m[f'{name}_f1']:.3f} (n={m[f'{name}_n']})"
+                    for name in ("has_answer", "no_answer") if m[f"{name}_n"] and m[f"{name}_n"] < m["n"])
+    print(f"exact_match {m['exact_match']:.3f}  f1 {m['f1']:.3f}{split}  (n={m['n']} with gold answers; {note})",
           file=sys.stderr if not args.output else sys.stdout)
     if args.output:
         from tunelab.io import atomic_write_json
@@ -228,7 +232,9 @@ def add_commands(sub) -> None:
     a.add_argument("--input", help="--index: records with a question each (.jsonl/.csv/...)")
     a.add_argument("--output", help="--index: where to write the answers (.jsonl; default: standard output)")
     a.add_argument("--question-field", default="question", help="field of --input holding the question")
-    a.add_argument("--answers-field", default="answers", help="field of --input holding gold answers (optional)")
+    a.add_argument("--answers-field", default="answers",
+                   help="field of --input holding gold answers (optional; default answers, or answer where "
+                        "records have that field: the rag training layout)")
     a.add_argument("--max-length", type=int, help="--index: tokens the prompt + answer may take (default: the "
                                                   "run's model.max_length, or the model's positions)")
     a.set_defaults(func=cmd_ask)

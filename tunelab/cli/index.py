@@ -34,6 +34,11 @@ QUERY_EXAMPLES = """examples:
 
 
 def _settings(args) -> None:
+    """Checks and settings shared by the index commands, before any model loads."""
+    if getattr(args, "batch_size", 1) < 1:
+        from tunelab.errors import TunelabError
+
+        raise TunelabError(f"--batch-size: got {args.batch_size}; give 1 or more passages embedded at once")
     if getattr(args, "no_progress", False):
         from tunelab.train.logging import set_progress
 

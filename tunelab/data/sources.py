@@ -70,13 +70,20 @@ def read_json(path: Path) -> list[dict]:
         data = json.loads(_read_text(path))
     except json.JSONDecodeError as e:
         raise DataError(path, f"malformed JSON ({e.msg})", e.lineno) from None
-    if isinstance(data, dict) and isinstance(data.get("data"), list):  # SQuAD layout: one record per question
+    if _is_squad(data):  # one record per question
         from tunelab.data.squad import squad_as_flat
 
         return squad_as_flat(data, str(path))
     if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
         raise DataError(path, "a .json file must hold a list of objects; use .jsonl for one object per line")
     return data
+
+
+def _is_squad(data) -> bool:
+    """A SQuAD-style object: {"data": [{"paragraphs": [...]}, ...]} (not any {"data": [...]} wrapper)."""
+    articles = data.get("data") if isinstance(data, dict) else None
+    return isinstance(articles, list) and bool(articles) and isinstance(articles[0], dict) \
+        and "paragraphs" in articles[0]
 
 
 def read_csv(path: Path) -> list[dict]:

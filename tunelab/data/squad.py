@@ -90,8 +90,8 @@ def squad_records(data: dict, source: str) -> list[dict]:
 def squad_as_flat(data: dict, source: str) -> list[dict]:
     """A SQuAD-style JSON object as flat records (id, question, context, answers: {text, answer_start}), so
     `tunelab predict --input` / `eval --data` read it like JSONL (with the default field names)."""
-    return [{"id": r["id"], "question": r["question"], "context": r["context"],
-             "answers": {"text": r["answers"], "answer_start": r["starts"]}, "_file": source}
+    return [{"id": r["id"], "question": r["question"], "context": r["context"], "_file": source,
+             **({} if r["answers"] is None else {"answers": {"text": r["answers"], "answer_start": r["starts"]}})}
             for r in squad_records(data, source)]
 
 
@@ -106,7 +106,10 @@ def _list(obj, key: str, where: str, source: str) -> list:
 def _squad_question(qa, context: str, where: str, source: str) -> dict:
     if not isinstance(qa, dict) or not isinstance(qa.get("question"), str) or not qa["question"].strip():
         raise DataError(source, f"{where}: 'question' is missing or not a non-empty string")
-    answers = [] if qa.get("is_impossible") else qa.get("answers", [])
+    if not qa.get("is_impossible") and "answers" not in qa:  # unlabelled (a hidden test set), not "no answer"
+        return {"id": str(qa.get("id", where)), "question": qa["question"], "context": context, "answers": None,
+                "starts": None, "_file": source, "_line": None, "_where": where}
+    answers = [] if qa.get("is_impossible") else qa["answers"]
     if not isinstance(answers, list) or not all(isinstance(x, dict) for x in answers):
         raise DataError(source, f"{where}: 'answers' must be a list of {{text, answer_start}} objects")
     texts = [x.get("text") for x in answers]

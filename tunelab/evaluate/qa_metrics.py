@@ -24,8 +24,9 @@ def normalize_answer(text: str) -> str:
 
 
 def _golds(golds: list[str]) -> list[str]:
-    """The gold answers, with [""] for a question that has none."""
-    return list(golds) or [""]
+    """The gold answers that normalise to something, or [""] for a question with none (as the official v2.0
+    script does: a gold answer such as "The" or "." counts as no answer)."""
+    return [g for g in golds if normalize_answer(g)] or [""]
 
 
 def exact_match(prediction: str, golds: list[str]) -> float:
@@ -57,7 +58,7 @@ def qa_metrics(predictions: list[str], golds: list[list[str]]) -> dict:
         raise ValueError(f"{len(predictions)} predictions for {len(golds)} questions")
     em = [exact_match(p, g) for p, g in zip(predictions, golds)]
     f1 = [f1_score(p, g) for p, g in zip(predictions, golds)]
-    has = [any(x.strip() for x in g) for g in golds]
+    has = [_golds(g) != [""] for g in golds]
     out: dict = {"n": len(golds)}
     for prefix, keep in (("", lambda h: True), ("has_answer_", bool), ("no_answer_", lambda h: not h)):
         rows = [i for i, h in enumerate(has) if keep(h)]
@@ -88,6 +89,7 @@ def choose_no_answer_threshold(margins: list[float], span_f1: list[float], has_a
         score += float(not has_answer[i]) - span_f1[i]
         if k + 1 < n and margins[order[k + 1]] == margins[i]:
             continue  # equal margins flip together: score the threshold once all of them have
-        if score > best + 1e-12:
-            best_t, best = margins[i] - 1e-6, score  # just below: question i is now a no-answer
+        if score > best + 1e-12:  # halfway to the next smaller margin: exactly these questions flip
+            below = margins[order[k + 1]] if k + 1 < n else margins[i] - 2.0
+            best_t, best = (margins[i] + below) / 2, score
     return best_t, best / n

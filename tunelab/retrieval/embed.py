@@ -48,6 +48,8 @@ def embed_texts(model, tokenizer, texts: list[str], *, max_length: int, pooling:
     from tunelab.data.batching import pad_batch
     from tunelab.data.tokens import pad_id_of
 
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     model.eval()
     if not texts:
         return np.zeros((0, _width(model)), dtype=np.float32)
@@ -154,7 +156,13 @@ def _model_encoder(ref: str) -> tuple[Any, Any, int]:
     st_config = path / "sentence_bert_config.json"
     if st_config.is_file():
         limits.append(json.loads(st_config.read_text(encoding="utf-8")).get("max_seq_length"))
-    return model, tokenizer, min(int(v) for v in limits if isinstance(v, int) and 0 < v < 1_000_000)
+    known = [int(v) for v in limits if isinstance(v, int) and 0 < v < 1_000_000]
+    if not known:
+        from tunelab.errors import TunelabError
+
+        raise TunelabError(f"{ref}: neither the model nor its tokenizer states how many tokens it reads "
+                           "(max_position_embeddings, model_max_length); set one in its config.json")
+    return model, tokenizer, min(known)
 
 
 def weights_fingerprint(model, pooling: str, max_length: int) -> str:

@@ -178,18 +178,32 @@ def _searcher(index: Index) -> Callable[[np.ndarray, int], tuple[np.ndarray, np.
         return lambda q, k: numpy_search(index.vectors, q, k)
     flat = faiss.IndexFlatIP(index.vectors.shape[1])
     flat.add(index.vectors)
-    return flat.search
+
+    def search_flat(q: np.ndarray, k: int):
+        # faiss breaks a tie at the k-th place either way: fetch a few more, then rank as numpy_search does
+        scores, ids = flat.search(q, min(k + TIE_MARGIN, len(index)))
+        order = np.lexsort((ids, -scores), axis=1)[:, :k]
+        return np.take_along_axis(scores, order, axis=1), np.take_along_axis(ids, order, axis=1)
+
+    return search_flat
+
+
+TIE_MARGIN = 16  # extra results fetched from faiss so that ties at the k-th place rank in passage order
 
 
 def numpy_search(vectors: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-k by inner product: (Q, k) scores and ids, higher first, equal scores in passage order."""
     scores = queries @ vectors.T  # (Q, N)
     k = min(k, vectors.shape[0])
-    top = np.argpartition(-scores, k - 1, axis=1)[:, :k] if k < vectors.shape[0] else \
-        np.tile(np.arange(vectors.shape[0]), (len(queries), 1))
-    picked = np.take_along_axis(scores, top, axis=1)
-    order = np.lexsort((top, -picked), axis=1)  # by score descending, then by id
-    return np.take_along_axis(picked, order, axis=1), np.take_along_axis(top, order, axis=1)
+    out_scores = np.zeros((len(queries), k), dtype=scores.dtype)
+    out_ids = np.zeros((len(queries), k), dtype=np.int64)
+    for q, row in enumerate(scores):
+        kth = np.partition(row, len(row) - k)[len(row) - k]  # the k-th largest score
+        candidates = np.flatnonzero(row >= kth)  # every passage tied with it too, not an arbitrary few
+        order = np.lexsort((candidates, -row[candidates]))[:k]  # by score descending, then by id
+        out_ids[q] = candidates[order]
+        out_scores[q] = row[out_ids[q]]
+    return out_scores, out_ids
 
 
 def _needs_faiss(what: str) -> TunelabError:

@@ -208,7 +208,7 @@ def load_generator(ref: str, overrides: list[str], max_length: int | None = None
         model, tokenizer, gen, _ = chat_model(ref, list(overrides))
         context = model_context(model, tokenizer)
         context_from = f"the model's {context} positions"
-        if context is None:
+        if context is None and max_length is None:
             raise TunelabError(f"ask: {ref} states no context length; give --max-length TOKENS")
     require_chat_template(tokenizer, "rag")
     positions = model_context(model, tokenizer)
@@ -248,6 +248,20 @@ def answer_questions(generator: Generator, index, questions: list[str], k: int, 
     kwargs = settings_kwargs(generator.tokenizer, generator.model, generator.gen)
     texts = generate_texts(generator.model, generator.tokenizer, [f.ids for f in fitted], kwargs, batch_size)
     return [Answer(q, t, f.passages, f.dropped) for q, t, f in zip(questions, texts, fitted)]
+
+
+# What a refusal (SYSTEM_PROMPT: "say that they do not contain it") contains, after SQuAD normalisation
+REFUSALS = ("do not contain", "does not contain", "dont contain", "doesnt contain", "do not mention",
+            "does not mention", "not mentioned", "no information", "cannot answer", "cant answer", "no answer")
+
+
+def scored_answer(text: str) -> str:
+    """The answer as EM / F1 see it: "" (no answer) for a refusal such as "The passages do not contain the
+    answer.", so a correct refusal scores 1 against a question with no gold answer and 0 against one with."""
+    from tunelab.evaluate.qa_metrics import normalize_answer
+
+    normalised = normalize_answer(text)
+    return "" if any(phrase in normalised for phrase in REFUSALS) else text
 
 
 def gold_answers(value, path: str, line: int | None, i: int, field: str) -> list[str] | None:

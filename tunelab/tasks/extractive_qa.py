@@ -130,6 +130,8 @@ def build_windows(records: list[dict], source: str, tokenizer, max_length: int, 
     """The windows of every question of `records` (QARecords); see the module docstring."""
     cls, sep = special_ids(tokenizer)
     stride = max_length // 4 if stride is None else stride
+    if not records:  # an empty carved split (a file with one or two articles): no windows, no tokenizer call
+        return QASplit(records, source)
     contexts = list(dict.fromkeys(r["context"] for r in records))
     ctx_ids, ctx_offsets = tokenize_texts(tokenizer, contexts, offsets=True)
     ctx_index = {c: i for i, c in enumerate(contexts)}
@@ -158,7 +160,9 @@ def question_windows(qi: int, question: list[int], ids: list[int], offsets: list
     if budget < 1:
         raise TunelabError(f"model.max_length: {max_length} leaves no room for the context after a "
                            f"{len(question)}-token question; raise model.max_length")
-    step = max(1, budget - min(stride, budget - 1))  # consecutive windows share `stride` context tokens
+    # consecutive windows share `stride` context tokens, but advance by at least a quarter of a window: a long
+    # question leaves a small budget, and an overlap close to it would make a window per context token
+    step = max(1, budget - stride, budget // 4)
     head = [cls, *question, sep]
     out, first = [], 0
     while True:
@@ -268,6 +272,7 @@ def answer_of(context: str, windows: list[Window], logits: list, n_best: int, ma
     best, null = None, math.inf
     for w, (start, end) in zip(windows, logits):
         null = min(null, float(start[0] + end[0]))
+        start, end = _skip_blank_tokens(context, w, start, end)
         found = best_span(start, end, w.context_start, len(w.offsets), n_best, max_answer_length)
         if found and (best is None or found[0] > best[0]):
             best = (found[0], w.offsets[found[1]][0], w.offsets[found[2]][1])
@@ -278,6 +283,19 @@ def answer_of(context: str, windows: list[Window], logits: list, n_best: int, ma
     a += len(text) - len(text.lstrip())  # byte-level BPE tokens carry their leading space
     b -= len(text) - len(text.rstrip())
     return Answer(context[a:b], a, b, score, null)
+
+
+def _skip_blank_tokens(context: str, w: Window, start: np.ndarray, end: np.ndarray) -> tuple:
+    """Start and end logits with the window's white-space-only tokens (a byte-level BPE's newline or run of
+    spaces) ruled out as a span's first or last token, so no span is white space alone (it would strip to an
+    empty answer that bypasses the no-answer threshold)."""
+    blank = [i for i, (a, b) in enumerate(w.offsets) if not context[a:b].strip()]
+    if not blank:
+        return start, end
+    start, end = start.copy(), end.copy()
+    rows = np.asarray(blank) + w.context_start
+    start[rows], end[rows] = -np.inf, -np.inf
+    return start, end
 
 
 def decide(answer: Answer, threshold: float | None) -> dict:
@@ -337,22 +355,28 @@ def split_questions(cfg, log) -> dict[str, tuple[list[dict], str]]:
 
     d, seed = cfg.data, cfg.train.seed
     records = read_questions(d.train, d, log)
-    unlabelled = next((r for r in records if r["answers"] is None), None)
-    if unlabelled is not None:
-        raise DataError(unlabelled["_file"], f"{unlabelled['_where']}: no '{d.answers_field}' field; training "
-                                             "needs answers (empty lists for a question with none): set "
-                                             "data.answers_field", unlabelled["_line"])
+    _require_answers(records, "training", d.answers_field)
     parts = split_by_context(records, d.val_fraction, d.test_fraction, seed, held_out(d))
     splits = {name: ([records[i] for i in idx], d.train if name == "train" else f"{d.train} ({name} split)")
               for name, idx in parts.items()}
     for name, ref in (("validation", d.validation), ("test", d.test)):
         if ref:
-            splits[name] = (read_questions(ref, d, log), ref)
+            splits[name] = (_require_answers(read_questions(ref, d, log), name, d.answers_field), ref)
     train = splits["train"][0]
     if d.limit is not None and d.limit < len(train):
         splits["train"] = ([train[i] for i in subset_indices(len(train), d.limit, seed)], d.train)
         log(f"data.limit: using {d.limit} training questions")
     return splits
+
+
+def _require_answers(records: list[dict], split: str, answers_field: str) -> list[dict]:
+    """`records`, or a DataError for the first question without gold answers (training and scoring need them)."""
+    unlabelled = next((r for r in records if r["answers"] is None), None)
+    if unlabelled is not None:
+        raise DataError(unlabelled["_file"], f"{unlabelled['_where']}: no '{answers_field}' field; {split} "
+                                             "needs gold answers (empty lists for a question with none): set "
+                                             "data.answers_field", unlabelled["_line"])
+    return records
 
 
 def uses_token_types(model) -> bool:
