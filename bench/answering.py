@@ -106,15 +106,16 @@ def qa_config(precision: str, out_dir: Path):
 
 @contextlib.contextmanager
 def kept_predictions(kept: list):
-    """Keep each test question's (predicted answer, gold answers) as tunelab's test scores them, so two
-    sides can be paired question by question. `scores` is looked up in the module when the job tests."""
+    """Keep each test question's (predicted answer, gold answers, best span) as tunelab's test scores them, so
+    two sides can be paired question by question; the best span is the answer before the no-answer rule.
+    `scores` is looked up in the module when the job tests."""
     from tunelab.tasks import extractive_qa
 
     original = extractive_qa.scores
 
     def scores(answers, records, threshold, loss):
         metrics, predictions = original(answers, records, threshold, loss)
-        kept[:] = [(p["answer"], r["answers"]) for p, r in zip(predictions, records)]
+        kept[:] = [(p["answer"], r["answers"], a.text) for p, r, a in zip(predictions, records, answers)]
         return metrics, predictions
 
     extractive_qa.scores = scores
@@ -145,17 +146,21 @@ def qa_flops(model, windows) -> float:
 
 
 def qa_result(job, seconds: float, lrs: list[float], metrics: dict, kept: list, precision: str) -> dict:
-    """One side's figures: speed over the bench-counted real tokens, test EM/F1 and per question."""
+    """One side's figures: speed over the bench-counted real tokens, test EM/F1 and per question, and the
+    F1 of the best span of each question with an answer (whether it learned to find spans, whatever the
+    no-answer rule decides)."""
     from tunelab.evaluate.qa_metrics import exact_match, f1_score
 
     facts = qa_facts(job)
+    span_f1 = [f1_score(span, golds) for _, golds, span in kept if golds]
     tokens = facts["train_tokens"] * QA_JOB["epochs"]
     return {"tokens_per_s": tokens / seconds, "train_seconds": seconds, "train_tokens": tokens, "steps": len(lrs),
             "lrs": lrs, "precision": precision, "peak_rss_mb": peak_rss_mb(),
             "model_flops": qa_flops(job.model, job.data["train"].windows), "params": record.matmul_params(job.model),
             "data": facts, **{k: metrics[k] for k in ("exact_match", "f1", "has_answer_exact_match", "has_answer_f1",
                                                        "no_answer_exact_match", "no_answer_f1", "n")},
-            "test_em": [exact_match(p, g) for p, g in kept], "test_f1": [f1_score(p, g) for p, g in kept]}
+            "test_em": [exact_match(p, g) for p, g, _ in kept], "test_f1": [f1_score(p, g) for p, g, _ in kept],
+            "test_span_f1": span_f1, "has_answer_span_f1": sum(span_f1) / max(1, len(span_f1))}
 
 
 def run_qa_tunelab(precision: str) -> dict:
@@ -350,7 +355,11 @@ def qa_table(rec: dict, res: dict[str, list[dict]]) -> list[str]:
             ("load (1 min) before the run", lambda r: r["_run"]["load_before"][0], ".2f"),
             ("**test exact match**", lambda r: r["exact_match"], ".4f"), ("**test F1**", lambda r: r["f1"], ".4f"),
             ("test F1, questions with an answer", lambda r: r["has_answer_f1"], ".4f"),
-            ("test, questions without an answer: EM (= F1)", lambda r: r["no_answer_exact_match"] or 0.0, ".4f")]
+            ("test, questions without an answer: EM (= F1)", lambda r: r["no_answer_exact_match"] or 0.0, ".4f"),
+            ("test, questions with an answer: F1 of the best span (no-answer rule set aside)",
+             lambda r: r["has_answer_span_f1"], ".4f")]
+    if any("has_answer_span_f1" not in r for rs in res.values() for r in rs):  # stored before it was measured
+        rows.pop()
     lines = ["| | " + " | ".join(QA_NAMES[s] for s in res) + " |", "|---" * (len(res) + 1) + "|"]
     return lines + [f"| {label} | {_sides(res, get, fmt)} |" for label, get, fmt in rows]
 
@@ -370,21 +379,25 @@ def qa_ratios(res: dict[str, list[dict]]) -> list[str]:
 
 
 def qa_paired(res: dict[str, list[dict]]) -> list[str]:
-    """Per-question F1 difference tunelab - Trainer in each precision (first runs), with its paired SE."""
+    """Per-question F1 differences tunelab - Trainer in each precision (first runs), with their paired SE: of
+    the answers, and of the best spans of the questions with an answer."""
     import math
 
     lines = []
-    for prec in ("fp32", "bf16"):
+    for (key, what, questions), prec in ((k, p) for k in (("test_f1", "test F1", "questions"),
+                                                           ("test_span_f1", "best-span F1", "questions with an answer"))
+                                         for p in ("fp32", "bf16")):
         a, b = res.get(f"qa-tunelab-{prec}"), res.get(f"qa-trainer-{prec}")
-        if not a or not b:
+        if not a or not b or key not in a[0]:
             continue
-        diffs = [x - y for x, y in zip(a[0]["test_f1"], b[0]["test_f1"])]
+        diffs = [x - y for x, y in zip(a[0][key], b[0][key])]
         d = statistics.mean(diffs)
         se = statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else math.nan
-        verdict = ("larger than the sampling of questions explains (this seed)" if abs(d) > 2 * se else
+        verdict = ("the same on every question" if not any(diffs) else
+                   "larger than the sampling of questions explains (this seed)" if abs(d) > 2 * se else
                    "**not resolved** (|difference| < 2 SE): no claim either way")
-        lines.append(f"- test F1, {prec}: tunelab - Trainer = {d:+.4f} ± {se:.4f} (SE, paired over the same "
-                     f"{len(diffs)} questions): {verdict}")
+        lines.append(f"- {what}, {prec}: tunelab - Trainer = {d:+.4f} ± {se:.4f} (SE, paired over the same "
+                     f"{len(diffs)} {questions}): {verdict}")
     return lines
 
 
@@ -425,7 +438,10 @@ def qa_markdown(rec: dict) -> list[str]:
         "- test F1 " + (f"varied across repeats for {', '.join(varied)} (ranges in the table)" if varied else
                         "was identical in every repeat of each side (same seed, same threads)"), "",
         "A short job: its EM / F1 compare the two loops on the same budget; they do not say how good extractive "
-        "QA on this data can get (examples/bbc-qa.yaml trains longer). The sides start from the same weights and "
+        "QA on this data can get (examples/bbc-qa.yaml trains longer). Most training windows hold no answer "
+        "(labelled [CLS]), so after a few steps a model may answer \"no answer\" to every question at threshold "
+        "0 (EM is then the share of unanswerable questions); the best-span row shows whether it learned to "
+        "locate answers all the same. The sides start from the same weights and "
         "windows; their batch order and dropout masks differ, so an F1 difference is one seed's. Model FLOPs: "
         "6 N n + 12 L d n^2 per window "
         f"of n tokens (N: the encoder's linear weights, {millions(res, 'body')}).", ""]

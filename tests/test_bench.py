@@ -492,7 +492,7 @@ def qa_result(side: str, tps: float, f1: list[float]) -> dict:
                      "test_questions": n, "test_unanswerable": 1, "test_windows": 2 * n, "test_tokens": 20 * n},
             "exact_match": sum(f1) / n, "f1": sum(f1) / n, "has_answer_exact_match": sum(f1[1:]) / (n - 1),
             "has_answer_f1": sum(f1[1:]) / (n - 1), "no_answer_exact_match": f1[0], "no_answer_f1": f1[0], "n": n,
-            "test_em": f1, "test_f1": f1}
+            "test_em": f1, "test_f1": f1, "test_span_f1": f1[1:], "has_answer_span_f1": sum(f1[1:]) / (n - 1)}
 
 
 def test_qa_section_from_stored_figures(tmp_path, monkeypatch):
@@ -521,7 +521,13 @@ def test_qa_section_from_stored_figures(tmp_path, monkeypatch):
     # fp32 differences 0, 1, 0, 0: mean 0.25, SE stdev/sqrt(4) = 0.25
     assert "- test F1, fp32: tunelab - Trainer = +0.2500 ± 0.2500 (SE, paired over the same 4 questions): " \
            "**not resolved**" in section
-    assert "- test F1, bf16: tunelab - Trainer = +0.0000" in section
+    assert "- test F1, bf16: tunelab - Trainer = +0.0000 ± 0.0000 (SE, paired over the same 4 questions): the same " \
+           "on every question" in section
+    assert "| test, questions with an answer: F1 of the best span (no-answer rule set aside) | 0.6667 | 0.6667 | " \
+           "0.3333 | 0.5000 (0.3333-0.6667) |" in section
+    # best spans of the 3 questions with an answer: fp32 differences 1, 0, 0 -> +0.3333 ± 0.3333
+    assert "- best-span F1, fp32: tunelab - Trainer = +0.3333 ± 0.3333 (SE, paired over the same 3 questions with " \
+           "an answer)" in section
     assert "varied across repeats for HF Trainer bf16" in section
     assert "Data: 2 training questions (1 unanswerable) in 4 windows of at most 384 tokens sharing 128" in section
     assert "Measured 2026-02-01T10:00:00Z to 2026-02-02T10:05:00Z (UTC) on Test CPU" in section
@@ -599,7 +605,7 @@ def test_kept_predictions_pairs_each_question_and_restores_scores():
     kept: list = []
     with answering.kept_predictions(kept):
         metrics, _ = extractive_qa.scores(answers, records, 0.0, 0.5)
-    assert kept == [("£1bn", ["£1bn"]), ("", [])]
+    assert kept == [("£1bn", ["£1bn"], "£1bn"), ("", [], "Warner")]
     assert (metrics["exact_match"], metrics["no_answer_exact_match"]) == (1.0, 1.0)
     assert extractive_qa.scores is original
 
