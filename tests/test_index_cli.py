@@ -40,6 +40,12 @@ def built(docs, tiny_bert, capsys) -> Path:
     return Path("idx")
 
 
+def test_no_progress_quiets_that_command_only(built):
+    from tunelab.train import logging as tl_logging
+
+    assert built.is_dir() and tl_logging._enabled is True  # the build ran with --no-progress
+
+
 def error_of(capsys, argv: list[str]) -> str:
     """Run a command that must fail: exit code 2, one line on stderr, no traceback; returns the line."""
     assert main(argv) == 2

@@ -34,15 +34,24 @@ QUERY_EXAMPLES = """examples:
 
 
 def _settings(args) -> None:
-    """Checks and settings shared by the index commands, before any model loads."""
+    """Checks shared by the index commands, before any model loads."""
     if getattr(args, "batch_size", 1) < 1:
         from tunelab.errors import TunelabError
 
         raise TunelabError(f"--batch-size: got {args.batch_size}; give 1 or more passages embedded at once")
-    if getattr(args, "no_progress", False):
-        from tunelab.train.logging import set_progress
 
-        set_progress(False)
+
+def _progress_as_asked(command):
+    """`command` with progress displays off for its own duration under --no-progress (not for the rest of a
+    process that calls tunelab.cli.main more than once: tests, notebooks)."""
+    def run(args) -> int:
+        from tunelab.train.logging import progress_shown
+
+        if not getattr(args, "no_progress", False):
+            return command(args)
+        with progress_shown(False):
+            return command(args)
+    return run
 
 
 def _encoder(args):
@@ -164,7 +173,7 @@ def add_commands(sub) -> None:
     b.add_argument("--approximate", choices=("hnsw",),
                    help="also build an approximate faiss HNSW graph and search it (large corpora; needs faiss)")
     b.add_argument("--overwrite", action="store_true", help="replace an existing index at --output")
-    b.set_defaults(func=cmd_index_build)
+    b.set_defaults(func=_progress_as_asked(cmd_index_build))
 
     a = isub.add_parser("add", help="add documents to an index", epilog=ADD_EXAMPLES,
                         description="Embed new documents with the index's own encoder and chunking and add them; "
@@ -174,7 +183,7 @@ def add_commands(sub) -> None:
     a.add_argument("--model", help="check that this is the index's encoder (default: the one it records)")
     a.add_argument("--skip-existing", action="store_true",
                    help="skip documents whose id is already in the index (default: an error)")
-    a.set_defaults(func=cmd_index_add)
+    a.set_defaults(func=_progress_as_asked(cmd_index_add))
 
     q = isub.add_parser("query", help="the passages nearest to a question", epilog=QUERY_EXAMPLES,
                         description="Embed each question with the index's encoder and print the k nearest passages: "
@@ -184,4 +193,4 @@ def add_commands(sub) -> None:
     q.add_argument("-k", type=int, default=5, help="passages per question (default 5)")
     q.add_argument("--json", action="store_true", help="one JSON object per question with the full passages")
     q.add_argument("--model", help="check that this is the index's encoder (default: the one it records)")
-    q.set_defaults(func=cmd_index_query)
+    q.set_defaults(func=_progress_as_asked(cmd_index_query))
