@@ -119,7 +119,7 @@ def test_tasks_register_themselves_with_what_the_commands_need():
     for name in registry.names():
         task = registry.get(name)
         assert task.name == name and task.metrics and task.methods and callable(task.job)
-        assert all(o.startswith(("data.", "generate.", "model.", "qa.", "retrieval."))
+        assert all(o.startswith(("data.", "generate.", "model.", "qa.", "retrieval.", "predict."))
                    for o in registry.options(name))
 
 

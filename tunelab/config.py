@@ -112,6 +112,19 @@ class DataConfig:
     """retrieval: field holding the passage that answers the query."""
     negative_field: Optional[str] = None
     """retrieval: field holding a hard negative passage (optional; null = in-batch negatives only)."""
+    tokens_field: str = "tokens"
+    """token_classification: JSONL field holding the words of a sentence (with data.tags_field)."""
+    tags_field: str = "tags"
+    """token_classification: JSONL field holding one tag per word."""
+    entities_field: str = "entities"
+    """token_classification: JSONL field holding character-span entities [{start, end, label}] of data.text_field."""
+    tag_column: int = -1
+    """token_classification: CoNLL files: the column (0-based; negative counts from the end) holding the tag."""
+    tag_scheme: Literal["auto", "iob2", "iob1", "bioes", "bilou", "plain"] = "auto"
+    """token_classification: how tags mark entities; auto detects it from the training tags and says which."""
+    skip_bad_spans: bool = False
+    """token_classification: drop (and count) entities that do not fall on word boundaries or overlap another,
+    instead of stopping with an error."""
 
 
 def _method_config() -> type:
@@ -272,6 +285,13 @@ class RetrievalConfig:
 
 
 @dataclass
+class PredictConfig:
+    constrained: bool = False
+    """token_classification: decode with invalid tag transitions forbidden (no I-X after O or after another
+    type), the best valid sequence by the tag scores; false = the best tag per word."""
+
+
+@dataclass
 class RunConfig:
     task: str = "classification"
     """What to train for: one of the registered tasks (tunelab.tasks)."""
@@ -282,6 +302,7 @@ class RunConfig:
     generate: GenerateConfig = field(default_factory=GenerateConfig)
     qa: QAConfig = field(default_factory=QAConfig)
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
+    predict: PredictConfig = field(default_factory=PredictConfig)
     output_dir: str = "runs/run"
 
     def to_dict(self) -> dict:
@@ -619,7 +640,7 @@ def field_docs(cls: type) -> dict[str, str]:
 
 SECTIONS = (("model", ModelConfig), ("data", DataConfig), ("method", MethodConfig), ("train", TrainConfig),
             ("train.early_stopping", EarlyStoppingConfig), ("generate", GenerateConfig),
-            ("qa", QAConfig), ("retrieval", RetrievalConfig))
+            ("qa", QAConfig), ("retrieval", RetrievalConfig), ("predict", PredictConfig))
 
 
 def reference_markdown() -> str:
