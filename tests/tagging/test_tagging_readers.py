@@ -163,3 +163,17 @@ def test_missing_and_empty_files(tmp_path):
         load_tagged(str(tmp_path / "none.conll"), D)
     with pytest.raises(DataError, match="holds no sentences"):
         load_tagged(write(tmp_path / "empty.conll", "-DOCSTART- O\n\n"), D)
+
+
+def test_csv_raw_text_with_entities_cell_and_other_field_names(tmp_path):
+    with open(tmp_path / "t.csv", "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows([["sentence", "spans"], ["Zoë visited Kraków.", '[[0, 3, "PER"], [12, 18, "LOC"]]'],
+                                 ["Nothing here.", "[]"]])
+    d = replace(D, text_field="sentence", entities_field="spans")
+    recs = load_tagged(str(tmp_path / "t.csv"), d)
+    assert [(r["tokens"], r["tags"]) for r in recs] == [(["Zoë", "visited", "Kraków", "."],
+                                                         ["B-PER", "O", "B-LOC", "O"]),
+                                                        (["Nothing", "here", "."], ["O", "O", "O"])]
+    assert recs[1]["offsets"] == [(0, 7), (8, 12), (12, 13)] and recs[1]["_line"] == 3
+    with pytest.raises(DataError, match=r"t.jsonl:1: record 1: entity .* needs a label \(a non-empty string, not"):
+        load_tagged(jsonl(tmp_path / "t.jsonl", [{"text": "a b", "entities": [[0, 1, "O"]]}]), D)

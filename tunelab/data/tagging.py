@@ -7,7 +7,8 @@ The one form, a dict per sentence (or text):
 character span in `text`, end exclusive) are set for raw-text records only.
 
 Layouts, told apart by the file and its first record (errors say which layout was read):
-- CoNLL text (.conll, .txt): one word per line, columns split on white space, the word in the first column and
+- CoNLL text (.conll, .txt; always this layout, for prediction input too: raw text goes in records with
+  data.text_field): one word per line, columns split on white space, the word in the first column and
   its tag in column data.tag_column (default: the last); a blank line ends a sentence; `-DOCSTART-` lines are
   skipped.
 - word records (JSONL / JSON / CSV / Parquet / builtin:): data.tokens_field and data.tags_field, one tag per
@@ -54,9 +55,12 @@ def load_tagged(ref: str, data_cfg, log: Log | None = None, labelled: bool = Tru
     """The sentences of one data reference (a file or builtin:NAME) as tagged records (see the module doc).
 
     `data_cfg` is the run's DataConfig (field names, tag_column, skip_bad_spans). `labelled=False` reads
-    prediction input: tags (or entities) may be absent, and are then None.
+    prediction input: tags (or entities) may be absent, and are then None. What is dropped (data.skip_bad_spans)
+    is counted in one line to `log` (default: the `tunelab.data` logger, as tunelab.data.sources does).
     """
-    log = log or (lambda _line: None)
+    from tunelab.data.sources import default_log
+
+    log = log or default_log
     path = Path(ref).expanduser()
     if not ref.startswith("builtin:") and path.suffix.lower() in CONLL_SUFFIXES:
         from tunelab.data.sources import missing_path_error
@@ -330,8 +334,9 @@ def to_iob2(tags: Sequence[str], scheme: str) -> tuple[list[str], int]:
             continue
         prefix, kind = split_tag(tag)
         if prefix is None or prefix not in _ALLOWED[scheme]:
-            raise TunelabError(f"tag {tag!r} is not in the {scheme.upper()} scheme (prefixes {', '.join(_ALLOWED[scheme])}"
-                               f" or 'O'); set data.tag_scheme to the data's scheme")
+            allowed = ", ".join(_ALLOWED[scheme])
+            raise TunelabError(f"tag {tag!r} is not in the {scheme.upper()} scheme (prefixes {allowed} or 'O'); "
+                               "set data.tag_scheme to the data's scheme")
         iob2, continues, ends = _PREFIX_RULES[prefix]
         if continues and open_type != kind:
             iob2 = "B"
