@@ -40,6 +40,19 @@ def load_qa_model_and_tokenizer(model_cfg) -> tuple[nn.Module, object, set[str]]
     return model, load_tokenizer(path), head
 
 
+def load_tagger_and_tokenizer(model_cfg, labels: list[str]) -> tuple[nn.Module, object, set[str]]:
+    """(token tagger, tokenizer, head parameter names) for a token-classification run: a Hugging Face encoder
+    with AutoModelForTokenClassification's head (id2label = `labels`), or a scratch tagger."""
+    from tunelab.models.load import load_token_classifier
+    from tunelab.models.scratch import build_scratch_tagger, is_scratch_dir
+
+    if model_cfg.name.startswith("scratch:") or is_scratch_dir(model_cfg.name):
+        return build_scratch_tagger(model_cfg, labels)
+    path = resolve_model(model_cfg.name)
+    model, head = load_token_classifier(path, labels, model_cfg.dropout)
+    return model, load_tokenizer(path), head
+
+
 def is_peft(model: nn.Module) -> bool:
     return hasattr(model, "peft_config")
 

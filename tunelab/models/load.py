@@ -77,6 +77,35 @@ def load_question_answering(path: Path, dropout: float | None = None) -> tuple[n
     return model, {n for n in info.get("missing_keys", []) if n in params}
 
 
+def load_token_classifier(path: Path, labels: list[str], dropout: float | None = None
+                          ) -> tuple[nn.Module, set[str]]:
+    """AutoModelForTokenClassification (an encoder with a tag per token) with `labels` as id2label / label2id;
+    returns (model, names of the newly initialised parameters: the token head `classifier`, unless the
+    folder already holds one for the same number of labels). Another head size is re-initialised."""
+    import torch
+    from transformers import AutoModelForTokenClassification
+    from transformers.utils import logging as hf_logging
+
+    id2label = dict(enumerate(labels))
+    config = _config(path, dropout, num_labels=len(labels), id2label=id2label,
+                     label2id={v: k for k, v in id2label.items()})
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the "newly initialized" notice is expected; the head is reported
+    try:
+        model, info = AutoModelForTokenClassification.from_pretrained(
+            str(path), config=config, ignore_mismatched_sizes=True, output_loading_info=True,
+            dtype=torch.float32)
+    except ValueError as e:  # a decoder-only or encoder-decoder folder: "Unrecognized configuration class ..."
+        raise TunelabError(f"model.name: {str(path)!r} has no token-classification head in transformers ({e}); "
+                           "use an encoder such as builtin:minilm-l6") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    new = set(info.get("missing_keys", [])) | {k if isinstance(k, str) else k[0]
+                                               for k in info.get("mismatched_keys", [])}
+    params = {n for n, _ in model.named_parameters()}
+    return model, {n for n in new if n in params}
+
+
 POSITION_KEYS = ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length")  # names configs use
 
 

@@ -6,6 +6,8 @@ Three ways a run gets a scratch model:
   `max_length` (the learned/sinusoidal position table size). RNN kinds use hidden_size for the embedding
   too and ignore heads/ffn_size/position. `scratch:gpt` for classification is `GPTClassifier`;
   `scratch:transformer` for extractive_qa is `TransformerQA` (a start/end span head per token).
+  For token_classification, `scratch:transformer` is `TransformerTagger` and `scratch:rnn|lstm|gru` is
+  `RNNTagger` (a tag per token).
 - `model.name: FOLDER` where FOLDER holds `scratch_config.json` (a RUN_DIR/model of `tunelab train` or
   `tunelab pretrain`): the saved weights, its own tokenizer and sizes; `model.tokenizer` and the size keys
   do not apply. A pretrained GPT becomes a `GPTClassifier` with its body loaded and a new head.
@@ -167,6 +169,139 @@ def span_loss(start_logits: Tensor, end_logits: Tensor, real: Tensor, start_posi
     return (start + end) / 2
 
 
+# -------------------------------------------------------------------- token heads: a tag per token
+
+class TransformerTagger(nn.Module):
+    """Embeddings -> Transformer encoder -> dropout -> `classifier` Linear(C, num_labels) at every token.
+
+    The body is built as in `TransformerClassifier` (same module names, so a saved scratch classifier's body
+    loads one to one, `from_body`). Logits (B, T, num_labels); the loss, when labels (B, T) are given, is the
+    mean cross entropy over the positions whose label is not -100 (Hugging Face's token-classification
+    convention). `token_type_ids` is accepted and ignored, so batches built for BERT run here too.
+    """
+
+    scratch_kind = "transformer-tagger"
+
+    def __init__(self, vocab_size: int, num_labels: int, hidden_size: int = 128, num_layers: int = 2,
+                 num_heads: int = 4, ffn_size: int | None = None, max_position: int = 512, dropout: float = 0.1,
+                 position: str = "learned", norm_first: bool = True, pad_token_id: int = 0):
+        super().__init__()
+        self.config = dict(vocab_size=vocab_size, num_labels=num_labels, hidden_size=hidden_size,
+                           num_layers=num_layers, num_heads=num_heads, ffn_size=ffn_size, max_position=max_position,
+                           dropout=dropout, position=position, norm_first=norm_first, pad_token_id=pad_token_id)
+        self.embeddings = Embeddings(vocab_size, hidden_size, max_position, position, dropout)
+        self.encoder = TransformerEncoder(num_layers, hidden_size, num_heads, ffn_size or 4 * hidden_size,
+                                          dropout, "gelu", norm_first,
+                                          rotary_base=ROTARY_BASE if position == "rotary" else None)
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(hidden_size, num_labels)
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, token_type_ids: Tensor | None = None,
+                labels: Tensor | None = None) -> ModelOutput:
+        real = attention_mask.bool() if attention_mask is not None else input_ids != self.config["pad_token_id"]
+        x = self.encoder(self.embeddings(input_ids), key_padding_mask=~real)  # (B, T, C)
+        logits = self.classifier(self.dropout(x))  # (B, T, num_labels)
+        return ModelOutput(_token_loss(logits, labels), logits)
+
+
+class RNNTagger(nn.Module):
+    """Embedding -> RNN/LSTM/GRU stack (bidirectional by default) -> dropout -> `classifier` at every token.
+
+    Module names match `RNNClassifier` (`embedding`, `rnn`, `classifier`), so a saved recurrent classifier's
+    body loads one to one. Padded steps output zeros and never touch the state (tunelab.nn.rnn), so a
+    token's logits do not depend on the padding of its row. `cell` is rnn | lstm | gru.
+    """
+
+    scratch_kind = "rnn-tagger"
+
+    def __init__(self, cell: str, vocab_size: int, num_labels: int, embed_dim: int = 128, hidden_size: int = 128,
+                 num_layers: int = 1, bidirectional: bool = True, dropout: float = 0.1, pad_token_id: int = 0):
+        from tunelab.nn.models import RECURRENT
+
+        super().__init__()
+        if cell not in RECURRENT:
+            raise ValueError(f"unknown recurrent cell '{cell}'; known: {', '.join(RECURRENT)}")
+        self.config = dict(cell=cell, vocab_size=vocab_size, num_labels=num_labels, embed_dim=embed_dim,
+                           hidden_size=hidden_size, num_layers=num_layers, bidirectional=bidirectional,
+                           dropout=dropout, pad_token_id=pad_token_id)
+        self.embedding = nn.Embedding(vocab_size, embed_dim)
+        self.rnn = RECURRENT[cell](embed_dim, hidden_size, num_layers=num_layers, dropout=dropout,
+                                   bidirectional=bidirectional)
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(hidden_size * self.rnn.num_directions, num_labels)
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, token_type_ids: Tensor | None = None,
+                labels: Tensor | None = None) -> ModelOutput:
+        real = attention_mask.bool() if attention_mask is not None else input_ids != self.config["pad_token_id"]
+        x, _ = self.rnn(self.dropout(self.embedding(input_ids)), mask=real)  # (B, T, D*H)
+        logits = self.classifier(self.dropout(x))  # (B, T, num_labels)
+        return ModelOutput(_token_loss(logits, labels), logits)
+
+
+def _token_loss(logits: Tensor, labels: Tensor | None) -> Tensor | None:
+    """Mean cross entropy of logits (B, T, L) against labels (B, T) over the positions not -100."""
+    if labels is None:
+        return None
+    return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100)
+
+
+TAGGER_KINDS = (*RECURRENT_KINDS, "transformer")
+
+
+def build_scratch_tagger(model_cfg, labels: list[str]) -> tuple[nn.Module, object, set[str]]:
+    """(token tagger, tokenizer, head names) for token classification: `scratch:KIND` fresh (KIND one of
+    TAGGER_KINDS), or a saved scratch folder holding a tagger (its head kept when its labels.json equals
+    `labels`, else new) or a Transformer / recurrent classifier (its body under a new token head)."""
+    if is_scratch_dir(model_cfg.name):
+        _check_no_tokenizer(model_cfg)
+        path = Path(model_cfg.name).expanduser()
+        model, tokenizer = _as_tagger(_load_model(path), labels, path), _load_tokenizer(path)
+        if model_cfg.dropout is not None:
+            set_dropout(model, model_cfg.dropout)
+        limit = model.config.get("max_position")
+        if limit is not None and model_cfg.max_length > limit:
+            raise TunelabError(f"model.max_length: {model_cfg.max_length} exceeds the {limit} positions the saved "
+                               f"model {str(path)!r} was built with; set model.max_length to {limit} or less")
+        return model, tokenizer, head_names(model)
+    kind = _kind(model_cfg.name, TAGGER_KINDS, "a token tagger")
+    tokenizer = load_tokenizer_ref(model_cfg.tokenizer)
+    vocab, pad = len(tokenizer), tokenizer.pad_token_id
+    if kind in RECURRENT_KINDS:
+        model = RNNTagger(kind, vocab, len(labels), embed_dim=model_cfg.hidden_size,
+                          hidden_size=model_cfg.hidden_size, num_layers=model_cfg.layers,
+                          bidirectional=model_cfg.bidirectional, dropout=_dropout(model_cfg.dropout),
+                          pad_token_id=pad)
+    else:
+        model = TransformerTagger(vocab, len(labels), pad_token_id=pad, **_transformer_sizes(model_cfg))
+    return model, tokenizer, head_names(model)
+
+
+def _as_tagger(model: nn.Module, labels: list[str], path: Path) -> nn.Module:
+    """A saved scratch model as a tagger for `labels`: a tagger as it is (a new head for other labels), a
+    classifier's body under a new token head."""
+    if isinstance(model, (TransformerTagger, RNNTagger)):
+        saved = path / "labels.json"
+        if saved.is_file() and json.loads(saved.read_text()) == list(labels):
+            return model
+        model.classifier = nn.Linear(model.classifier.in_features, len(labels))
+        model.config["num_labels"] = len(labels)
+        return model
+    sizes = {k: v for k, v in model.config.items() if k not in ("num_labels", "kind")}
+    if model.scratch_kind == "transformer":
+        tagger: nn.Module = TransformerTagger(num_labels=len(labels), **sizes)
+        tagger.embeddings.load_state_dict(model.embeddings.state_dict())
+        tagger.encoder.load_state_dict(model.encoder.state_dict())
+    elif model.scratch_kind in RECURRENT_KINDS:
+        tagger = RNNTagger(model.scratch_kind, num_labels=len(labels), **sizes)
+        tagger.embedding.load_state_dict(model.embedding.state_dict())
+        tagger.rnn.load_state_dict(model.rnn.state_dict())
+    else:
+        raise TunelabError(f"model.name: {str(path)!r} holds a scratch {model.scratch_kind} model; token "
+                           "classification goes on from a scratch tagger, transformer or rnn/lstm/gru classifier "
+                           f"folder, or {', '.join(PREFIX + k for k in TAGGER_KINDS)}")
+    return tagger
+
+
 # ------------------------------------------------------------------------------------------- tokenizer
 
 def load_tokenizer_ref(ref: str | None):
@@ -325,7 +460,8 @@ def _load_model(directory: Path) -> nn.Module:
     """The model saved in `directory` (training mode, CPU); bad folders are a TunelabError."""
     try:
         config = json.loads((directory / CONFIG_NAME).read_text())
-        own = {GPTClassifier.scratch_kind: GPTClassifier, TransformerQA.scratch_kind: TransformerQA}
+        own = {GPTClassifier.scratch_kind: GPTClassifier, TransformerQA.scratch_kind: TransformerQA,
+               TransformerTagger.scratch_kind: TransformerTagger, RNNTagger.scratch_kind: RNNTagger}
         if config.get("kind") not in own:
             return load_scratch_model(directory)
         model = own[config["kind"]](**{k: v for k, v in config.items() if k != "kind"})
@@ -410,7 +546,8 @@ def set_dropout(model: nn.Module, p: float) -> None:
         model.config["dropout"] = p
 
 
-__all__ = ["GPTClassifier", "SpanOutput", "TransformerQA", "build_scratch_causal_lm", "build_scratch_classifier",
-           "build_scratch_qa", "span_head_names", "span_loss",
+__all__ = ["GPTClassifier", "RNNTagger", "SpanOutput", "TransformerQA", "TransformerTagger",
+           "build_scratch_causal_lm", "build_scratch_classifier", "build_scratch_qa", "build_scratch_tagger",
+           "span_head_names", "span_loss",
            "head_names", "is_scratch_dir", "is_scratch_model", "load_scratch", "load_scratch_for_training",
            "load_tokenizer_ref", "save_scratch", "set_dropout"]

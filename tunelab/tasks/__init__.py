@@ -14,7 +14,7 @@ from tunelab.registry import Registry
 if TYPE_CHECKING:
     from tunelab.tasks.base import Task
 
-MODULES = ("classification", "causal_lm", "pretrain", "seq2seq", "extractive_qa", "retrieval")  # the one line to add a task to (also their order)
+MODULES = ("classification", "causal_lm", "pretrain", "seq2seq", "extractive_qa", "retrieval", "token_classification")  # the one line to add a task to (also their order)
 TASKS: Registry[Task] = Registry("task", order=MODULES)
 
 
