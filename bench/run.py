@@ -9,10 +9,10 @@ The sides run interleaved, the order reversed every round (A B C D, D C B A, ...
 tables give the median and range. Every run is stored with its time, load and machine in
 bench/out/<part>-<stamp>.json; results.md is rendered from those files alone.
 
-    python bench/run.py                                   # every part (the nine below)
+    python bench/run.py                                   # every part (the ten below)
     python bench/run.py --part lm                         # one part: classification lm scratch peak
                                                           #           checkpoint distributed seq2seq qa
-                                                          #           retrieval
+                                                          #           retrieval ner
     python bench/run.py --part classification --smoke     # a tiny job, 2 repeats: checks the bench end to end
     python bench/run.py --rewrite                         # results.md again from the stored measurements
     python bench/run.py --only tunelab-fp32               # one side in this process (prints JSON)
@@ -31,6 +31,10 @@ speed; and the MiniLM job trained by Hugging Face `Seq2SeqTrainer` beside tunela
 tunelab and by `Trainer` on the same windows, tokens/s and test EM / F1; retrieval recall@k / MRR@10 of BM25,
 the untuned and the tunelab-fine-tuned MiniLM on BBC headline -> article, and the index's build and query
 speed, exact and HNSW, with the HNSW search's recall@10 against exact search.
+
+`ner` (bench/tagging_bench.py): token classification (MiniLM + token head on builtin:ner-synthetic) trained by
+tunelab and by `Trainer` with DataCollatorForTokenClassification on the same windows and word-aligned labels,
+tokens/s and test entity F1 (seqeval strict IOB2, tunelab's function) paired over the test sentences.
 """
 from __future__ import annotations
 
@@ -231,21 +235,26 @@ SIDES = {"tunelab-fp32": lambda: run_tunelab("fp32"), "tunelab-bf16": lambda: ru
              "s2s-smollm-de-en", "s2s-smollm-en-de")},
          **{side: _side("answering", "run_side", side) for side in (
              "qa-tunelab-fp32", "qa-tunelab-bf16", "qa-trainer-fp32", "qa-trainer-bf16", "retrieval-finetune",
-             "retrieval-index")}}
+             "retrieval-index")},
+         **{side: _side("tagging_bench", "run_side", side) for side in (
+             "ner-tunelab-fp32", "ner-tunelab-bf16", "ner-trainer-fp32", "ner-trainer-bf16")}}
 PARTS = {"classification": ("tunelab-fp32", "tunelab-bf16", "trainer-fp32", "trainer-bf16", "trainer-fp32-keepmem"),
          "lm": ("tunelab-lm-fp32", "tunelab-lm-bf16", "trainer-lm-fp32", "trainer-lm-bf16"),
          "checkpoint": ("ckpt-minilm-default", "ckpt-minilm-off", "ckpt-lm-default", "ckpt-lm-off"),
          "distributed": ("ddp-2x1", "single-1x2"),
          "seq2seq": tuple(s for s in SIDES if s.startswith("s2s-")),
          "qa": tuple(s for s in SIDES if s.startswith("qa-")),
-         "retrieval": ("retrieval-finetune", "retrieval-index")}
-ALL_PARTS = ("classification", "lm", "scratch", "peak", "checkpoint", "distributed", "seq2seq", "qa", "retrieval")
+         "retrieval": ("retrieval-finetune", "retrieval-index"),
+         "ner": tuple(s for s in SIDES if s.startswith("ner-"))}
+ALL_PARTS = ("classification", "lm", "scratch", "peak", "checkpoint", "distributed", "seq2seq", "qa", "retrieval",
+             "ner")
 # runs per side where 3 would not fit the part's time (default 3; 2 with --smoke)
-REPEATS = {"seq2seq": 2, "qa": 2, "retrieval": 2}
+REPEATS = {"seq2seq": 2, "qa": 2, "retrieval": 2, "ner": 2}
 HEADINGS = {"peak": "## Machine and matmul peak", "classification": "## Classification",
             "lm": "## Instruction tuning", "scratch": "## Classification from scratch",
             "checkpoint": "## Checkpoint cost", "distributed": "## Distributed data parallel",
             "seq2seq": "## Translation", "qa": "## Extractive QA", "retrieval": "## Retrieval",
+            "ner": "## Named-entity recognition",
             # written by bench/seeds.py
             "classification_seeds": "## Classification: test accuracy over seeds",
             "lm_seeds": "## Instruction tuning: validation loss over seeds"}
@@ -340,6 +349,10 @@ def job_of(part: str) -> dict:
         import answering
 
         return answering.job(part)
+    if part == "ner":
+        import tagging_bench
+
+        return tagging_bench.job()
     return dict(JOB)
 
 
@@ -349,7 +362,7 @@ def main() -> None:
     ap.add_argument("--part", nargs="+", choices=ALL_PARTS, default=list(ALL_PARTS),
                     help="the parts to measure (default: all of them)")
     ap.add_argument("--repeats", type=int, default=None,
-                    help="runs per side (default 3; seq2seq, qa, retrieval 2; 2 with --smoke)")
+                    help="runs per side (default 3; seq2seq, qa, retrieval, ner 2; 2 with --smoke)")
     ap.add_argument("--smoke", action="store_true",
                     help="tiny jobs, to check the bench end to end; results go to bench/out/results-smoke.md")
     ap.add_argument("--rewrite", action="store_true", help="only rebuild results.md from the stored measurements")

@@ -630,3 +630,125 @@ def test_hnsw_recall_is_the_share_of_the_exact_top_k_it_finds():
     out = answering.search_speeds(exact, hnsw, torch.zeros(2, 4).numpy(), 2)
     assert (out["hnsw_recall_at_10"], out["hnsw_exact_top10_share"]) == (0.75, 0.5)
     assert exact.calls == [1, 2, 1, 1] and out["exact_batch_qps"] > 0 and out["hnsw_single_qps"] > 0
+
+
+# ---------------------------------------------------------------------------------------------
+# The ner part (bench/tagging_bench.py)
+
+# Per test sentence [gold entities, predicted, exactly right]: tunelab G 6, P 5, TP 3 (F1 6/11); the Trainer
+# misses the second sentence's entity (TP 2, F1 4/11).
+TUNELAB_COUNTS = [[2, 2, 2], [1, 1, 1], [2, 2, 0], [1, 0, 0]]
+TRAINER_COUNTS = [[2, 2, 2], [1, 1, 0], [2, 2, 0], [1, 0, 0]]
+
+
+def ner_result(side: str, tps: float, counts: list[list[int]], head: str = "abc") -> dict:
+    """One ner-part run: 2 steps over 4 windows of 10 tokens, tested on len(counts) sentences."""
+    g, p, tp = (sum(c[i] for c in counts) for i in range(3))
+    return {"tokens_per_s": tps, "train_seconds": 40 / tps, "train_tokens": 40, "steps": 2, "lrs": [1e-4, 5e-5],
+            "precision": side.rsplit("-", 1)[1], "peak_rss_mb": 1000.0, "model_flops": 4e9, "initial_head": head,
+            "params": {"body": 10_617_600, "head": 0, "adapter": 0},
+            "data": {"train_sentences": 4, "train_words": 30, "train_windows": 4, "train_tokens": 40,
+                     "train_labelled": 30, "test_sentences": len(counts), "test_words": 20, "test_windows": 4,
+                     "test_tokens": 30, "test_labelled": 20, "labels": 11},
+            "entity_f1": 2 * tp / (g + p), "entity_precision": tp / p, "entity_recall": tp / g,
+            "token_accuracy": 0.9, "n": len(counts), "entities": g, "per_type_f1": {"PER": 1.0},
+            "test_counts": counts}
+
+
+def test_ner_section_from_stored_figures(tmp_path, monkeypatch):
+    """One column per side, medians (ranges); tunelab over Trainer as ratios of medians with each round's; the
+    entity F1 difference paired over the same test sentences; whether every run began from one head."""
+    import results
+    import tagging_bench
+
+    monkeypatch.setattr(record, "OUT", tmp_path / "out")
+    res = {"ner-tunelab-fp32": [ner_result("ner-tunelab-fp32", t, TUNELAB_COUNTS) for t in (200.0, 220.0)],
+           "ner-tunelab-bf16": [ner_result("ner-tunelab-bf16", t, TUNELAB_COUNTS) for t in (400.0, 400.0)],
+           "ner-trainer-fp32": [ner_result("ner-trainer-fp32", t, TRAINER_COUNTS) for t in (100.0, 110.0)],
+           "ner-trainer-bf16": [ner_result("ner-trainer-bf16", t, c) for t, c in
+                                ((250.0, TUNELAB_COUNTS), (150.0, TRAINER_COUNTS))]}
+    store(tmp_path / "out", "ner", tagging_bench.job(), list(res), res)
+    section = results.render(False, {}).split("## Named-entity recognition")[1]
+    assert "| | tunelab fp32 | tunelab bf16 | HF Trainer fp32 | HF Trainer bf16 |" in section
+    assert "| real tokens/s | 210 (200-220) | 400 | 105 (100-110) | 200 (150-250) |" in section
+    assert "| MFU (% of its precision's peak) | 21.0 (20.0-22.0) | 4000.0 | 10.5 (10.0-11.0) |" in section
+    assert "| **test entity F1** (seqeval strict IOB2) | 0.5455 | 0.5455 | 0.3636 | 0.4545 (0.3636-0.5455) |" \
+        in section
+    assert "- both fp32: tunelab **2.00x** tokens/s (per round 2.00-2.00x)" in section
+    assert "- both bf16: tunelab **2.00x** tokens/s (per round 1.60-2.67x)" in section
+    assert "(tunelab bf16, Trainer fp32): tunelab **3.81x**" in section
+    # 2/11 = 0.1818; linearised SE by hand: u = (2 dTP_i - 2/11 d_i) / 2.75 over d = 4, 2, 4, 1 -> 0.2038
+    assert "- test entity F1, fp32: tunelab - Trainer = +0.1818 ± 0.2038 (SE, paired over the same 4 " \
+           "sentences): **not resolved**" in section
+    assert "- test entity F1, bf16: tunelab - Trainer = +0.0000 ± 0.0000 (SE, paired over the same 4 sentences): " \
+           "the same entities in every sentence" in section
+    assert "varied across repeats for HF Trainer bf16" in section
+    assert "every run started from the same initial token head (fingerprint of its weights abc)" in section
+    assert "Data: 4 training sentences (30 words, data.limit 1200) in 4 windows of at most 128 tokens, 40 real " \
+           "tokens of which 30 carry a label; 11 IOB2 tags; 1 epoch = 2 steps of 16" in section
+    assert "Measured 2026-02-01T10:00:00Z to 2026-02-02T10:05:00Z (UTC) on Test CPU" in section
+    res["ner-trainer-bf16"][1]["initial_head"] = "def"
+    store(tmp_path / "out", "ner", tagging_bench.job(), list(res), res)
+    assert "**the runs started from 2 different token heads**" in results.render(False, {})
+
+
+def test_ner_sentence_counts_are_strict_and_sum_to_tunelabs_f1():
+    """A predicted entity opened by I- is none in strict IOB2 (only the LOC counts); the counts' F1 is the one
+    tunelab's ner_metrics reports for the same tags."""
+    import tagging_bench
+    from tunelab.evaluate.ner_metrics import ner_metrics
+
+    gold = [["B-PER", "I-PER", "O", "B-LOC"], ["B-ORG", "O"]]
+    pred = [["I-PER", "I-PER", "O", "B-LOC"], ["B-LOC", "O"]]
+    counts = tagging_bench.sentence_counts(gold, pred)
+    assert counts == [[2, 1, 1], [1, 1, 0]]
+    assert tagging_bench.f1_of(counts) == pytest.approx(0.4) == ner_metrics(gold, pred)["entity_f1"]
+
+
+def test_ner_f1_difference_and_its_standard_error():
+    """Identical sides: 0 ± 0. Otherwise the linearised SE of the ratio of sums, worked by hand (see the
+    section test); one sentence has no SE."""
+    import tagging_bench
+
+    assert tagging_bench.f1_difference(TUNELAB_COUNTS, TUNELAB_COUNTS) == (0.0, 0.0)
+    d, se = tagging_bench.f1_difference(TUNELAB_COUNTS, TRAINER_COUNTS)
+    assert d == pytest.approx(2 / 11)
+    u = [(2 * t - 2 / 11 * n) / 2.75 for t, n in zip((0, 1, 0, 0), (4, 2, 4, 1))]
+    assert se == pytest.approx(math.sqrt(sum(x * x for x in u) / 12)) and se == pytest.approx(0.20378, abs=1e-5)
+    assert math.isnan(tagging_bench.f1_difference([[1, 1, 1]], [[1, 1, 0]])[1])
+
+
+def test_ner_kept_tags_pairs_each_sentence_and_restores_scores():
+    """Inside the context the job's scoring is unchanged and each sentence's (gold, predicted) tags are kept;
+    afterwards the module's own function is back."""
+    from types import SimpleNamespace
+
+    import tagging_bench
+    from tunelab.tasks import token_classification
+
+    original = token_classification.scores
+    split = SimpleNamespace(records=[{"tags": ["B-PER", "O"]}, {"tags": ["O"]}])
+    tagged = SimpleNamespace(tags=[["B-PER", "O"], ["B-LOC"]], loss=0.5)
+    kept: list = []
+    with tagging_bench.kept_tags(kept):
+        metrics = token_classification.scores(split, tagged)
+    assert kept == [(["B-PER", "O"], ["B-PER", "O"]), (["O"], ["B-LOC"])]
+    assert (metrics["entity_precision"], metrics["entity_recall"], metrics["loss"]) == (0.5, 1.0, 0.5)
+    assert token_classification.scores is original
+
+
+def test_ner_sides_share_one_job_and_load_strictly(tmp_path):
+    """The ner configs pass tunelab's strict loader and differ only in precision; the Trainer side prepares
+    the fp32 config (its bf16 is the Trainer's own autocast); bf16 sides drop out on a CPU without it."""
+    import run
+    import tagging_bench
+
+    assert run.PARTS["ner"] == tagging_bench.SIDES and "ner" in run.ALL_PARTS
+    assert run.sides_of("ner", fast_bf16=False) == ["ner-tunelab-fp32", "ner-trainer-fp32"]
+    assert run.job_of("ner") == tagging_bench.NER_JOB
+    fp32, bf16 = (tagging_bench.ner_config(p, tmp_path / p) for p in ("fp32", "bf16"))
+    assert (fp32.train.precision, bf16.train.precision) == ("fp32", "bf16")
+    bf16.train.precision, bf16.output_dir = "fp32", fp32.output_dir
+    assert bf16 == fp32
+    assert (fp32.task, fp32.data.train, fp32.data.val_fraction, fp32.train.group_by_length, fp32.train.log_every) \
+        == ("token_classification", "builtin:ner-synthetic", 0.0, "never", 1)
