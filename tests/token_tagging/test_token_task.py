@@ -237,3 +237,21 @@ def test_cli_train_refuses_lora_on_scratch_and_a_wide_stride(bert, ner_data, tmp
     err = capsys.readouterr().err
     assert "method.name: lora wraps Hugging Face layers" in err
     assert "data.doc_stride: got 8" in err
+
+
+def test_minilm_on_builtin_ner_synthetic_example(tmp_path, helpers):
+    """The shipped example's model and data, two steps: MiniLM gets an 11-tag head and saves it with id2label."""
+    from transformers import AutoConfig
+
+    from tunelab.config import load_config
+
+    cfg = load_config(Path(__file__).parents[2] / "examples" / "ner-synthetic.yaml",
+                      ["train.max_steps=2", "train.eval_every=null", "data.limit=32", "train.precision=fp32",
+                       f"output_dir={tmp_path / 'run'}"])
+    lines: list[str] = []
+    run_dir = helpers.train_quietly(cfg, log=lines.append)
+    assert "tag scheme: iob2 (detected)" in lines
+    config = AutoConfig.from_pretrained(str(run_dir / "model"))
+    assert config.architectures == ["BertForTokenClassification"] and len(config.id2label) == 11
+    assert config.id2label[0] == "O" and config.label2id["I-PER"] == 10
+    assert "method full: 22,569,611 trainable" in " ".join(lines)
