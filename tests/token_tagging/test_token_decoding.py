@@ -75,3 +75,14 @@ def test_token_loss_is_a_sum_over_labelled_positions_and_their_count():
     loss, n = token_loss(logits, labels)
     expected = -math.log(math.exp(2) / (math.exp(2) + 1)) - math.log(math.exp(3) / (math.exp(1) + math.exp(3)))
     assert n == 2 and float(loss) == pytest.approx(expected)
+
+
+def test_report_samples_mark_entities_and_escape_the_words():
+    from tunelab.tasks.token_classification import highlighted, samples_html
+
+    words = ["<b>Tom</b>", "&", "Mia", "met", "in", "Oslo"]
+    tags = ["B-PER", "O", "B-PER", "O", "O", "B-LOC"]
+    assert highlighted(words, tags) == ("<mark>&lt;b&gt;Tom&lt;/b&gt;<sub>PER</sub></mark> &amp; "
+                                        "<mark>Mia<sub>PER</sub></mark> met in <mark>Oslo<sub>LOC</sub></mark>")
+    table = samples_html([{"tokens": words, "gold": tags, "predicted": ["O"] * 6}])
+    assert "<td>predicted</td><td>&lt;b&gt;Tom&lt;/b&gt; &amp; Mia met in Oslo</td>" in table
