@@ -115,7 +115,7 @@ def test_tasks_register_themselves_with_what_the_commands_need():
 
     registry = tasks()
     assert registry.names() == TASK_MODULES == ("classification", "causal_lm", "pretrain", "seq2seq",
-                                                 "extractive_qa", "retrieval")
+                                                 "extractive_qa", "retrieval", "token_classification")
     for name in registry.names():
         task = registry.get(name)
         assert task.name == name and task.metrics and task.methods and callable(task.job)

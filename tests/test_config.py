@@ -170,7 +170,7 @@ def test_validate_missing_file_exits_2(tmp_path, capsys):
 
 def test_every_example_config_loads():
     configs = sorted(EXAMPLES.glob("*.yaml"))
-    assert len(configs) == 10  # update when an example is added or removed
+    assert len(configs) == 11  # update when an example is added or removed
     for path in configs:
         cfg = load_config(path)
         assert isinstance(cfg, RunConfig), path

@@ -17,11 +17,14 @@ sys.path.insert(0, str(Path(__file__).parent / "causal"))  # the tiny Llama of t
 sys.path.insert(0, str(Path(__file__).parent / "seq2seq"))  # the tiny T5 of the seq2seq tests
 sys.path.insert(0, str(Path(__file__).parent / "extractive"))  # the tiny word-level BERT of the QA tests
 sys.path.insert(0, str(Path(__file__).parent / "retrieval_task"))  # coded query -> passage pairs
+sys.path.insert(0, str(Path(__file__).parent / "token_tagging"))  # synthetic NER sentences + word-level BERT
 
 from causal_helpers import alpaca_records  # noqa: E402
 from causal_tiny import write_tiny_model  # noqa: E402
 from extractive_helpers import reading_records, write_tiny_bert  # noqa: E402
 from retrieval_data import coded_pairs  # noqa: E402
+from token_helpers import ner_records  # noqa: E402
+from token_helpers import write_tiny_bert as write_tagger_bert  # noqa: E402
 from seq2seq_tiny import reverse_pairs, write_tiny_t5  # noqa: E402
 from tunelab.methods import METHODS  # noqa: E402
 from tunelab.tasks import tasks  # noqa: E402
@@ -43,6 +46,8 @@ def cases(tiny_bert, tiny_llama, data_dir, tmp_path_factory, helpers):
     qa_bert = write_tiny_bert(tmp_path_factory.mktemp("matrix-qa-bert"))
     questions = helpers.write_jsonl(tmp_path_factory.mktemp("matrix-qa") / "qa.jsonl", reading_records(40))
     retrieval = helpers.write_jsonl(tmp_path_factory.mktemp("matrix-retrieval") / "pairs.jsonl", coded_pairs(24))
+    ner_bert = write_tagger_bert(tmp_path_factory.mktemp("matrix-ner-bert"))
+    sentences = helpers.write_jsonl(tmp_path_factory.mktemp("matrix-ner") / "ner.jsonl", ner_records(40))
     train = {"max_steps": STEPS, "batch_size": 4, "lr": 1e-2, "warmup_steps": 0, "log_every": 1, "seed": 0,
              "device": "cpu", "eval_every": None, "early_stopping": {"patience": None}}
     data = {"val_fraction": 0.1, "test_fraction": 0.1}
@@ -69,6 +74,9 @@ def cases(tiny_bert, tiny_llama, data_dir, tmp_path_factory, helpers):
         "retrieval": ({"task": "retrieval", "model": {"name": str(tiny_bert), "max_length": 16},
                        "data": {"train": str(retrieval), **data}, "train": train},
                       [[2, 7, 8, 9, 3], [2, 10, 11, 3, 0]]),
+        "token_classification": ({"task": "token_classification", "model": {"name": str(ner_bert), "max_length": 16},
+                                  "data": {"train": str(sentences), **data}, "train": train},
+                                 [[2, 10, 11, 12, 3], [2, 13, 14, 3, 0]]),
     }
 
 
@@ -78,7 +86,7 @@ MATRIX = [(task, method) for task in tasks().names() for method in tasks().get(t
 def test_the_matrix_covers_every_task_and_only_registered_methods():
     assert {task for task, _ in MATRIX} == set(tasks().names())
     assert {method for _, method in MATRIX} <= set(METHODS.names())
-    assert len(MATRIX) == 18
+    assert len(MATRIX) == 21
 
 
 def outputs(model, ids: list[list[int]]) -> torch.Tensor:

@@ -234,6 +234,24 @@ def test_killed_retrieval_run_resumes_bit_identical(tiny_bert, tmp_path):
     assert_same_run(resumed, reference)
 
 
+def test_killed_token_classification_run_resumes_bit_identical(tmp_path):
+    # a token head on a tiny word-level BERT with dropout; sentences longer than the 12-token rows read in
+    # overlapping windows; entity-F1 evaluations between checkpoints
+    sys.path.insert(0, str(Path(__file__).parent / "token_tagging"))
+    from token_helpers import ner_config, ner_records, write_jsonl, write_tiny_bert
+
+    model = write_tiny_bert(tmp_path / "bert")
+    data = write_jsonl(tmp_path / "ner.jsonl", ner_records(120))
+    cfg = ner_config(model, data, tmp_path / "unused", **{"model.max_length": 12, "train.max_steps": 30,
+                                                          "train.eval_every": 10, "train.checkpoint_every": 3,
+                                                          "train.batch_size": 8, "model.dropout": 0.1})
+    config = write_config(tmp_path / "c.yaml", cfg)
+    resumed, reference, _ = kill_and_resume(config, tmp_path, at_step=9)
+    assert_same_run(resumed, reference)
+    assert (json.loads((resumed / "tagging.json").read_text())
+            == json.loads((reference / "tagging.json").read_text()))
+
+
 def test_sigterm_finishes_the_step_writes_a_checkpoint_and_says_how_to_resume(make_config, tmp_path):
     cfg = make_config({"train.max_steps": 400, "train.checkpoint_every": 0, "train.threads": 1,
                        "train.eval_every": 1000})
