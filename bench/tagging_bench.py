@@ -39,7 +39,7 @@ SMOKE = os.environ.get("BENCH_SMOKE") == "1"
 # test: 10% of builtin:ner-synthetic's 3,000 sentences (300, 806 gold entities). A probe of this job on a busy
 # machine (load 2-3) reached test entity F1 0.84 (tunelab fp32) and 0.81 (Trainer fp32), so the entities are
 # learned; it took 49 s (tunelab) and 117 s (Trainer) per run, setup and test pass included, so 2 rounds of the
-# 4 sides (run.REPEATS) are estimated at 6 to 8 minutes on an idle 2-core machine, 3 at about 10.
+# 4 sides (run.REPEATS) were planned; on the idle machine `make bench PART=ner` then took 6 minutes.
 NER_JOB = dict(limit=1200, max_length=128, epochs=1, batch_size=16, lr=1.0e-4, weight_decay=0.01,
                warmup_ratio=0.1, max_grad_norm=1.0, seed=42, test_fraction=0.1)
 if SMOKE:
@@ -314,6 +314,20 @@ def ner_paired(res: dict[str, list[dict]]) -> list[str]:
     return lines
 
 
+def precisions_agree(res: dict[str, list[dict]]) -> list[str]:
+    """For each tool measured in both precisions: whether its bf16 run found the same entities per test sentence
+    as its fp32 run (first runs; counts of gold, predicted and right entities per sentence)."""
+    lines = []
+    for tool, name in (("tunelab", "tunelab"), ("trainer", "the Trainer")):
+        a, b = res.get(f"ner-{tool}-fp32"), res.get(f"ner-{tool}-bf16")
+        if a and b:
+            differ = sum(x != y for x, y in zip(a[0]["test_counts"], b[0]["test_counts"]))
+            lines.append(f"- {name}: bf16 and fp32 training gave " + (
+                "the same entity counts in every test sentence" if not differ else
+                f"different entity counts in {differ} of {len(a[0]['test_counts'])} test sentences"))
+    return lines
+
+
 def same_start(res: dict[str, list[dict]]) -> str:
     """Whether every run began from the same token head (fingerprints of its initial weights)."""
     heads = {r["initial_head"] for rs in res.values() for r in rs}
@@ -355,6 +369,7 @@ def ner_markdown(rec: dict) -> list[str]:
         *ner_table(rec, res), "",
         *ner_ratios(res),
         *ner_paired(res),
+        *precisions_agree(res),
         "- test entity F1 " + (f"varied across repeats for {', '.join(varied)} (ranges in the table)" if varied
                                else "was identical in every repeat of each side (same seed, same threads)"),
         f"- {same_start(res)}", "",

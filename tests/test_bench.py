@@ -752,3 +752,17 @@ def test_ner_sides_share_one_job_and_load_strictly(tmp_path):
     assert bf16 == fp32
     assert (fp32.task, fp32.data.train, fp32.data.val_fraction, fp32.train.group_by_length, fp32.train.log_every) \
         == ("token_classification", "builtin:ner-synthetic", 0.0, "never", 1)
+
+
+def test_ner_precisions_agree_compares_each_tools_sentences():
+    """tunelab's bf16 run found what its fp32 run found in every sentence; the Trainer's differs in one."""
+    import tagging_bench
+
+    res = {"ner-tunelab-fp32": [ner_result("ner-tunelab-fp32", 1.0, TUNELAB_COUNTS)],
+           "ner-tunelab-bf16": [ner_result("ner-tunelab-bf16", 1.0, TUNELAB_COUNTS)],
+           "ner-trainer-fp32": [ner_result("ner-trainer-fp32", 1.0, TUNELAB_COUNTS)],
+           "ner-trainer-bf16": [ner_result("ner-trainer-bf16", 1.0, TRAINER_COUNTS)]}
+    assert tagging_bench.precisions_agree(res) == [
+        "- tunelab: bf16 and fp32 training gave the same entity counts in every test sentence",
+        "- the Trainer: bf16 and fp32 training gave different entity counts in 1 of 4 test sentences"]
+    assert tagging_bench.precisions_agree({k: v for k, v in res.items() if k.endswith("fp32")}) == []
