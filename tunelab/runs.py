@@ -118,15 +118,29 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, log=print, *,
     `overrides` (`data.text_field=body`, `generate.max_new_tokens=32`, ...) apply to this evaluation only
     (see `load_run`). Written to RUN_DIR/eval-<data name>.json (the run's own eval.json is left as it is).
     """
-    from tunelab.data.sources import load_records
     from tunelab.io import atomic_write_json
 
     run = load_run(run_dir, overrides)
-    records, source, name = (None, "", "test") if data is None else (load_records(data), data, Path(data).stem)
+    records, source, name = (None, "", "test") if data is None else \
+        (read_records(run_dir, data, overrides), data, Path(data).stem)
     metrics = run.task.evaluate(run, records, source, log)
     out = Path(run_dir) / f"eval-{name}.json"
     atomic_write_json(out, metrics)
     return metrics, out
+
+
+def read_records(run_dir: str | Path, path: str, overrides: list[str] | None = None, log=None) -> list[dict]:
+    """The records of a data file given to `eval --data` / `predict --input`, read the way the run's task reads
+    data (its `read_data`; default tunelab.data.sources.load_records). Loads no model."""
+    from tunelab.tasks import task_for
+
+    cfg = run_config(run_dir, overrides)
+    task = task_for(cfg)
+    if task.read_data is not None:
+        return task.read_data(path, cfg, log)
+    from tunelab.data.sources import load_records
+
+    return load_records(path, log)
 
 
 def predict_records(run_dir: str | Path, records: list[dict] | None, source: str, *,

@@ -226,6 +226,22 @@ def test_cli_train_predict_and_eval(learned, bert, ner_data, tmp_path, capsys, m
     assert "record 1 has neither 'tokens'" in err and "\n" not in err
 
 
+def test_eval_and_predict_read_conll_files_like_training(learned, tmp_path, capsys):
+    from tunelab.cli import main
+
+    run_dir, _, _ = learned
+    conll = tmp_path / "dev.conll"
+    conll.write_text("-DOCSTART- O\n\nomar B-PER\nlives O\nin O\ncairo B-LOC\n", encoding="utf-8")
+    assert main(["eval", str(run_dir), "--data", str(conll)]) == 0
+    assert capsys.readouterr().out.startswith("entity_f1 1.0000")
+    words = tmp_path / "words.txt"
+    words.write_text("omar O\nlives O\nin O\ncairo O\n", encoding="utf-8")  # tags are ignored by predict
+    assert main(["predict", str(run_dir), "--input", str(words)]) == 0
+    row = json.loads(capsys.readouterr().out)
+    assert row["tokens"] == ["omar", "lives", "in", "cairo"]
+    assert [(e["label"], e["start"], e["end"]) for e in row["entities"]] == [("PER", 0, 1), ("LOC", 3, 4)]
+
+
 def test_cli_train_refuses_lora_on_scratch_and_a_wide_stride(bert, ner_data, tmp_path, capsys, monkeypatch):
     from tunelab.cli import main
 

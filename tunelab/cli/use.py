@@ -83,9 +83,8 @@ def cmd_predict(args) -> int:
         if inputs is None:
             rows = runs.predict_records(args.run_dir, None, "--text", texts=args.text, **settings)
         else:
-            from tunelab.data.sources import load_records
-
-            rows = runs.predict_records(args.run_dir, load_records(inputs), inputs, **settings)
+            records = runs.read_records(args.run_dir, inputs, settings.get("overrides"))
+            rows = runs.predict_records(args.run_dir, records, inputs, **settings)
     write_rows(rows, getattr(args, "output", None), task.outputs)
     return 0
 

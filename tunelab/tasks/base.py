@@ -72,6 +72,9 @@ class Task:
     check_data: Callable[..., None] | None = None
     """check_data(ref, data_cfg): read one data file the way training will and raise a DataError for what
     cannot be read (`tunelab validate`); None = tunelab.data.sources.load_records + `check_records`."""
+    read_data: Callable[..., list[dict]] | None = None
+    """read_data(ref, cfg, log): the records of a file given to `eval --data` / `predict --input`, read as this
+    task reads data (e.g. CoNLL sentences); None = tunelab.data.sources.load_records."""
     check_records: Callable[..., None] | None = None
     """check_records(records, source, data_cfg): raise a DataError for the first record this task
     cannot read (`tunelab validate` calls it on the first records of each data file)."""

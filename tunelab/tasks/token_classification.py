@@ -688,6 +688,21 @@ def check_data(ref, data_cfg) -> None:
     read_sentences(ref, data_cfg, lambda _: None)
 
 
+def read_data(ref: str, cfg, log) -> list[dict]:
+    """`eval --data` / `predict --input`: a CoNLL file (.conll, .txt) as word records (data.tokens_field, and
+    data.tags_field where it has tags); any other file as tunelab.data.sources.load_records reads it."""
+    from tunelab.data.tagging import CONLL_SUFFIXES, load_tagged
+
+    d = cfg.data
+    if not str(ref).startswith("builtin:") and Path(ref).suffix.lower() in CONLL_SUFFIXES:
+        return [{d.tokens_field: r["tokens"], **({d.tags_field: r["tags"]} if r["tags"] is not None else {}),
+                 "_file": r["_file"], "_line": r["_line"]}
+                for r in load_tagged(str(ref), d, log, labelled=False)]
+    from tunelab.data.sources import load_records
+
+    return load_records(ref, log)
+
+
 def _register() -> None:
     from tunelab.models.scratch import TAGGER_KINDS
     from tunelab.tasks import TASKS
@@ -703,7 +718,7 @@ def _register() -> None:
                                               "data.tags_field (or data.entities_field)",
                           "generate.": "generate.* applies to text generation; {run} is a token_classification "
                                        "run"},
-        check_config=check_config, check_data=check_data, scratch_kinds=TAGGER_KINDS),
+        check_config=check_config, check_data=check_data, read_data=read_data, scratch_kinds=TAGGER_KINDS),
         options=("data.tokens_field", "data.tags_field", "data.entities_field", "data.tag_column",
                  "data.tag_scheme", "data.skip_bad_spans", "data.doc_stride", "predict.constrained"))
 
