@@ -112,8 +112,9 @@ TEXT = "José Müller-Lüdenscheid flew to São Paulo, didn't he?"
 
 def test_words_of_splits_at_space_and_punctuation_keeping_offsets():
     words, offsets = words_of(TEXT)
-    assert words == ["José", "Müller", "-", "Lüdenscheid", "flew", "to", "São", "Paulo", ",", "didn", "'", "t",
-                     "he", "?"]
+    # inner hyphens and apostrophes join a word (as CoNLL data writes "Müller-Lüdenscheid" and "didn't")
+    assert words == ["José", "Müller-Lüdenscheid", "flew", "to", "São", "Paulo", ",", "didn't", "he", "?"]
+    assert words_of("a - b -c 'd' e")[0] == ["a", "-", "b", "-", "c", "'", "d", "'", "e"]
     assert [TEXT[s:e] for s, e in offsets] == words
     decomposed = "Zoe\u0308 cafe\u0301."  # combining marks stay inside their word
     assert words_of(decomposed)[0] == ["Zoe\u0308", "cafe\u0301", "."]
@@ -123,7 +124,7 @@ def test_text_entities_become_iob2_tags(tmp_path):
     ents = [{"start": 0, "end": 23, "label": "PER"}, [32, 41, "LOC"]]
     (rec,) = load_tagged(jsonl(tmp_path / "t.jsonl", [{"text": TEXT, "entities": ents}]), D)
     assert rec["text"] == TEXT and rec["tokens"] == words_of(TEXT)[0] and rec["offsets"] == words_of(TEXT)[1]
-    assert rec["tags"] == ["B-PER", "I-PER", "I-PER", "I-PER", "O", "O", "B-LOC", "I-LOC"] + ["O"] * 6
+    assert rec["tags"] == ["B-PER", "I-PER", "O", "O", "B-LOC", "I-LOC"] + ["O"] * 4
     unlabelled = load_tagged(jsonl(tmp_path / "u.jsonl", [{"text": TEXT}]), D, labelled=False)
     assert unlabelled[0]["tags"] is None and unlabelled[0]["tokens"][0] == "José"
 
@@ -131,7 +132,7 @@ def test_text_entities_become_iob2_tags(tmp_path):
 @pytest.mark.parametrize("entity, message", [
     ({"start": 1, "end": 4, "label": "PER"}, "entity PER [1, 4) 'osé' does not start and end on word boundaries"),
     ({"start": 0, "end": 5, "label": "PER"}, "entity PER [0, 5) 'José ' does not start and end on word"),
-    ({"start": 5, "end": 11, "label": "ORG"}, "entity ORG [5, 11) 'Müller' overlaps another entity"),
+    ({"start": 5, "end": 23, "label": "ORG"}, "entity ORG [5, 23) 'Müller-Lüdenscheid' overlaps another entity"),
     ({"start": 0, "end": 99, "label": "PER"}, "needs integer offsets with 0 <= start < end <= 53"),
     ({"start": 0, "end": 4}, "is not {start, end, label}"),
 ])
@@ -146,13 +147,13 @@ def test_bad_spans_are_errors_naming_record_and_entity(tmp_path, entity, message
 
 def test_skip_bad_spans_drops_and_counts(tmp_path):
     records = [{"text": TEXT, "entities": [{"start": 0, "end": 23, "label": "PER"},
-                                           {"start": 5, "end": 11, "label": "ORG"},   # overlaps
+                                           {"start": 5, "end": 23, "label": "ORG"},   # overlaps
                                            {"start": 1, "end": 4, "label": "PER"},    # inside a word
                                            {"start": 32, "end": 41, "label": "LOC"}]},
                {"text": "Zoë sang.", "entities": [{"start": 0, "end": 2, "label": "PER"}]}]
     lines = []
     recs = load_tagged(jsonl(tmp_path / "t.jsonl", records), replace(D, skip_bad_spans=True), lines.append)
-    assert recs[0]["tags"][:8] == ["B-PER", "I-PER", "I-PER", "I-PER", "O", "O", "B-LOC", "I-LOC"]
+    assert recs[0]["tags"][:6] == ["B-PER", "I-PER", "O", "O", "B-LOC", "I-LOC"]
     assert recs[1]["tags"] == ["O", "O", "O"]
     assert lines == [f"{tmp_path / 't.jsonl'}: data.skip_bad_spans dropped 3 entities (2 not on word boundaries, "
                      "1 overlapping another)"]
@@ -177,3 +178,9 @@ def test_csv_raw_text_with_entities_cell_and_other_field_names(tmp_path):
     assert recs[1]["offsets"] == [(0, 7), (8, 12), (12, 13)] and recs[1]["_line"] == 3
     with pytest.raises(DataError, match=r"t.jsonl:1: record 1: entity .* needs a label \(a non-empty string, not"):
         load_tagged(jsonl(tmp_path / "t.jsonl", [{"text": "a b", "entities": [[0, 1, "O"]]}]), D)
+
+
+def test_integer_tags_are_refused_as_tag_ids(tmp_path):
+    ref = jsonl(tmp_path / "ids.jsonl", [{"tokens": ["Ada", "wrote"], "tags": [1, 0]}])
+    with pytest.raises(DataError, match="record 1: 'tags' holds integers .*tag ids, not tag names"):
+        load_tagged(ref, D)

@@ -88,3 +88,10 @@ def test_convert_records_names_the_record_and_logs_repairs():
     bad = [{"tokens": ["a"], "tags": ["S-X"], "_file": "f.jsonl", "_line": 4, "_where": "record 4"}]
     with pytest.raises(DataError, match=r"^f.jsonl:4: record 4: tag 'S-X' is not in the IOB2 scheme"):
         convert_records(bad, "iob2", "f.jsonl")
+
+
+def test_underscore_prefixes_are_prefixes_and_untyped_chunk_tags_are_refused():
+    assert detect_scheme([["B_PER", "I_PER", "O"]]) == "iob2"
+    assert to_iob2(["B_PER", "I_PER", "O"], "iob2") == (["B-PER", "I-PER", "O"], 0)
+    with pytest.raises(TunelabError, match="tags B, I look like chunk tags without a type"):
+        detect_scheme([["B", "I", "I", "O", "B"]])

@@ -86,3 +86,16 @@ def test_report_samples_mark_entities_and_escape_the_words():
                                         "<mark>Mia<sub>PER</sub></mark> met in <mark>Oslo<sub>LOC</sub></mark>")
     table = samples_html([{"tokens": words, "gold": tags, "predicted": ["O"] * 6}])
     assert "<td>predicted</td><td>&lt;b&gt;Tom&lt;/b&gt; &amp; Mia met in Oslo</td>" in table
+
+
+def test_metrics_score_the_entities_predict_gives_for_a_stray_inside_tag():
+    # argmax "I-PER I-PER" is read as one PER by predict and the report: the metrics count it the same way
+    from tunelab.tasks.token_classification import TagSplit, Tagged, scores
+
+    split = TagSplit([{"tags": ["B-PER", "I-PER", "O"]}], "t", None)
+    tagged = Tagged([["I-PER", "I-PER", "O"]], [np.ones(3)], 0.5)
+    m = scores(split, tagged)
+    assert m["entity_f1"] == 1.0 and m["loss"] == 0.5
+    (entity,) = entities_of({"tokens": ["ann", "lee", "ran"], "text": None, "offsets": None},
+                            ["I-PER", "I-PER", "O"], np.ones(3))
+    assert (entity["label"], entity["start"], entity["end"]) == ("PER", 0, 2)

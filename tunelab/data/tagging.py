@@ -15,8 +15,8 @@ Layouts, told apart by the file and its first record (errors say which layout wa
   word (a list, or in a CSV cell a JSON list or words separated by spaces).
 - raw-text records: data.text_field and data.entities_field holding [{start, end, label}] (or [start, end,
   label] triples), character offsets into the text, end exclusive. The text is cut into words: a word is a run
-  of letters, digits, underscores and combining marks; every other character that is not white space is a
-  word on its own ("Jean-Luc's" -> Jean - Luc ' s). Each entity must start at a word's start and end at a
+  of letters, digits, underscores and combining marks, joined by inner hyphens and apostrophes; every other
+  character that is not white space is a word on its own ("Jean-Luc's (x)" -> Jean-Luc's ( x )). Each entity must start at a word's start and end at a
   word's end and must not overlap another; otherwise it is a DataError naming the record and the entity, or,
   with data.skip_bad_spans, it is dropped and counted. Entities become IOB2 tags.
 
@@ -41,10 +41,13 @@ Log = Callable[[str], None]
 SCHEMES = ("iob2", "iob1", "bioes", "bilou", "plain")
 CONLL_SUFFIXES = (".conll", ".txt")
 OUTSIDE = "O"
-_PREFIXED = re.compile(r"^([BIESLU])-(.+)$")
-# A word: letters, digits, underscore and combining marks (a decomposed "é" stays one word); else one character.
+_PREFIXED = re.compile(r"^([BIESLU])[-_](.+)$")  # B-PER, and B_PER as some exports write it
+# A word: letters, digits, underscore and combining marks (a decomposed "é" stays one word), joined by inner
+# hyphens and apostrophes ("Jean-Luc", "O'Neill": one word, as CoNLL data and builtin:ner-synthetic write
+# them); any other character is a word of its own.
 _COMBINING = "\u0300-\u036f\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff\ufe20-\ufe2f"
-WORD = re.compile(rf"(?:\w|[{_COMBINING}])+|[^\w\s{_COMBINING}]")
+_PART = rf"(?:\w|[{_COMBINING}])+"
+WORD = re.compile(rf"{_PART}(?:['\u2019-]{_PART})*|[^\w\s{_COMBINING}]")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -172,7 +175,11 @@ def _word_record(rec: dict, d, file: str, line, where: str, labelled: bool):
         if labelled:
             raise DataError(file, f"{where}: no '{d.tags_field}' field ({layout}); set data.tags_field", line)
         return tokens, None
-    tags = _listish(rec[d.tags_field], d.tags_field, file, line, where, layout)
+    raw_tags = rec[d.tags_field]
+    if isinstance(raw_tags, (list, tuple)) and any(isinstance(v, int) and not isinstance(v, bool) for v in raw_tags):
+        raise DataError(file, f"{where}: '{d.tags_field}' holds integers ({str(raw_tags)[:40]}): tag ids, not tag "
+                              "names; write the names (e.g. B-PER, I-PER, O) instead of their ids", line)
+    tags = _listish(raw_tags, d.tags_field, file, line, where, layout)
     if len(tags) != len(tokens):
         raise DataError(file, f"{where}: {len(tokens)} words but {len(tags)} tags ({layout}); each word needs "
                               "one tag", line)
@@ -284,6 +291,9 @@ def detect_scheme(tag_lists: Sequence[Sequence[str]]) -> str:
             elif tag != OUTSIDE:
                 plain.add(tag)
     if not prefixes:
+        if plain and plain <= set("BIESLU"):
+            raise TunelabError(f"tags {', '.join(sorted(plain))} look like chunk tags without a type: write them "
+                               "with one (B-X, I-X, e.g. B-KEY) so entities can be read from them")
         return "plain"
     if plain:
         raise TunelabError(f"tags mix prefixed labels ({', '.join(sorted(prefixes))}-) with unprefixed ones "

@@ -408,7 +408,12 @@ def scores(split: TagSplit, tagged: Tagged) -> dict:
     """ner_metrics of the split's gold IOB2 tags against the decoded ones, plus the loss."""
     from tunelab.evaluate.ner_metrics import ner_metrics
 
-    metrics = ner_metrics([r["tags"] for r in split.records], tagged.tags)
+    from tunelab.data.tagging import to_iob2
+
+    # an argmax I- that continues nothing is read as B- (as predict and the report read it), so the metrics
+    # score the entities users get; constrained decoding never produces one
+    predicted = [to_iob2(tags, "iob2")[0] for tags in tagged.tags]
+    metrics = ner_metrics([r["tags"] for r in split.records], predicted)
     metrics["loss"] = tagged.loss
     return metrics
 
