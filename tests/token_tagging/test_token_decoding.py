@@ -99,3 +99,10 @@ def test_metrics_score_the_entities_predict_gives_for_a_stray_inside_tag():
     (entity,) = entities_of({"tokens": ["ann", "lee", "ran"], "text": None, "offsets": None},
                             ["I-PER", "I-PER", "O"], np.ones(3))
     assert (entity["label"], entity["start"], entity["end"]) == ("PER", 0, 2)
+
+
+def test_the_label_set_has_both_tags_of_every_training_type():
+    from tunelab.tasks.token_classification import label_set
+
+    # every LOC of training is one word: a two-word LOC of validation still has its I-LOC
+    assert label_set([["B-LOC", "O"], ["B-PER", "I-PER"]]) == ["O", "B-LOC", "B-PER", "I-LOC", "I-PER"]

@@ -351,9 +351,10 @@ def choose_scheme(records: list[dict], setting: str) -> tuple[str, str]:
 
 
 def label_set(tag_lists: list[list[str]]) -> list[str]:
-    """The IOB2 tags of the training data, sorted, "O" first."""
-    tags = {t for tags in tag_lists for t in tags}
-    return ["O"] + sorted(tags - {"O"})
+    """"O" first, then B-X and I-X for every entity type X of the training data, sorted: a type whose training
+    entities are all one word still gets its I- tag (a two-word one in validation is no unseen tag)."""
+    types = {t[2:] for tags in tag_lists for t in tags if t != "O"}
+    return ["O"] + sorted(f"{prefix}-{kind}" for kind in types for prefix in "BI")
 
 
 def tag_ids_of(records: list[dict], label2id: dict[str, int]) -> list[list[int]]:
