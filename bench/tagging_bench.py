@@ -122,7 +122,10 @@ def kept_tags(kept: list):
     original = token_classification.scores
 
     def scores(split, tagged):
-        kept[:] = [([*r["tags"]], [*t]) for r, t in zip(split.records, tagged.tags)]
+        from tunelab.data.tagging import to_iob2
+
+        # as `scores` reads predictions: a stray I- begins an entity
+        kept[:] = [([*r["tags"]], to_iob2(t, "iob2")[0]) for r, t in zip(split.records, tagged.tags)]
         return original(split, tagged)
 
     token_classification.scores = scores
