@@ -84,6 +84,26 @@ def task_verb(run_dir: str | Path, verb: str):
     return task.verbs[verb]
 
 
+def load_model_dir(model_dir: Path, auto_class) -> tuple:
+    """(model in eval mode, tokenizer) of a run's RUN_DIR/model: a tunelab scratch model, a LoRA adapter on
+    RUN_DIR/base, or a plain transformers folder loaded with `auto_class` (e.g. AutoModelForTokenClassification)."""
+    model_dir = Path(model_dir)
+    if (model_dir / "scratch_config.json").exists():
+        from tunelab.models.scratch import load_scratch
+
+        model, tokenizer = load_scratch(model_dir)
+    else:
+        from transformers import AutoTokenizer
+
+        if (model_dir / "adapter_config.json").exists():
+            model = load_adapter(model_dir, auto_class)
+        else:
+            model = auto_class.from_pretrained(str(model_dir))
+        tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    model.eval()
+    return model, tokenizer
+
+
 def load_adapter(model_dir: Path, auto_class):
     """A run's LoRA adapter (RUN_DIR/model) on the run's own base model, RUN_DIR/base beside it.
 

@@ -388,23 +388,13 @@ def load_model(run_dir: Path, cfg) -> tuple:
     """(model in eval mode, tokenizer, {"labels": [...]}) of a classification run's RUN_DIR/model."""
     import json
 
-    model_dir = run_dir / "model"
+    from transformers import AutoModelForSequenceClassification
+
+    from tunelab.runs import load_model_dir
+
+    model_dir = Path(run_dir) / "model"
     labels = json.loads((model_dir / "labels.json").read_text()) if (model_dir / "labels.json").exists() else None
-    if (model_dir / "scratch_config.json").exists():
-        from tunelab.models.scratch import load_scratch
-
-        model, tokenizer = load_scratch(model_dir)
-    else:
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-        from tunelab.runs import load_adapter
-
-        if (model_dir / "adapter_config.json").exists():
-            model = load_adapter(model_dir, AutoModelForSequenceClassification)
-        else:
-            model = AutoModelForSequenceClassification.from_pretrained(str(model_dir))
-        tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-    model.eval()
+    model, tokenizer = load_model_dir(model_dir, AutoModelForSequenceClassification)
     return model, tokenizer, {"labels": labels}
 
 

@@ -576,22 +576,12 @@ def load_model(run_dir: Path, cfg) -> tuple:
     """(span model in eval mode, tokenizer, RUN_DIR/qa.json) of an extractive QA run."""
     import json
 
+    from transformers import AutoModelForQuestionAnswering
+
+    from tunelab.runs import load_model_dir
+
     model_dir = Path(run_dir) / "model"
-    if (model_dir / "scratch_config.json").exists():
-        from tunelab.models.scratch import load_scratch
-
-        model, tokenizer = load_scratch(model_dir)
-    else:
-        from transformers import AutoModelForQuestionAnswering, AutoTokenizer
-
-        from tunelab.runs import load_adapter
-
-        if (model_dir / "adapter_config.json").exists():
-            model = load_adapter(model_dir, AutoModelForQuestionAnswering)
-        else:
-            model = AutoModelForQuestionAnswering.from_pretrained(str(model_dir))
-        tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-    model.eval()
+    model, tokenizer = load_model_dir(model_dir, AutoModelForQuestionAnswering)
     path = Path(run_dir) / QA_FILE
     if not path.is_file():
         raise TunelabError(f"{run_dir}: {QA_FILE} is missing; `tunelab train` writes it for an extractive_qa run "

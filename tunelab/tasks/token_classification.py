@@ -608,22 +608,12 @@ def load_model(run_dir: Path, cfg) -> tuple:
     """(token tagger in eval mode, tokenizer, RUN_DIR/tagging.json: scheme and labels) of a run."""
     import json
 
+    from transformers import AutoModelForTokenClassification
+
+    from tunelab.runs import load_model_dir
+
     model_dir = Path(run_dir) / "model"
-    if (model_dir / "scratch_config.json").exists():
-        from tunelab.models.scratch import load_scratch
-
-        model, tokenizer = load_scratch(model_dir)
-    else:
-        from transformers import AutoModelForTokenClassification, AutoTokenizer
-
-        from tunelab.runs import load_adapter
-
-        if (model_dir / "adapter_config.json").exists():
-            model = load_adapter(model_dir, AutoModelForTokenClassification)
-        else:
-            model = AutoModelForTokenClassification.from_pretrained(str(model_dir))
-        tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-    model.eval()
+    model, tokenizer = load_model_dir(model_dir, AutoModelForTokenClassification)
     path = Path(run_dir) / TAGGING_FILE
     if not path.is_file():
         raise TunelabError(f"{run_dir}: {TAGGING_FILE} is missing; `tunelab train` writes it for a "
