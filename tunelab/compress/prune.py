@@ -68,13 +68,13 @@ def _model_type(model: nn.Module) -> str:
 
 def _blocks(model: nn.Module) -> list[_Block]:
     """One _Block per layer of a supported model; a TunelabError for any other model."""
+    from torch import nn
+
     from tunelab.methods.common import layer_stack
 
     kind = _model_type(model)
     if kind not in BERT_TYPES + LLAMA_TYPES:
         raise TunelabError(UNSUPPORTED.format(", ".join(BERT_TYPES), ", ".join(LLAMA_TYPES), kind))
-    from torch import nn
-
     _, stack = layer_stack(model)
     try:
         blocks = [_bert_block(layer) if kind in BERT_TYPES else _llama_block(layer) for layer in stack]
@@ -119,7 +119,8 @@ def structured_importance(model: nn.Module, batches: Iterable[dict], loss_fn: Ca
     The absolute value is taken per batch and summed over the batches (so opposite signs do not cancel).
 
     `loss_fn(model, batch) -> (loss_sum, n)` is a TaskJob's `loss`; the gradient is of loss_sum / n, in eval
-    mode (no dropout). Weights, requires_grad, .grad and the train/eval mode are left as they were.
+    mode (no dropout), through torch.autograd.grad: weights, requires_grad, .grad and the train/eval mode
+    are left as they were.
     """
     import torch
 
