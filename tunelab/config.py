@@ -130,16 +130,10 @@ class DataConfig:
 def _method_config() -> type:
     """The `method:` section: `name` plus every registered method's own options (tunelab/methods/<name>.py),
     so a method's options are written, typed and documented beside the method."""
-    from tunelab.methods import METHODS
+    from tunelab.methods import METHODS, option_fields
 
     fields: list[tuple] = [("name", Literal[METHODS.names()], field(default="full"))]
-    for name in METHODS.names():
-        options = METHODS.get(name).options
-        hints = typing.get_type_hints(options) if options is not None else {}
-        for f in dataclasses.fields(options) if options is not None else ():
-            default = field(default=f.default) if f.default is not dataclasses.MISSING \
-                else field(default_factory=f.default_factory)
-            fields.append((f.name, hints[f.name], default))
+    fields += option_fields()  # an option two methods share once, null = the chosen method's default
     return dataclasses.make_dataclass("MethodConfig", fields)
 
 
@@ -148,12 +142,14 @@ MethodConfig = _method_config()
 
 def method_docs() -> dict[str, str]:
     """The docstrings of the method section's fields, from each method's Options."""
-    from tunelab.methods import METHODS
+    from tunelab.methods import METHODS, shared_option_doc, shared_options
 
     docs = {"name": " | ".join(METHODS.get(n).summary for n in METHODS.names()) + "."}
-    for name in METHODS.names():
-        if METHODS.get(name).options is not None:
-            docs.update(field_docs(METHODS.get(name).options))
+    own = {name: field_docs(METHODS.get(name).options) for name in METHODS.names()
+           if METHODS.get(name).options is not None}
+    for name in own:
+        docs.update({k: v for k, v in own[name].items() if k not in docs})
+    docs.update({key: shared_option_doc(key, own) for key in shared_options()})
     return docs
 
 

@@ -34,15 +34,17 @@ def pick_device(name: str) -> torch.device:
 
 
 def make_job(cfg: RunConfig, device: torch.device, log):
-    """The TaskJob of the task that runs `cfg` (tunelab.tasks), after that task's own config checks."""
+    """The TaskJob of the task that runs `cfg` (tunelab.tasks), after that task's own config checks; a method
+    that changes the loss (Method.wrap_job, e.g. distill) wraps it."""
     from tunelab.errors import ConfigError
+    from tunelab.methods import wrap_job
     from tunelab.tasks import task_for
 
     task = task_for(cfg)
     problems = task.check_config(cfg)
     if problems:
         raise ConfigError(problems)
-    return task.job(cfg, device, log)
+    return wrap_job(task.job(cfg, device, log), cfg, log)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -601,7 +601,7 @@ def _register() -> None:
 
     TASKS.register("causal_lm", Task(
         name="causal_lm", summary="next-token prediction on instructions, chats or text (instruction tuning)",
-        job=CausalLMJob, metrics=METRICS, methods=("full", "freeze", "lora"),
+        job=CausalLMJob, metrics=METRICS, methods=("full", "freeze", "lora", "distill"),
         load=load_model, evaluate=evaluate, predict=predict, metrics_line=metrics_line, outputs="generations",
         settings=("data.text_field", "generate."),
         refused_settings={"data.label_field": "a causal_lm run has no labels (its references come from the "

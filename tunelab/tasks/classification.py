@@ -458,7 +458,7 @@ def _register() -> None:
 
     TASKS.register("classification", Task(
         name="classification", summary="a label per text (sequence classification)",
-        job=ClassificationJob, metrics=METRICS, methods=("full", "head", "freeze", "lora"),
+        job=ClassificationJob, metrics=METRICS, methods=("full", "head", "freeze", "lora", "distill"),
         load=load_model, evaluate=evaluate, predict=predict, metrics_line=metrics_line,
         settings=("data.text_field", "data.label_field"),
         refused_settings={"generate.": "generate.* applies to causal_lm runs; {run} is a classification run"},

@@ -706,7 +706,7 @@ def _register() -> None:
 
     TASKS.register("token_classification", Task(
         name="token_classification", summary="a tag per word: named entities or any per-word labels (NER)",
-        job=TokenClassificationJob, metrics=METRICS, methods=("full", "freeze", "lora"),
+        job=TokenClassificationJob, metrics=METRICS, methods=("full", "freeze", "lora", "distill"),
         load=load_model, evaluate=evaluate, predict=predict, metrics_line=metrics_line, outputs="entities",
         settings=("data.text_field", "data.tokens_field", "data.tags_field", "data.entities_field",
                   "data.tag_column", "data.skip_bad_spans", "predict."),
