@@ -280,6 +280,19 @@ def test_impossible_exports_are_one_clear_error(cls_run, llama_run, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["taken.gguf"]
 
 
+def test_gguf_refuses_layers_that_no_longer_match_the_config(tmp_path):
+    """A structurally pruned (or low-rank) variant keeps its original config; GGUF would describe it wrongly."""
+    from transformers import AutoModelForCausalLM
+
+    from tunelab.export.gguf import require_llama
+
+    model = AutoModelForCausalLM.from_pretrained(str(write_tiny_llama(tmp_path / "m")))
+    require_llama(model, tmp_path)  # as built: fine
+    model.model.layers[1].mlp.up_proj = torch.nn.Linear(64, 96, bias=False)  # an FFN pruned to 96 neurons
+    with pytest.raises(TunelabError, match=r"model.layers.1.mlp.up_proj.weight \(96, 64\) no longer has the shape"):
+        require_llama(model, tmp_path)
+
+
 def test_int8_dynamic_modules_are_refused(tiny_bert):
     import warnings
 

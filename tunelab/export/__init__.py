@@ -42,8 +42,7 @@ def export_run(run_dir: str | Path, fmt: str, *, output: str | Path | None = Non
 def load_for_export(run_dir: str | Path):
     """The finished run (tunelab.runs.Run) with a LoRA adapter merged into its base model, in eval mode.
 
-    One clear error for what is not a run, and for int8-quantized modules: their packed weights are torch.ao
-    kernels that neither the ONNX tracer nor a GGUF tensor can take.
+    One clear error for what is not a run, and for int8 modules (`refuse_quantized`).
     """
     from tunelab.runs import is_run, load_run
 
@@ -59,10 +58,15 @@ def load_for_export(run_dir: str | Path):
     return run
 
 
+# Where int8 module classes live: torch.ao's dynamic quantization (packed weights only its own kernels read)
+# and tunelab's weight-only Int8Linear (torch._weight_int8pack_mm, which ONNX has no operator for).
+INT8_MODULES = ("torch.ao.nn.quantized", "torch.nn.quantized", "tunelab.compress.quantize")
+
+
 def refuse_quantized(model, run_dir: Path) -> None:
-    """A TunelabError when `model` holds torch.ao quantized modules (e.g. an int8-dynamic variant)."""
+    """A TunelabError when `model` holds int8 modules (a variant compressed with --quantize)."""
     quantized = sorted({type(m).__module__ + "." + type(m).__name__ for m in model.modules()
-                        if type(m).__module__.startswith(("torch.ao.nn.quantized", "torch.nn.quantized"))})
+                        if type(m).__module__.startswith(INT8_MODULES)})
     if quantized:
         raise TunelabError(f"{run_dir} holds int8-quantized modules ({quantized[0]}), which cannot be exported: "
                            "export the variant compressed without --quantize (or the run itself); onnxruntime "

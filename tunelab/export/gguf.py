@@ -81,6 +81,24 @@ def require_llama(model, run_dir: Path) -> None:
                            "export (only the default rotary embedding)")
     if getattr(config, "attention_bias", False) or getattr(config, "mlp_bias", False):
         raise TunelabError(f"{run_dir}: this Llama has bias terms, which tunelab's GGUF export does not write")
+    changed = _shapes_off_config(model)
+    if changed:
+        raise TunelabError(f"{run_dir}: tensor {changed} no longer has the shape its config describes (a variant "
+                           "pruned into smaller layers or split into low-rank factors); GGUF holds one shape per "
+                           "kind of layer: export the run itself, or a variant with magnitude pruning only")
+
+
+def _shapes_off_config(model) -> str | None:
+    """The first tensor whose name or shape differs from a model built from `model.config` (None: none)."""
+    import torch
+
+    with torch.device("meta"):  # shapes only, no memory
+        fresh = type(model)(model.config).state_dict()
+    for name, tensor in model.state_dict().items():
+        if name not in fresh or fresh[name].shape != tensor.shape:
+            return f"{name} {tuple(tensor.shape)}"
+    missing = sorted(set(fresh) - set(model.state_dict()))
+    return f"{missing[0]} (missing)" if missing else None
 
 
 def _umask() -> int:
