@@ -213,6 +213,7 @@ def test_causal_lm_distills_on_labelled_tokens_only(llama_teacher, tmp_path):
     keep = batch["targets"] != -100
     assert 0 < int(keep.sum()) < int(batch["attention_mask"].sum())  # prompts and padding are masked
     loss, n = job.loss(job.model, batch)
+    loss = loss.detach()
     assert n == int(keep.sum()) and float(loss) > 0
 
     def shifted(where):  # move the teacher's hidden states (hence logits) at `where` far away
@@ -355,3 +356,67 @@ def test_alpha_is_shared_with_lora_each_keeping_its_default():
     assert "lora: scaling numerator" in method_docs()["alpha"] and "(default 0.5)" in method_docs()["alpha"]
     with pytest.raises(ConfigError, match="method.alpha applies to lora and distill; method.name is full"):
         config_from_dict({"method": {"name": "full", "alpha": 2}})
+
+
+def test_seq2seq_rows_with_labels_of_their_own_length_are_cached_exactly(tmp_path, helpers, monkeypatch):
+    sys.path.insert(0, str(Path(__file__).parent / "seq2seq"))
+    from seq2seq_tiny import reverse_pairs, write_tiny_t5
+
+    from tunelab.config import config_from_dict
+
+    t5 = write_tiny_t5(tmp_path / "t5")  # 15 tokens: the cache keeps every logit, so it must be exact
+    pairs = helpers.write_jsonl(tmp_path / "pairs.jsonl", reverse_pairs(24))
+    base = {"task": "seq2seq", "model": {"name": str(t5), "max_length": 16},
+            "data": {"train": str(pairs), "val_fraction": 0.1, "test_fraction": 0.1},
+            "generate": {"samples_in_eval": 2, "max_new_tokens": 4},
+            "train": {"max_steps": 3, "batch_size": 4, "lr": 1e-2, "warmup_steps": 0, "log_every": 1, "seed": 0,
+                      "device": "cpu", "precision": "fp32", "eval_every": None,
+                      "early_stopping": {"patience": None}}}
+    teacher_run = helpers.train_quietly(config_from_dict({**base, "method": {"name": "full"},
+                                                          "output_dir": str(tmp_path / "teacher")}))
+    calls = count_teacher_calls(monkeypatch)
+
+    def losses(name: str, cache: bool) -> list[float]:
+        method = {"name": "distill", "teacher": str(teacher_run), "cache_teacher": cache}
+        return train_losses(config_from_dict({**base, "method": method, "output_dir": str(tmp_path / name)}),
+                            helpers)
+
+    plain, filled = losses("plain", False), losses("filled", True)
+    calls[0] = 0
+    assert plain == filled == losses("again", True) and calls[0] == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Gradient accumulation and resume
+
+
+def test_accumulation_over_micro_batches_of_unequal_token_counts(llama_teacher, tmp_path):
+    """One step over a batch equals one step over its rows as micro-batches of 1, 2 and 1 rows (the soft loss
+    is a sum over the same tokens as the hard loss, so the loop's normalisation holds)."""
+    import copy
+
+    from test_accum_parity import assert_same_training
+
+    job = prepared(causal_student(llama_teacher, tmp_path / "run", alpha=0.7))
+    whole = first_batch(job)
+    parts = [{k: v[a:b] for k, v in whole.items()} for a, b in ((0, 1), (1, 3), (3, 4))]
+    assert len({int((p["targets"] != -100).sum()) for p in parts}) > 1
+    start = copy.deepcopy(job.model)
+    assert_same_training(lambda: copy.deepcopy(start), whole, parts, job.loss)
+
+
+def test_resume_goes_on_as_an_uninterrupted_run_reading_the_cache(tiny_bert, data_dir, teacher, tmp_path, helpers,
+                                                                  monkeypatch):
+    from tunelab.resume import resume_config
+
+    def config(out: str, steps: int):
+        cfg = student_config(helpers, tiny_bert, data_dir, tmp_path / out, teacher, cache_teacher=True)
+        cfg.train.max_steps, cfg.train.scheduler, cfg.train.checkpoint_every = steps, "constant", 2
+        return cfg
+
+    straight = train_losses(config("straight", 4), helpers)
+    calls = count_teacher_calls(monkeypatch)
+    helpers.train_quietly(config("parts", 2))
+    helpers.train_quietly(resume_config(tmp_path / "parts", ["train.max_steps=4"]), resume=True)
+    assert calls[0] == 0  # both parts read the cache the straight run wrote
+    assert [r["loss"] for r in helpers.read_metrics(tmp_path / "parts", "train")] == straight

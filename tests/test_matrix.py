@@ -83,10 +83,33 @@ def cases(tiny_bert, tiny_llama, data_dir, tmp_path_factory, helpers):
 MATRIX = [(task, method) for task in tasks().names() for method in tasks().get(task).methods]
 
 
+@pytest.fixture(scope="module")
+def teachers(cases, tmp_path_factory, helpers):
+    """teachers(task) -> a finished run of the task's case trained with method full (distill's teacher)."""
+    from tunelab.config import config_from_dict
+
+    runs: dict[str, Path] = {}
+
+    def get(task: str) -> Path:
+        if task not in runs:
+            out = tmp_path_factory.mktemp(f"teacher-{task}") / "run"
+            runs[task] = helpers.train_quietly(config_from_dict({**cases[task][0], "method": {"name": "full"},
+                                                                 "output_dir": str(out)}))
+        return runs[task]
+
+    return get
+
+
+def method_section(method: str, task: str, teachers) -> dict:
+    """The method: section of a matrix case (the options a method needs to run at all)."""
+    extra = {"freeze": lambda: {"trainable_layers": 1}, "distill": lambda: {"teacher": str(teachers(task))}}
+    return {"name": method, **extra.get(method, dict)()}
+
+
 def test_the_matrix_covers_every_task_and_only_registered_methods():
     assert {task for task, _ in MATRIX} == set(tasks().names())
     assert {method for _, method in MATRIX} <= set(METHODS.names())
-    assert len(MATRIX) == 21
+    assert len(MATRIX) == 25
 
 
 def outputs(model, ids: list[list[int]]) -> torch.Tensor:
@@ -103,19 +126,19 @@ def outputs(model, ids: list[list[int]]) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("task, method", MATRIX)
-def test_task_x_method(task, method, cases, tmp_path, helpers):
+def test_task_x_method(task, method, cases, teachers, tmp_path, helpers):
     from tunelab.config import config_from_dict
     from tunelab.runs import load_run
 
     data, ids = cases[task]
-    cfg = config_from_dict({**data, "method": {"name": method, **({"trainable_layers": 1} if method == "freeze" else {})},
+    cfg = config_from_dict({**data, "method": method_section(method, task, teachers),
                             "output_dir": str(tmp_path / "run")})
     run_dir, seen = helpers.train_and_capture(cfg)
     assert len(helpers.read_metrics(run_dir, "train")) == STEPS
 
     model, before = seen["model"], seen["before"]
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    assert trainable and len(trainable) < len(before) or method == "full"
+    assert trainable and len(trainable) < len(before) or method in ("full", "distill")  # these train every weight
     for name, p in model.named_parameters():
         moved = not torch.equal(p.detach(), before[name])
         assert moved == (name in trainable), f"{name}: {'trainable' if name in trainable else 'frozen'}, " \

@@ -637,7 +637,7 @@ def _register() -> None:
 
     TASKS.register("seq2seq", Task(
         name="seq2seq", summary="text to text: translation or summarisation of source -> target pairs",
-        job=Seq2SeqJob, metrics=METRICS, methods=("full", "freeze", "lora"),
+        job=Seq2SeqJob, metrics=METRICS, methods=("full", "freeze", "lora", "distill"),
         load=load_model, evaluate=evaluate, predict=predict, metrics_line=metrics_line, outputs="outputs",
         settings=("data.source_field", "data.target_field", "generate."),
         refused_settings={"data.label_field": "a seq2seq run has no labels; its references are "
