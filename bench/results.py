@@ -266,6 +266,7 @@ def render(smoke: bool, old: dict[str, str]) -> str:
     import distributed
     import scratch
     import tagging_bench
+    import tradeoff
     import translation as seq2seq
 
     lines = ["# tunelab benchmark", "",
@@ -275,9 +276,10 @@ def render(smoke: bool, old: dict[str, str]) -> str:
     renderers = {"peak": peak_section, "classification": classification_section, "lm": lm_section,
                  "scratch": lambda rec: [scratch.markdown(rec)], "checkpoint": checkpoint.markdown,
                  "distributed": distributed.markdown, "seq2seq": seq2seq.markdown, "qa": answering.qa_markdown,
-                 "retrieval": answering.retrieval_markdown, "ner": tagging_bench.ner_markdown}
+                 "retrieval": answering.retrieval_markdown, "ner": tagging_bench.ner_markdown,
+                 "compress": tradeoff.markdown}
     for part in ("peak", "classification", "lm", "scratch", "classification_seeds", "lm_seeds", "checkpoint",
-                 "distributed", "seq2seq", "qa", "retrieval", "ner"):
+                 "distributed", "seq2seq", "qa", "retrieval", "ner", "compress"):
         rec = record.latest(part, smoke) if part in renderers else None
         if rec is not None:
             lines += renderers[part](rec)

@@ -9,10 +9,10 @@ The sides run interleaved, the order reversed every round (A B C D, D C B A, ...
 tables give the median and range. Every run is stored with its time, load and machine in
 bench/out/<part>-<stamp>.json; results.md is rendered from those files alone.
 
-    python bench/run.py                                   # every part (the ten below)
+    python bench/run.py                                   # every part (the eleven below)
     python bench/run.py --part lm                         # one part: classification lm scratch peak
                                                           #           checkpoint distributed seq2seq qa
-                                                          #           retrieval ner
+                                                          #           retrieval ner compress
     python bench/run.py --part classification --smoke     # a tiny job, 2 repeats: checks the bench end to end
     python bench/run.py --rewrite                         # results.md again from the stored measurements
     python bench/run.py --only tunelab-fp32               # one side in this process (prints JSON)
@@ -35,6 +35,11 @@ speed, exact and HNSW, with the HNSW search's recall@10 against exact search.
 `ner` (bench/tagging_bench.py): token classification (MiniLM + token head on builtin:ner-synthetic) trained by
 tunelab and by `Trainer` with DataCollatorForTokenClassification on the same windows and word-aligned labels,
 tokens/s and test entity F1 (seqeval strict IOB2, tunelab's function) paired over the test sentences.
+
+`compress` (bench/tradeoff.py): a MiniLM teacher on BBC News, its variants made by `tunelab compress`
+(structured pruning, int8, low rank, their combination), a 3-layer student distilled from it and the same
+student on the labels alone, all measured by `tunelab compress --report`: parameters, weights, latency,
+throughput, test F1 and the share of the teacher's F1 kept.
 """
 from __future__ import annotations
 
@@ -247,14 +252,14 @@ PARTS = {"classification": ("tunelab-fp32", "tunelab-bf16", "trainer-fp32", "tra
          "retrieval": ("retrieval-finetune", "retrieval-index"),
          "ner": tuple(s for s in SIDES if s.startswith("ner-"))}
 ALL_PARTS = ("classification", "lm", "scratch", "peak", "checkpoint", "distributed", "seq2seq", "qa", "retrieval",
-             "ner")
+             "ner", "compress")
 # runs per side where 3 would not fit the part's time (default 3; 2 with --smoke)
 REPEATS = {"seq2seq": 2, "qa": 2, "retrieval": 2, "ner": 2}
 HEADINGS = {"peak": "## Machine and matmul peak", "classification": "## Classification",
             "lm": "## Instruction tuning", "scratch": "## Classification from scratch",
             "checkpoint": "## Checkpoint cost", "distributed": "## Distributed data parallel",
             "seq2seq": "## Translation", "qa": "## Extractive QA", "retrieval": "## Retrieval",
-            "ner": "## Named-entity recognition",
+            "ner": "## Named-entity recognition", "compress": "## Compression trade-off",
             # written by bench/seeds.py
             "classification_seeds": "## Classification: test accuracy over seeds",
             "lm_seeds": "## Instruction tuning: validation loss over seeds"}
@@ -383,6 +388,10 @@ def main() -> None:
                 import scratch
 
                 scratch.run(smoke=SMOKE)
+            elif part == "compress":
+                import tradeoff
+
+                tradeoff.run(smoke=SMOKE)
             elif part == "peak":
                 record.save(record.new_path("peak", SMOKE), {"part": "peak", **child("peak"), "complete": True})
             else:

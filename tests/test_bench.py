@@ -766,3 +766,71 @@ def test_ner_precisions_agree_compares_each_tools_sentences():
         "- tunelab: bf16 and fp32 training gave the same entity counts in every test sentence",
         "- the Trainer: bf16 and fp32 training gave different entity counts in 1 of 4 test sentences"]
     assert tagging_bench.precisions_agree({k: v for k, v in res.items() if k.endswith("fp32")}) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# The compress part (bench/tradeoff.py)
+
+
+def test_compress_part_jobs_pass_tunelabs_checks(tmp_path):
+    """Every variant's options are a valid `tunelab compress` request with the part's one retraining budget;
+    the teacher and student configs pass the strict loader and differ only in method (and output_dir)."""
+    import run
+    import tradeoff
+    from tunelab.cli import build_parser
+    from tunelab.cli.compress import request_of
+    from tunelab.compress.pipeline import check_request
+    from tunelab.config import config_from_dict
+
+    assert "compress" in run.ALL_PARTS and run.HEADINGS["compress"] == "## Compression trade-off"
+    j = tradeoff.job(smoke=False, fast_bf16=False)
+    assert (j["teacher"]["precision"], j["retrain_steps"]) == ("fp32", 200)
+    parser = build_parser()
+    for name, options in j["variants"].items():
+        req = request_of(parser.parse_args(["compress", str(tmp_path), *options, "--name", name]))
+        check_request(req)
+        assert req.retrain_steps == (200 if "retrain" in name else None), name
+        assert (req.quantize is not None) == ("int8" in name), name
+    teacher = config_from_dict(tradeoff.run_config(j, tmp_path / "t", {"name": "full"}))
+    student = config_from_dict(tradeoff.run_config(j, tmp_path / "s", {
+        "name": "distill", "teacher": str(tmp_path / "t"), **tradeoff.DISTILL, "student_layers": [0, 2, 4]}))
+    assert (teacher.data, teacher.train, teacher.model) == (student.data, student.train, student.model)
+    assert (teacher.data.limit, teacher.train.epochs, teacher.model.max_length) == (1500, 3, 128)
+    smoke = tradeoff.job(smoke=True, fast_bf16=True)
+    assert (smoke["teacher"]["limit"], smoke["retrain_steps"], smoke["teacher"]["precision"]) == (120, 4, "bf16")
+
+
+def compress_record() -> dict:
+    """A stored compress measurement with hand-set figures."""
+    import tradeoff
+
+    def row(variant, params, mb, lat, thr, f1, acc, kept, sparsity=None):
+        return {"variant": variant, "parameters": params, "file_mb": mb, "latency_ms": lat, "throughput": thr,
+                "value": f1, "accuracy": acc, "retained_percent": kept, "sparsity": sparsity, "test_examples": 223}
+
+    rows = [row("base", 22_700_000, 90.9, 10.0, 100.0, 0.96, 0.97, 100.0),
+            row("int8-dynamic", 22_700_000, 40.0, 5.0, 170.0, 0.95, 0.96, 98.96),
+            row("magnitude-50+retrain", 22_700_000, 90.9, 10.2, 99.0, 0.94, 0.95, 97.92, 0.5)]
+    machine = {"cpu": "Test CPU", "cores": 2, "threads": 2, "avx512_bf16": False, "amx": False,
+               "fast_bf16": False, "torch": "2.13.0", "python": "3.11"}
+    cmd = {"seconds": 61.0, "steps": 282, "best_step": 282}
+    return {"part": "compress", "smoke": False, "job": tradeoff.job(False, False),
+            "started": "2026-11-26T17:00:00Z", "finished": "2026-11-26T17:15:00Z", "load_before": [0.1, 0, 0],
+            "load_after": [1.9, 0, 0], "machine": machine, "plot": "compress-x.png", "file": "bench/out/compress-x.json",
+            "commands": {"teacher": cmd, "int8-dynamic": {"seconds": 12.4}, "student-3L-distilled": cmd},
+            "report": {"flags": {"avx2": True, "avx512_vnni": False}, "threads": 2, "rows": rows}}
+
+
+def test_compress_section_renders_stored_figures():
+    """The section is the stored rows: speed-ups and % against the first row, sparsity shown, flags and
+    threads stated, the plot linked, every command's wall time."""
+    import tradeoff
+
+    text = "\n".join(tradeoff.markdown(compress_record()))
+    assert "| int8-dynamic | int8 weights and int8 matrix products (activations quantized per batch) | 22.70M | " \
+           "40.0 | 5.00 | 170.0 | 2.00x / 1.70x | 0.9500 | 0.9600 | 99.0 |" in text
+    assert "| magnitude-50+retrain | " in text and "22.70M (50% zeros) | 90.9 | 10.20 | 99.0 | 0.98x / 0.99x |" in text
+    assert "CPU flags: avx2." in text and "--threads 2` on the teacher's 223 test articles" in text
+    assert "![latency against test F1](out/compress-x.png)" in text and "Test CPU, 2 cores" in text
+    assert "teacher 61 s; int8-dynamic 12 s; student-3L-distilled 61 s." in text
+    assert "1500 training articles" in text and "3 epochs = 282 steps of 16" in text and "fp32" in text
