@@ -34,13 +34,17 @@ class Method:
     """A dataclass of the method's own options (method.<field>), or None."""
     wrap_job: Callable[..., Any] | None = None
     """wrap_job(job, cfg, log) -> the job that trains (e.g. with another loss), or None: the task's job as it is."""
+    check_config: Callable[[Any], list[str]] | None = None
+    """check_config(cfg) -> problems of the method's options the schema cannot express (all at once, each
+    starting with the key to change): checked before the job is built, and by `tunelab validate`."""
 
 
 METHODS: Registry[Method] = Registry("method", order=("full", "head", "freeze", "lora", "distill"))
 
 
 def register_method(name: str, apply: Callable[..., Any], summary: str, options: type | None = None,
-                    wrap_job: Callable[..., Any] | None = None) -> None:
+                    wrap_job: Callable[..., Any] | None = None,
+                    check_config: Callable[[Any], list[str]] | None = None) -> None:
     """Register a method. Its options (fields of the `options` dataclass) are its own, except a name another
     method already has with the same type: the two share that key, each with its own default."""
     if options is not None and not dataclasses.is_dataclass(options):
@@ -53,7 +57,7 @@ def register_method(name: str, apply: Callable[..., Any], summary: str, options:
         key, owner = clash[0]
         raise ValueError(f"method {name!r}: option {key} belongs to {owner} with another type; a shared option "
                          "needs the same type: give the method's option its own name")
-    METHODS.register(name, Method(apply, summary, options, wrap_job), options=keys)
+    METHODS.register(name, Method(apply, summary, options, wrap_job, check_config), options=keys)
 
 
 def _option_type(method: str, field_name: str) -> Any:
@@ -114,8 +118,20 @@ def options_of(method_cfg) -> dict[str, Any]:
     return out
 
 
+def method_problems(cfg: Any) -> list[str]:
+    """The chosen method's own checks of a config (Method.check_config); [] for a method without any."""
+    check = METHODS.get(cfg.method.name).check_config
+    return [] if check is None else check(cfg)
+
+
 def wrap_job(job: Any, cfg: Any, log: Callable[[str], None]) -> Any:
-    """The job that trains `cfg`: the task's own, or the chosen method's wrapper around it (Method.wrap_job)."""
+    """The job that trains `cfg`, after the method's own checks: the task's job, or the chosen method's wrapper
+    around it (Method.wrap_job)."""
+    from tunelab.errors import ConfigError
+
+    problems = method_problems(cfg)
+    if problems:
+        raise ConfigError(problems)
     method = METHODS.get(cfg.method.name)
     return job if method.wrap_job is None else method.wrap_job(job, cfg, log)
 

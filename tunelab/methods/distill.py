@@ -68,18 +68,22 @@ def apply(model: nn.Module, head: set[str], teacher: str | None = None, student_
 
 
 # ---------------------------------------------------------------------------------------------
-# Checks made before anything loads (tunelab.run.make_job -> wrap_job)
+# Checks made before anything loads (tunelab.run.make_job, tunelab validate)
 
 
-def wrap_job(job, cfg, log):
-    """The task's job with the distillation loss, after checking the options and the teacher run."""
+def check_config(cfg) -> list[str]:
+    """The options' ranges and the teacher run (before anything loads, and in `tunelab validate`)."""
     from tunelab.methods import options_of
 
     opts = options_of(cfg.method)
-    problems = option_problems(opts) + teacher_problems(opts["teacher"], cfg)
-    if problems:
-        raise ConfigError(problems)
-    return DistillJob(job, log, **opts)
+    return option_problems(opts) + teacher_problems(opts["teacher"], cfg)
+
+
+def wrap_job(job, cfg, log):
+    """The task's job with the distillation loss (check_config has passed)."""
+    from tunelab.methods import options_of
+
+    return DistillJob(job, log, **options_of(cfg.method))
 
 
 def option_problems(opts: dict) -> list[str]:
@@ -387,4 +391,5 @@ class DistillJob:
         return self.alpha * self.temperature ** 2 * soft + (1 - self.alpha) * hard, n
 
 
-register_method("distill", apply, "distill (a student learns from a teacher run)", Options, wrap_job=wrap_job)
+register_method("distill", apply, "distill (a student learns from a teacher run)", Options, wrap_job=wrap_job,
+                check_config=check_config)
