@@ -86,8 +86,13 @@ def task_verb(run_dir: str | Path, verb: str):
 
 def load_model_dir(model_dir: Path, auto_class) -> tuple:
     """(model in eval mode, tokenizer) of a run's RUN_DIR/model: a tunelab scratch model, a LoRA adapter on
-    RUN_DIR/base, or a plain transformers folder loaded with `auto_class` (e.g. AutoModelForTokenClassification)."""
+    RUN_DIR/base, or a plain transformers folder loaded with `auto_class` (e.g. AutoModelForTokenClassification);
+    a compressed model (compression.json) is rebuilt by tunelab.compress.store."""
+    from tunelab.compress.store import is_compressed, load_compressed
+
     model_dir = Path(model_dir)
+    if is_compressed(model_dir):
+        return load_compressed(model_dir)
     if (model_dir / "scratch_config.json").exists():
         from tunelab.models.scratch import load_scratch
 

@@ -397,10 +397,15 @@ def preview(cfg, n: int = 3, split: str = "train", color: bool = False, max_reco
 
 
 def load_causal_model(model_dir: str | Path):
-    """(model, tokenizer) from a saved causal LM folder: a peft adapter or a full/merged model."""
+    """(model, tokenizer) from a saved causal LM folder: a peft adapter, a full/merged or a compressed model."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from tunelab.compress.store import is_compressed, load_compressed
+
     model_dir = Path(model_dir)
+    if is_compressed(model_dir):
+        model, tokenizer = load_compressed(model_dir)
+        return model, ensure_pad_token(tokenizer)
     if (model_dir / "adapter_config.json").exists():
         from tunelab.runs import load_adapter
 

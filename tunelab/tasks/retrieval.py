@@ -488,18 +488,21 @@ def metrics_line(m: dict) -> str:
 
 def load_model(run_dir: Path, cfg) -> tuple:
     """(encoder in eval mode, tokenizer, {"pooling", "max_length"}) of a retrieval run's RUN_DIR/model: a
-    transformers AutoModel folder, or a LoRA adapter on RUN_DIR/base."""
+    transformers AutoModel folder, a LoRA adapter on RUN_DIR/base, or a compressed model (tunelab.compress)."""
     import json
 
     from transformers import AutoModel, AutoTokenizer
 
+    from tunelab.compress.store import is_compressed, load_compressed
     from tunelab.runs import load_adapter
 
     model_dir = Path(run_dir) / "model"
     meta_path = model_dir / META_FILE
     meta = (json.loads(meta_path.read_text()) if meta_path.is_file()
             else {"pooling": cfg.retrieval.pooling, "max_length": cfg.model.max_length})
-    if (model_dir / "adapter_config.json").exists():
+    if is_compressed(model_dir):
+        model, _ = load_compressed(model_dir)
+    elif (model_dir / "adapter_config.json").exists():
         model = load_adapter(model_dir, AutoModel)
     else:
         model = AutoModel.from_pretrained(str(model_dir), dtype=torch.float32)

@@ -542,8 +542,15 @@ def _family_of_run(run_dir: Path) -> str:
 
 def load_model(run_dir: Path, cfg) -> tuple:
     """(model in eval mode, tokenizer, {"family": ...}) of a seq2seq run's RUN_DIR/model."""
-    family = _family_of_run(run_dir)
-    model, tokenizer = FAMILIES[family]().load_saved(Path(run_dir) / "model")
+    from tunelab.compress.store import is_compressed, load_compressed
+    from tunelab.data.tokens import ensure_pad_token
+
+    family, model_dir = _family_of_run(run_dir), Path(run_dir) / "model"
+    if is_compressed(model_dir):  # any family: rebuilt from compression.json, the pad as a decoder's loader sets it
+        model, tokenizer = load_compressed(model_dir)
+        tokenizer = ensure_pad_token(tokenizer)
+    else:
+        model, tokenizer = FAMILIES[family]().load_saved(model_dir)
     model.eval()
     return model, tokenizer, {"family": family}
 
