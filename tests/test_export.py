@@ -191,6 +191,23 @@ def test_span_and_embedding_graphs_equal_torch(tiny_bert, tmp_path, kind):
         assert [o.shape for o in outs] == [enc["input_ids"].shape] * 2
 
 
+def test_a_graph_with_a_fixed_sequence_length_is_refused():
+    """A trace that turned the length into a constant (a scratch LSTM classifier does) is one clear error."""
+    from onnx import TensorProto, helper
+
+    from tunelab.export.onnx import _require_dynamic_axes
+
+    def graph(*dims):
+        ids = helper.make_tensor_value_info("input_ids", TensorProto.INT64, list(dims))
+        out = helper.make_tensor_value_info("logits", TensorProto.INT64, list(dims))
+        return helper.make_model(helper.make_graph([helper.make_node("Identity", ["input_ids"], ["logits"])],
+                                                  "g", [ids], [out]))
+
+    _require_dynamic_axes(graph("batch", "sequence"))
+    with pytest.raises(TunelabError, match="fixes the sequence size of input_ids at 14"):
+        _require_dynamic_axes(graph("batch", 14))
+
+
 # ---------------------------------------------------------------------------------------------
 # GGUF
 

@@ -89,9 +89,10 @@ def _outputs_of(run) -> tuple[str, ...]:
 
 def _max_length(run) -> int:
     """Tokens per text in the check: up to 128, within the model's positions (longer than the run's own
-    model.max_length where the model allows, so the check also covers lengths training never used)."""
-    positions = getattr(getattr(run.model, "config", None), "max_position_embeddings", None) or 128
-    return max(8, min(128, int(positions)))
+    model.max_length where the model allows, so the check also covers lengths training never used; a
+    scratch model, which has no such config, stops at model.max_length)."""
+    positions = getattr(getattr(run.model, "config", None), "max_position_embeddings", None)
+    return max(4, min(128, int(positions or run.cfg.model.max_length or 128)))
 
 
 def _graph_class():
@@ -171,7 +172,21 @@ def _trace(graph, example: dict, inputs: tuple[str, ...], outputs: tuple[str, ..
     finally:
         quiet.setLevel(level)
     model = onnx.load(str(path), load_external_data=False)
+    _require_dynamic_axes(model)
     return max(op.version for op in model.opset_import if op.domain in ("", "ai.onnx"))
+
+
+def _require_dynamic_axes(model) -> None:
+    """A TunelabError when the trace fixed the batch or sequence size (the model's code turned it into a
+    constant), so the graph would refuse every other shape."""
+    for value in model.graph.input:
+        dims = value.type.tensor_type.shape.dim
+        fixed = [(axis, d.dim_value) for axis, d in zip(("batch", "sequence"), dims) if not d.dim_param]
+        if fixed:
+            axis, size = fixed[0]
+            raise TunelabError(f"the traced graph fixes the {axis} size of {value.name} at {size} (the model's code "
+                               "turns it into a constant), so it would take no other shape; this model cannot be "
+                               "exported to ONNX with dynamic axes")
 
 
 def _output_shapes(outputs: tuple[str, ...]) -> dict[str, list[str]]:
