@@ -193,6 +193,24 @@ def test_steps_run_prune_low_rank_retrain_int8_in_that_order(run_copy, capsys):
     assert eval_json["steps"] == 2 and "f1_macro" in eval_json["test"]
 
 
+def test_resume_trains_a_compressed_run_further_in_its_shapes(run_copy, capsys):
+    from tunelab.compress.pipeline import plan_path, resume_compressed
+
+    code, _, err = cli(capsys, "compress", run_copy, "--low-rank", "4", "--retrain-steps", "2", "--quantize",
+                       "int8-weight-only", "--no-progress")
+    assert code == 0, err
+    target = run_copy / "compressed" / "lowrank-r4+retrain-2+int8-weight-only"
+    before = json.loads((target / "compress.json").read_text())
+    assert not plan_path(target).exists()
+    assert resume_compressed(target, ["train.max_steps=4"], show_progress=False, log=lambda *_: None)
+    assert [r["step"] for r in _train_records(target)] == [1, 2, 3, 4]
+    after = json.loads((target / "compress.json").read_text())
+    assert after["steps"] == before["steps"]  # rebuilt from the stored steps, int8 again at the end
+    assert after["parameters"] == before["parameters"]
+    assert json.loads((target / "eval.json").read_text())["steps"] == 4
+    assert not resume_compressed(run_copy, [], show_progress=False)  # the base run is no compressed run
+
+
 def test_a_lora_run_is_merged_then_compressed(tiny_bert, data_dir, tmp_path, helpers, capsys):
     run = tiny_run(helpers, tiny_bert, data_dir, tmp_path / "lora", {"method.name": "lora", "method.r": 4})
     code, _, err = cli(capsys, "compress", run, "--prune", "structured", "--sparsity", "0.5", "--retrain-steps",

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import json
 import shutil
 import time
@@ -295,8 +296,10 @@ def copy_side_files(base_run: Path, run_dir: Path) -> None:
             shutil.copyfile(Path(base_run) / name, Path(run_dir) / name)
 
 
-def retrain(cfg, model, job, steps: list[dict], run_dir: Path, req: Request, show_progress: bool, log) -> None:
-    """Train the compressed model N steps with the run's loop into RUN_DIR/compressed/NAME (a run)."""
+def retrain(cfg, model, job, steps: list[dict], run_dir: Path, req: Request, show_progress: bool, log,
+            resume: bool = False) -> None:
+    """Train the compressed model N steps with the run's loop into RUN_DIR/compressed/NAME (a run); `resume`:
+    go on from its newest checkpoint (tunelab resume)."""
     from tunelab.run import make_job, train
 
     def factory(job_cfg, device, say):
@@ -309,7 +312,8 @@ def retrain(cfg, model, job, steps: list[dict], run_dir: Path, req: Request, sho
 
         keep = keep_zeros(model)  # the pruned weights stay zero while the others train
     with keep:
-        train(cfg, job_factory=factory, overwrite=req.overwrite, show_progress=show_progress, log=log)
+        train(cfg, job_factory=factory, overwrite=req.overwrite, resume=resume, show_progress=show_progress,
+              log=log)
 
 
 def write_untrained(cfg, model, tokenizer, steps: list[dict], run_dir: Path, target: Path, log) -> None:
@@ -368,15 +372,39 @@ def compress_run(run_dir: str | Path, req: Request, *, log=print, show_progress:
         torch.set_num_threads(cfg.train.threads)
     outcome = Outcome()
     log(f"compressing {run_dir} into {target}")
+    model, tokenizer = load_counted(run_dir, outcome, log)
+    job = prepared_job(out_cfg, log) if req.prune == "structured" else None
+    reshape(model, req, job, outcome, log)
+    return retrain_and_finish(run_dir, target, cfg, out_cfg, model, tokenizer, job, req, outcome, log,
+                              show_progress)
+
+
+def load_counted(run_dir: Path, outcome: Outcome, log) -> tuple:
+    from tunelab.compress import store
+
     with timed(outcome, "load"):
         model, tokenizer, _ = load_full_model(run_dir, log)
     outcome.parameters_before = store.count_parameters(model)
     log(f"parameters: {outcome.parameters_before:,}")
-    job = prepared_job(out_cfg, log) if req.prune == "structured" else None
-    reshape(model, req, job, outcome, log)
+    return model, tokenizer
+
+
+def retrain_and_finish(run_dir: Path, target: Path, cfg, out_cfg, model, tokenizer, job, req: Request,
+                       outcome: Outcome, log, show_progress: bool, resume: bool = False) -> Path:
+    """After pruning / low rank: retrain (when asked), int8 (when asked), save, test, compress.json."""
+    from tunelab.compress import store
+
     if req.retrain_steps:
-        with timed(outcome, "retrain"):
-            retrain(out_cfg, model, job, outcome.steps, run_dir, req, show_progress, log)
+        write_plan(target, req, outcome.steps)  # what `tunelab resume` rebuilds an interrupted retraining from
+        try:
+            with timed(outcome, "retrain"):
+                retrain(out_cfg, model, job, outcome.steps, run_dir, req, show_progress, log, resume)
+        except BaseException:
+            from tunelab.resume import in_progress_homes
+
+            if not in_progress_homes(target.resolve()):  # failed before a checkpoint: nothing to resume
+                plan_path(target).unlink(missing_ok=True)
+            raise
         model = model.cpu().eval()
     outcome.sparsity = measured_sparsity(model)
     if req.quantize:
@@ -384,8 +412,68 @@ def compress_run(run_dir: str | Path, req: Request, *, log=print, show_progress:
     outcome.parameters_after = store.count_parameters(model)
     with timed(outcome, "save_and_test"):
         metrics = finish(out_cfg, model, tokenizer, outcome, run_dir, target, req, log)
-    record(run_dir, target, cfg, outcome, metrics, log)
+    record(run_dir, target, cfg, outcome, metrics, req, log)
     return target
+
+
+def plan_path(target: Path) -> Path:
+    """RUN_DIR/compressed/.NAME.plan.json: the request and steps of a retraining under way (beside the folder,
+    which `train` must find empty or holding a run; removed when compress.json is written)."""
+    return target.parent / f".{target.name}.plan.json"
+
+
+def write_plan(target: Path, req: Request, steps: list[dict]) -> None:
+    from tunelab.io import atomic_write_json
+
+    atomic_write_json(plan_path(target), {"request": dataclasses.asdict(req), "steps": steps})
+
+
+def read_plan(target: Path) -> dict | None:
+    """The request and steps of a compressed run (compress.json) or of its retraining under way; None for
+    any other folder."""
+    for path in (target / RECORD, plan_path(target)):
+        if path.is_file():
+            plan = json.loads(path.read_text())
+            if isinstance(plan, dict) and "request" in plan and "steps" in plan:
+                return plan
+    return None
+
+
+def resume_compressed(target: str | Path, overrides: list[str], *, show_progress: bool = True,
+                      log=print) -> bool:
+    """`tunelab resume RUN_DIR/compressed/NAME`: go on with its retraining (interrupted, or finished and trained
+    further with e.g. train.max_steps=400), then int8, test and compress.json as `compress` would. The model is
+    rebuilt from the base run RUN_DIR and the stored steps (the checkpoint then gives the weights). Returns
+    False, doing nothing, for a folder that is no compressed run (the caller resumes it as usual)."""
+    from tunelab.resume import resume_config
+    from tunelab.runs import run_config
+
+    target = Path(target)
+    plan = read_plan(target)
+    if plan is None:
+        return False
+    base = target.parent.parent
+    req = Request(**{**plan["request"], "overrides": list(overrides), "overwrite": False})
+    out_cfg = resume_config(target, list(overrides))
+    cfg = run_config(base)
+    outcome = Outcome()
+    log(f"resuming the retraining of {target} (compressed from {base})")
+    model, tokenizer = load_counted(base, outcome, log)
+    outcome.steps = [s for s in plan["steps"] if s["op"] != "quantize"]  # int8 comes after the retraining
+    for step in outcome.steps:
+        step_function(step)(model, step, weights=True)
+    retrain_and_finish(base, target, cfg, out_cfg, model, tokenizer, None, req, outcome, log, show_progress,
+                       resume=True)
+    return True
+
+
+def step_function(step: dict):
+    """apply_<op> of a stored step (tunelab.compress.store.OP_MODULES)."""
+    import importlib
+
+    from tunelab.compress.store import OP_MODULES
+
+    return getattr(importlib.import_module(OP_MODULES[step["op"]]), f"apply_{step['op']}")
 
 
 def measured_sparsity(model) -> float | None:
@@ -444,7 +532,7 @@ def retained(metric: str, value: float | None, base: float | None) -> float | No
     return round(100 * (base / value if lower_better else value / base), 2)
 
 
-def record(run_dir: Path, target: Path, cfg, outcome: Outcome, metrics: dict, log) -> None:
+def record(run_dir: Path, target: Path, cfg, outcome: Outcome, metrics: dict, req: Request, log) -> None:
     """Write compress.json and print the final lines (metrics, % of the base run's metric)."""
     from tunelab.compress import store
     from tunelab.io import atomic_write_json
@@ -457,8 +545,10 @@ def record(run_dir: Path, target: Path, cfg, outcome: Outcome, metrics: dict, lo
             "parameters": {"before": outcome.parameters_before, "after": outcome.parameters_after},
             "file_size": {"before": store.file_size(run_dir / "model"), "after": store.file_size(target / "model")},
             "sparsity": outcome.sparsity, "seconds": outcome.seconds,
-            "metric": metric, "base_metric": base, "metric_value": value, "retained_percent": kept}
+            "metric": metric, "base_metric": base, "metric_value": value, "retained_percent": kept,
+            "request": dataclasses.asdict(req)}
     atomic_write_json(target / RECORD, data)
+    plan_path(target).unlink(missing_ok=True)
     log(f"parameters {outcome.parameters_before:,} -> {outcome.parameters_after:,}; weights "
         f"{data['file_size']['before'] / 1e6:.2f} MB -> {data['file_size']['after'] / 1e6:.2f} MB")
     log(f"test: {task_for(cfg).metrics_line(metrics)}")

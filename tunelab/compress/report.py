@@ -1,7 +1,9 @@
 """The trade-off table: every variant of a run measured on the run's test split, in one process.
 
 `measure_variants(RUN_DIR, others=[...])` loads the run itself, each RUN_DIR/compressed/NAME and any other
-runs (e.g. a distilled student trained on the same data) one at a time and measures, per variant:
+runs (e.g. a distilled student trained on the same data), evaluates each, then times them all in interleaved
+rounds (all variants stay in memory: a neighbour's load on a shared machine falls on every variant alike).
+Per variant:
 
 - the task metric (the run's train.early_stopping.metric, and accuracy where the task has it) on RUN_DIR's
   test split, computed by the task's own `evaluate`, and that metric as a % of the uncompressed run's;
@@ -19,7 +21,6 @@ A LoRA run is measured merged (its adapter folded into the weights), as it would
 """
 from __future__ import annotations
 
-import gc
 import json
 import random
 import statistics
@@ -31,6 +32,7 @@ from tunelab.errors import TunelabError
 FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
 BATCH = 32
 WARMUP = 3
+ROUNDS = 4  # timing rounds over all variants (see time_variants)
 
 
 def cpu_flags() -> dict:
@@ -90,21 +92,6 @@ def timed_forward(model, ids, mask) -> float:
     return time.perf_counter() - t0
 
 
-def latency_ms(model, examples: list[list[int]], n: int) -> float:
-    """Median ms of one forward pass over single examples (n spread over the split), after a warm-up."""
-    import torch
-
-    picked = [examples[i * len(examples) // n] for i in range(min(n, len(examples)))]
-    for row in picked[:WARMUP]:
-        ids = torch.tensor([row])
-        timed_forward(model, ids, torch.ones_like(ids))
-    times = []
-    for row in picked:
-        ids = torch.tensor([row])
-        times.append(timed_forward(model, ids, torch.ones_like(ids)))
-    return round(1000 * statistics.median(times), 3)
-
-
 def padded(rows: list[list[int]], pad_id: int):
     import torch
 
@@ -117,15 +104,63 @@ def padded(rows: list[list[int]], pad_id: int):
     return ids, mask
 
 
-def throughput(model, examples: list[list[int]], n_batches: int, pad_id: int) -> float:
-    """Examples per second over n_batches batches of 32 (a fixed random order, cycled if the split is small)."""
-    order = list(range(len(examples)))
-    random.Random(0).shuffle(order)
-    stream = (examples[order[i % len(order)]] for i in range(BATCH * (n_batches + 1)))
-    batches = [padded([next(stream) for _ in range(BATCH)], pad_id) for _ in range(n_batches + 1)]
-    timed_forward(model, *batches[0])  # warm-up
-    seconds = sum(timed_forward(model, *b) for b in batches[1:])
-    return round(BATCH * n_batches / seconds, 2)
+class Timing:
+    """The inputs one variant is timed on, and the times taken so far.
+
+    `singles`: n_latency examples spread over the split (batch 1, each at its real length); `batches`:
+    n_throughput + 1 batches of 32 examples in a fixed random order (cycled if the split is small), the
+    first of them a warm-up.
+    """
+
+    def __init__(self, model, examples: list[list[int]], pad_id: int, n_latency: int, n_throughput: int):
+        import torch
+
+        self.model = model
+        n = min(n_latency, len(examples))
+        self.singles = [torch.tensor([examples[i * len(examples) // n]]) for i in range(n)]
+        order = list(range(len(examples)))
+        random.Random(0).shuffle(order)
+        stream = (examples[order[i % len(order)]] for i in range(BATCH * (n_throughput + 1)))
+        self.batches = [padded([next(stream) for _ in range(BATCH)], pad_id) for _ in range(n_throughput + 1)]
+        self.latencies: list[float] = []
+        self.batch_seconds: list[float] = []
+
+    def warm_up(self) -> None:
+        for ids in self.singles[:WARMUP]:
+            timed_forward(self.model, ids, torch_ones(ids))
+        timed_forward(self.model, *self.batches[0])
+
+    def run(self, round_: int, rounds: int) -> None:
+        """This round's share: every `rounds`-th single example and batch."""
+        for ids in self.singles[round_::rounds]:
+            self.latencies.append(timed_forward(self.model, ids, torch_ones(ids)))
+        for batch in self.batches[1:][round_::rounds]:
+            self.batch_seconds.append(timed_forward(self.model, *batch))
+
+    def result(self) -> dict:
+        return {"latency_ms": round(1000 * statistics.median(self.latencies), 3),
+                "throughput": round(BATCH * len(self.batch_seconds) / sum(self.batch_seconds), 2)}
+
+
+def torch_ones(ids):
+    import torch
+
+    return torch.ones_like(ids)
+
+
+def time_variants(timings: list[Timing], rounds: int = ROUNDS) -> list[dict]:
+    """Latency and throughput of every variant, timed in interleaved rounds (variant 1, 2, ..., then again):
+    a neighbour's load that comes and goes on a shared machine then falls on all variants alike, not on the
+    one measured at that moment."""
+    import torch
+
+    with torch.inference_mode():
+        for t in timings:
+            t.warm_up()
+        for r in range(rounds):
+            for t in timings:
+                t.run(r, rounds)
+    return [t.result() for t in timings]
 
 
 def weight_bytes(run_dir: Path) -> int:
@@ -138,8 +173,8 @@ def weight_bytes(run_dir: Path) -> int:
     return size
 
 
-def measure_one(name: str, run_dir: Path, base_cfg, n_latency: int, n_throughput: int) -> dict:
-    """One row of the table (without the % of the base run, which needs the base row)."""
+def load_variant(name: str, run_dir: Path, base_cfg, n_latency: int, n_throughput: int) -> tuple[dict, Timing]:
+    """(the row of one variant without its timings, its Timing): loaded, evaluated on RUN_DIR's test split."""
     import torch
 
     from tunelab.compress.store import count_parameters
@@ -156,18 +191,15 @@ def measure_one(name: str, run_dir: Path, base_cfg, n_latency: int, n_throughput
     pad_id = run.tokenizer.pad_token_id if run.tokenizer.pad_token_id is not None else 0
     with torch.inference_mode():
         metrics, examples = evaluate_and_capture(run, pad_id)
-        if not examples:
-            raise TunelabError(f"report: evaluating {run_dir} fed its model no token ids to time")
-        row = {"variant": name, "path": str(run_dir), "steps": _steps(run_dir),
-               "parameters": count_parameters(run.model), "file_mb": round(weight_bytes(run_dir) / 1e6, 3),
-               "latency_ms": latency_ms(run.model, examples, n_latency),
-               "throughput": throughput(run.model, examples, n_throughput, pad_id)}
-    row.update(metrics={k: v for k, v in metrics.items() if isinstance(v, (int, float))},
-               test_examples=len(examples), threads=torch.get_num_threads())
-    row["sparsity"] = _record(run_dir).get("sparsity") if _magnitude(row["steps"]) else None
-    del run
-    gc.collect()
-    return row
+    if not examples:
+        raise TunelabError(f"report: evaluating {run_dir} fed its model no token ids to time")
+    steps = _steps(run_dir)
+    row = {"variant": name, "path": str(run_dir), "steps": steps, "parameters": count_parameters(run.model),
+           "sparsity": _record(run_dir).get("sparsity") if _magnitude(steps) else None,
+           "file_mb": round(weight_bytes(run_dir) / 1e6, 3), "test_examples": len(examples),
+           "threads": torch.get_num_threads(),
+           "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))}}
+    return row, Timing(run.model, examples, pad_id, n_latency, n_throughput)
 
 
 def _record(run_dir: Path) -> dict:
@@ -217,14 +249,18 @@ def measure_variants(run_dir, others: list | None = None, threads: int | None = 
     if threads:
         torch.set_num_threads(threads)
     metric, _ = base_metric(run_dir, base_cfg)
-    rows = []
+    rows, timings = [], []
     for name, folder in variant_dirs(run_dir, list(others or [])):
-        log(f"measuring {name} ({folder}) ...")
-        row = measure_one(name, folder, base_cfg, n_latency, n_throughput)
+        log(f"evaluating {name} ({folder}) ...")
+        row, timing = load_variant(name, folder, base_cfg, n_latency, n_throughput)
         row["metric"], row["value"] = metric, row["metrics"].get(metric)
         row["accuracy"] = row["metrics"].get("accuracy")
         row["retained_percent"] = retained(metric, row["value"], rows[0]["value"] if rows else row["value"])
         rows.append(row)
+        timings.append(timing)
+    log(f"timing {len(rows)} variants in {ROUNDS} interleaved rounds on {torch.get_num_threads()} threads ...")
+    for row, times in zip(rows, time_variants(timings)):
+        row.update(times)
     return rows
 
 
