@@ -276,6 +276,24 @@ def test_gguf_without_the_qk_permutation_fails_the_check(llama_run, tmp_path, mo
     assert list(tmp_path.iterdir()) == []
 
 
+def test_compressed_variants_export_as_their_shapes_allow(llama_run):
+    """A magnitude-pruned variant keeps the layout: its GGUF reads back exactly, zeros included; a structurally
+    pruned one keeps the original config with smaller layers: one clear error."""
+    import gguf
+
+    from tunelab.cli import main
+
+    for args in (["--prune", "magnitude", "--sparsity", "0.5"], ["--prune", "structured", "--sparsity", "0.5"]):
+        assert main(["compress", str(llama_run), *args, "--no-progress"]) == 0
+    magnitude, structured = llama_run / "compressed" / "magnitude-50", llama_run / "compressed" / "structured-50"
+    info = export_run(magnitude, "gguf", log=lambda _: None)
+    assert info["check"]["max_abs_diff"] == 0.0
+    tensors = {t.name: t for t in gguf.GGUFReader(str(magnitude / "export" / "model-f32.gguf")).tensors}
+    assert 0.45 < float((tensors["blk.0.ffn_up.weight"].data == 0).mean()) < 0.55  # the pruned zeros are there
+    with pytest.raises(TunelabError, match="no longer has the shape its config describes"):
+        export_run(structured, "gguf", log=lambda _: None)
+
+
 # ---------------------------------------------------------------------------------------------
 # Errors
 
