@@ -211,6 +211,35 @@ def test_resume_trains_a_compressed_run_further_in_its_shapes(run_copy, capsys):
     assert not resume_compressed(run_copy, [], show_progress=False)  # the base run is no compressed run
 
 
+def test_an_interrupted_retraining_resumes_with_its_zeros(run_copy, capsys, monkeypatch):
+    import signal
+
+    import tunelab.tasks.classification as classification
+    from tunelab.compress.pipeline import plan_path, resume_compressed
+
+    real, calls = classification.loss_sum, []
+
+    def loss_then_sigterm(*args, **kwargs):  # SIGTERM during the 2nd retraining step: checkpoint, then stop
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(classification, "loss_sum", loss_then_sigterm)
+    code, _, _ = cli(capsys, "compress", run_copy, "--prune", "magnitude", "--sparsity", "0.3", "--retrain-steps",
+                     "4", "--no-progress", "train.checkpoint_every=1")
+    monkeypatch.setattr(classification, "loss_sum", real)
+    target = run_copy / "compressed" / "magnitude-30+retrain-4"
+    assert code == 128 + signal.SIGTERM and plan_path(target).is_file() and not (target / "model").exists()
+    code, _, err = cli(capsys, "compress", run_copy, "--prune", "magnitude", "--sparsity", "0.3", "--retrain-steps",
+                       "4")
+    assert code == 2 and "holds an unfinished retraining; go on with `tunelab resume" in err
+    assert resume_compressed(target, [], show_progress=False, log=lambda *_: None)
+    assert [r["step"] for r in _train_records(target)] == [1, 2, 3, 4]
+    assert json.loads((target / "compress.json").read_text())["sparsity"] == pytest.approx(0.3, abs=1e-3)
+    assert not plan_path(target).exists()
+
+
 def test_a_lora_run_is_merged_then_compressed(tiny_bert, data_dir, tmp_path, helpers, capsys):
     run = tiny_run(helpers, tiny_bert, data_dir, tmp_path / "lora", {"method.name": "lora", "method.r": 4})
     code, _, err = cli(capsys, "compress", run, "--prune", "structured", "--sparsity", "0.5", "--retrain-steps",

@@ -121,6 +121,11 @@ def check_target(target: Path, overwrite: bool) -> None:
     if not target.is_dir() or not is_tunelab_run(target):
         raise TunelabError(f"{target} exists and is not a compressed run; move it away or choose another --name")
     if not overwrite:
+        from tunelab.resume import marker_status
+
+        if marker_status(target) == "training":
+            raise TunelabError(f"{target} holds an unfinished retraining; go on with `tunelab resume {target}`, or "
+                               "pass --overwrite to start again")
         raise TunelabError(f"{target} already exists; pass --overwrite to replace it or choose another --name")
 
 
@@ -202,8 +207,8 @@ def reshape(model, req: Request, job, outcome: Outcome, log) -> None:
         with timed(outcome, "prune"):
             step = plan_magnitude(req.sparsity)
             apply_prune_magnitude(model, step)
-        log(f"magnitude pruning: {100 * sparsity_of(model):.1f}% of the weights are zero (same shapes: "
-            "smaller only when stored sparse, no faster)")
+        log(f"magnitude pruning: {100 * sparsity_of(model):.1f}% of the layers' Linear weights are zero (same "
+            "shapes: no fewer parameters, no faster)")
     if req.prune:
         outcome.steps.append(step)
         log(f"pruned ({req.prune}, {req.sparsity:g}): {outcome.parameters_before:,} -> "
