@@ -26,7 +26,7 @@ from tunelab.export import load_for_export, refuse_existing
 TYPES = ("f32", "f16", "q8_0")
 # max |logit difference| / max |logit| over the check prompts. f32 stores the weights exactly (measured 0);
 # f16 and q8_0 round them (SmolLM2-135M measured: see the README's export section).
-TOLERANCES = {"f32": 1e-4, "f16": 1e-2, "q8_0": 5e-2}
+TOLERANCES = {"f32": 1e-4, "f16": 1e-2, "q8_0": 1e-1}
 CHECK_PROMPTS = ("The capital of France is", "Count from one to five: one, two,",
                  "Write a short note to a friend about the weather today.")
 GREEDY_TOKENS = 12
@@ -36,6 +36,8 @@ def export_gguf(run_dir: str | Path, *, output: str | Path | None = None, overwr
                 check: bool = True, qtype: str = "f32", log=print) -> dict:
     """Write RUN_DIR's causal LM as a GGUF file (default RUN_DIR/export/model-<qtype>.gguf) and, unless
     check is False, RUN_DIR/export/model-<qtype>.json with the comparison; returns that JSON's content."""
+    from tunelab.io import atomic_write_json, current_umask
+
     if qtype not in TYPES:
         raise TunelabError(f"--type {qtype!r}; known: {', '.join(TYPES)}")
     run_dir = Path(run_dir)
@@ -55,13 +57,11 @@ def export_gguf(run_dir: str | Path, *, output: str | Path | None = None, overwr
                 "write_seconds": round(time.perf_counter() - t0, 2)}
         log(f"wrote {sum(counts.values())} tensors ({tmp.stat().st_size / 1e6:.1f} MB) in {info['write_seconds']}s")
         info["check"] = check_gguf(run.model, run.tokenizer, tmp, qtype, log) if check else {"skipped": "--no-check"}
-        tmp.chmod(0o666 & ~_umask())
+        tmp.chmod(0o666 & ~current_umask())  # mkstemp made it private; an export is an ordinary file
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    from tunelab.io import atomic_write_json
-
     atomic_write_json(path.with_suffix(".json"), info)
     log(f"wrote {path}")
     return info
@@ -99,12 +99,6 @@ def _shapes_off_config(model) -> str | None:
             return f"{name} {tuple(tensor.shape)}"
     missing = sorted(set(fresh) - set(model.state_dict()))
     return f"{missing[0]} (missing)" if missing else None
-
-
-def _umask() -> int:
-    from tunelab.io import current_umask
-
-    return current_umask()
 
 
 # ---------------------------------------------------------------------------------------------

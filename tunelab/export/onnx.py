@@ -57,8 +57,7 @@ def export_onnx(run_dir: str | Path, *, output: str | Path | None = None, overwr
     max_length = _max_length(run)
     with staged_dir(out_dir) as tmp:
         t0 = time.perf_counter()
-        with torch.no_grad():
-            example = _encode(run.tokenizer, list(CHECK_TEXTS[:2]), inputs, max_length)
+        example = _encode(run.tokenizer, list(CHECK_TEXTS[:2]), inputs, max_length)  # (2, T): one row padded
         used_opset = _trace(graph, example, inputs, outputs, tmp / "model.onnx", opset)
         log(f"traced the {run.task.name} model to ONNX (opset {used_opset}) in {time.perf_counter() - t0:.1f}s")
         info = {"format": "onnx", "task": run.task.name, "run": str(run_dir), "inputs": list(inputs),
@@ -206,7 +205,8 @@ def _check(graph, path: Path, tokenizer, inputs: tuple[str, ...], max_length: in
         return {"skipped": "onnxruntime is not installed (pip install onnxruntime)"}
     t0 = time.perf_counter()
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    batches = [list(CHECK_TEXTS[1:4]), [CHECK_TEXTS[0]], [(CHECK_TEXTS[3], CHECK_TEXTS[4]), (CHECK_TEXTS[0], CHECK_TEXTS[2])]]
+    batches = [list(CHECK_TEXTS[1:4]), [CHECK_TEXTS[0]],  # 3 padded rows; one row
+               [(CHECK_TEXTS[3], CHECK_TEXTS[4]), (CHECK_TEXTS[0], CHECK_TEXTS[2])]]  # pairs: token types 0 and 1
     worst, shapes = 0.0, []
     for texts in batches:
         enc = _encode(tokenizer, texts, inputs, max_length)
