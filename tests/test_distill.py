@@ -420,3 +420,29 @@ def test_resume_goes_on_as_an_uninterrupted_run_reading_the_cache(tiny_bert, dat
     helpers.train_quietly(resume_config(tmp_path / "parts", ["train.max_steps=4"]), resume=True)
     assert calls[0] == 0  # both parts read the cache the straight run wrote
     assert [r["loss"] for r in helpers.read_metrics(tmp_path / "parts", "train")] == straight
+
+
+@pytest.mark.integration
+def test_a_three_layer_minilm_student_from_a_six_layer_run(tmp_path, helpers):
+    """The README's example, in miniature: builtin:minilm-l6 on BBC News, layers 0, 2 and 4 of the teacher."""
+    from transformers import AutoModelForSequenceClassification
+
+    from tunelab.config import config_from_dict
+    from tunelab.runs import load_run
+
+    base = {"model": {"name": "builtin:minilm-l6", "max_length": 32},
+            "data": {"train": "builtin:bbc-news", "limit": 40, "val_fraction": 0.02, "test_fraction": 0.02},
+            "train": {"max_steps": 2, "batch_size": 8, "log_every": 1, "seed": 0, "device": "cpu",
+                      "precision": "fp32"}}
+    teacher_run = helpers.train_quietly(config_from_dict({**base, "method": {"name": "full"},
+                                                          "output_dir": str(tmp_path / "teacher")}))
+    method = {"name": "distill", "teacher": str(teacher_run), "student_layers": [0, 2, 4], "cache_teacher": True}
+    run_dir, seen = helpers.train_and_capture(config_from_dict({**base, "method": method,
+                                                                "output_dir": str(tmp_path / "student")}))
+    taught = load_run(teacher_run).model.state_dict()
+    for j, i in enumerate([0, 2, 4]):
+        key = "bert.encoder.layer.{}.output.dense.weight"
+        assert torch.equal(seen["before"][key.format(j)], taught[key.format(i)])
+    plain = AutoModelForSequenceClassification.from_pretrained(str(run_dir / "model"))
+    assert plain.config.num_hidden_layers == 3
+    assert plain.num_parameters() == 22_715_141 - 3 * 1_774_464  # the teacher less three MiniLM layers
