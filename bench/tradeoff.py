@@ -49,7 +49,7 @@ TEACHER = dict(limit=1500, max_length=128, epochs=3, batch_size=16, lr=1.0e-4, w
                warmup_ratio=0.06, max_grad_norm=1.0, seed=42, val_fraction=0.1, test_fraction=0.1)
 RETRAIN_STEPS = 200
 LOW_RANK = 64  # rank of every factorised Linear: attention 384x384 -> 64 x 768 (1/3), FFN 384x1536 -> 64 x 1920
-SMOKE_SIZES = dict(limit=120, max_length=32, epochs=1, batch_size=8)
+SMOKE_SIZES = dict(limit=120, max_length=32, epochs=1, batch_size=8, val_fraction=0.02, test_fraction=0.02)
 SMOKE_RETRAIN = 4
 
 
@@ -202,8 +202,8 @@ def markdown(rec: dict) -> list[str]:
         "## Compression trade-off: MiniLM-L6 on BBC News", MARKER, "",
         f"The teacher: `tunelab train` of builtin:minilm-l6 (full fine-tuning) on builtin:bbc-news, "
         f"{t['limit']} training articles (validation {t['val_fraction']:.0%} and test "
-        f"{t['test_fraction']:.0%} of all 2,225, stratified, seed {t['seed']}), max_length "
-        f"{t['max_length']}, {t['epochs']} epochs = {teacher['steps']} steps of {t['batch_size']}, AdamW lr "
+        f"{t['test_fraction']:.0%} of all 2,225 articles, stratified, seed {t['seed']}), max_length "
+        f"{t['max_length']}, {t['epochs']} epoch(s) = {teacher['steps']} steps of {t['batch_size']}, AdamW lr "
         f"{t['lr']}, linear schedule, {t['precision']}; the best validation F1 checkpoint "
         f"(step {teacher['best_step']}). Each variant is one `tunelab compress` call; the retrained ones train "
         f"{j['retrain_steps']} steps with the run's own loop and data. The students keep the teacher's layers "

@@ -833,4 +833,4 @@ def test_compress_section_renders_stored_figures():
     assert "CPU flags: avx2." in text and "--threads 2` on the teacher's 223 test articles" in text
     assert "![latency against test F1](out/compress-x.png)" in text and "Test CPU, 2 cores" in text
     assert "teacher 61 s; int8-dynamic 12 s; student-3L-distilled 61 s." in text
-    assert "1500 training articles" in text and "3 epochs = 282 steps of 16" in text and "fp32" in text
+    assert "1500 training articles" in text and "3 epoch(s) = 282 steps of 16" in text and "fp32" in text
