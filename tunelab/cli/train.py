@@ -24,9 +24,13 @@ def cmd_pretrain(args) -> int:
 
 def cmd_resume(args) -> int:
     """Go on with RUN_DIR from its newest checkpoint, with the config the run was trained with."""
+    from tunelab.compress.pipeline import resume_compressed
     from tunelab.resume import resume_config
     from tunelab.run import train
 
+    # a compressed variant's retraining rebuilds the compressed model first (its checkpoints fit only that)
+    if resume_compressed(Path(args.run_dir), list(args.overrides), show_progress=not args.no_progress):
+        return 0
     cfg = resume_config(Path(args.run_dir), list(args.overrides))
     train(cfg, resume=True, show_progress=not args.no_progress)
     return 0
