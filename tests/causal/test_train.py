@@ -232,6 +232,6 @@ def test_text_corpus_of_one_file_is_split_by_chunks_and_packed(tiny_dir, tmp_pat
 def test_head_method_is_refused_with_advice(tiny_dir, alpaca_file, tmp_path):
     from tunelab.errors import TunelabError
 
-    with pytest.raises(TunelabError, match="use full, freeze or lora"):
+    with pytest.raises(TunelabError, match="use full, freeze, lora or distill"):
         train(make_cfg(tiny_dir, alpaca_file, tmp_path / "run", method__name="head"), show_progress=False,
               log=QUIET)
