@@ -72,7 +72,7 @@ def test_int_field_rejects_bool_and_float(value):
 def test_bad_literal_names_key_value_and_allowed_values():
     with pytest.raises(ConfigError) as e:
         config_from_dict({"method": {"name": "qlora"}})
-    assert str(e.value) == "method.name: got 'qlora'; allowed: 'full' | 'head' | 'freeze' | 'lora'"
+    assert str(e.value) == "method.name: got 'qlora'; allowed: 'full' | 'head' | 'freeze' | 'lora' | 'distill'"
 
 
 def test_out_of_range_value_is_an_error():
@@ -248,7 +248,7 @@ def test_a_method_option_under_another_method_exits_2_and_says_why(capsys):
     ({"model": {"name": "gguf:x.gguf", "position": "rotary"}}, "model.position applies to scratch models"),
     ({"generate": {"max_new_tokens": 5}}, "generate.max_new_tokens applies to causal_lm and seq2seq; task is classification"),
     ({"task": "causal_lm", "model": {"name": "gguf:x.gguf"}, "method": {"name": "head"}},
-     "method.name: 'head' does not apply to task causal_lm; use full, freeze or lora"),
+     "method.name: 'head' does not apply to task causal_lm; use full, freeze, lora or distill"),
     ({"task": "pretrain", "model": {"name": "scratch:gpt"}, "method": {"name": "lora"}, "data": {"format": "text"}},
      "method.name: 'lora' does not apply to task pretrain; use full or freeze"),
 ])
@@ -286,7 +286,9 @@ def test_each_method_registers_its_own_options():
     from tunelab.config import MethodConfig
     from tunelab.methods import METHODS, options_of, register_method
 
-    assert METHODS.names() == ("full", "head", "freeze", "lora")
+    assert METHODS.names() == ("full", "head", "freeze", "lora", "distill")
+    assert METHODS.options("distill") == ("method.teacher", "method.temperature", "method.alpha",
+                                          "method.student_layers", "method.cache_teacher")
     assert METHODS.options("lora") == ("method.r", "method.alpha", "method.dropout", "method.target_modules",
                                        "method.merge")
     assert METHODS.options("freeze") == ("method.trainable_layers",) and METHODS.options("full") == ()
@@ -295,3 +297,13 @@ def test_each_method_registers_its_own_options():
         register_method("lora", lambda model, head, **_: model, "lora again")
     with pytest.raises(ValueError, match="must be a dataclass"):
         register_method("bogus", lambda model, head, **_: model, "bogus", options=dict)
+
+
+def test_a_config_dumped_before_alpha_was_shared_reloads_and_a_foreign_alpha_is_refused():
+    # tunelab dumped every method option with its default, so a full run of an earlier version carries lora's
+    # alpha 16.0: that is no choice of the user's and must reload; an alpha of one's own under full is refused
+    cfg = config_from_dict({"method": {"name": "full", "alpha": 16.0, "r": 8}})
+    assert cfg.method.alpha == 16.0
+    with pytest.raises(ConfigError) as e:
+        config_from_dict({"method": {"name": "full", "alpha": 4.0}})
+    assert str(e.value) == "method.alpha applies to lora and distill; method.name is full"

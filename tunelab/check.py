@@ -42,6 +42,9 @@ def check_config(cfg, parts: tuple[str, ...] = PARTS) -> list[str]:
     if set(parts) == set(PARTS):  # what the task itself asks of a whole config (e.g. pretraining's model)
         keys = {p.split(":", 1)[0] for p in problems}
         problems += [p for p in task_for(cfg).check_config(cfg) if p.split(":", 1)[0] not in keys]
+        from tunelab.methods import method_problems  # e.g. distill's teacher: a finished run of this task
+
+        problems += [p for p in method_problems(cfg) if p.split(":", 1)[0] not in keys]
     return problems
 
 

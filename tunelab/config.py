@@ -522,12 +522,24 @@ def _check_task_method(cfg: RunConfig, problems: list[str]) -> None:
 
 
 def _is_set(cfg: RunConfig, key: str) -> bool:
-    """True when the config's value at `key` (e.g. "method.r") differs from the default."""
+    """True when the config's value at `key` (e.g. "method.r") differs from the default.
+
+    A method option that several methods share (method.alpha) defaults to null; a value equal to one of its
+    methods' own defaults is not "set" either: configs dumped before the option was shared carry lora's
+    alpha 16.0 under every method, and must reload.
+    """
     *sections, name = key.split(".")
     node = cfg
     for section in sections:
         node = getattr(node, section)
-    return getattr(node, name) != getattr(type(node)(), name)
+    value = getattr(node, name)
+    if value == getattr(type(node)(), name):
+        return False
+    if sections == ["method"]:
+        from tunelab.methods import own_defaults
+
+        return value not in own_defaults(name)
+    return True
 
 
 def _is_pretrained(name: str) -> bool:

@@ -69,6 +69,11 @@ def _own_default(method: str, field_name: str) -> Any:
     return f.default if f.default is not dataclasses.MISSING else f.default_factory()
 
 
+def own_defaults(field_name: str) -> list[Any]:
+    """The defaults the methods that share option `field_name` give it ([] for an option only one method has)."""
+    return [_own_default(m, field_name) for m in shared_options().get(field_name, [])]
+
+
 def shared_options() -> dict[str, list[str]]:
     """Option names (without `method.`) that more than one method has -> those methods, in registry order."""
     owners = {key.split(".", 1)[1]: METHODS.owners(key)
