@@ -187,6 +187,34 @@ def table(report: dict) -> list[str]:
     return lines
 
 
+def reading(rec: dict) -> list[str]:
+    """What the figures can and cannot say: the test split's resolution, what distillation added over the
+    control, why a variant can keep over 100%, and what no variant shrinks."""
+    import math
+
+    j, rows = rec["job"], {r["variant"]: r for r in rec["report"]["rows"]}
+    base, teacher = rows["base"], rec["commands"]["teacher"]
+    n, p = base["test_examples"], base["accuracy"]
+    se = math.sqrt(p * (1 - p) / n)
+    lines = [f"- Resolution: {n} test articles, one article = {1 / n:.4f} of accuracy; the binomial SE of the "
+             f"teacher's accuracy is ± {se:.4f}, so differences under about {2 * se:.3f} are not resolved."]
+    distilled, control = rows.get("student-3L-distilled"), rows.get("student-3L-hard-labels")
+    if distilled and control:
+        d = distilled["accuracy"] - control["accuracy"]
+        lines.append(f"- What distillation added: the distilled student's test accuracy minus the hard-label "
+                     f"control's = {d:+.4f} ({round(d * n):+d} articles): "
+                     + ("not resolved." if abs(d) < 2 * se else "larger than 2 SE (one seed)."))
+    if any((r["retained_percent"] or 0) > 100 for r in rows.values()):
+        lines.append(f"- Over 100%: the teacher is tested at its best validation checkpoint, step "
+                     f"{teacher['best_step']} of {teacher['steps']}; each retrained variant trained "
+                     f"{j['retrain_steps']} more steps from it and each student {rec['commands']['student-3L-distilled']['steps']} "
+                     "steps from its layers, on the same articles: more training, not a gain from compression.")
+    lines.append("- What stays: every variant keeps MiniLM's word embeddings whole (30,522 x 384 = 11.7M of the "
+                 "22.7M parameters; pruning and low rank act on the layer stack, int8 on Linear layers), which "
+                 "bounds every cut in parameters and megabytes.")
+    return lines
+
+
 def timings(rec: dict) -> str:
     """Wall seconds of every command, in the order they ran."""
     return "; ".join(f"{name} {c['seconds']:.0f} s" for name, c in rec["commands"].items())
@@ -211,13 +239,13 @@ def markdown(rec: dict) -> list[str]:
         f"steps on the same data: distilled with T {j['distill']['temperature']}, alpha "
         f"{j['distill']['alpha']}, and the control with alpha 0 (hard labels only).", "",
         f"Measured {rec['started']} to {rec['finished']} (UTC), load {rec['load_before'][0]:.2f} before and "
-        f"{rec['load_after'][0]:.2f} after, on {record.describe_machine(rec['machine'])}; CPU flags: {flags}. "
+        f"{rec['load_after'][0]:.2f} after (the bench's own threads included), on {record.describe_machine(rec['machine'])}; CPU flags: {flags}. "
         f"Every variant measured in one process by `tunelab compress TEACHER --report --compare ... --threads "
         f"{report['threads']}` on the teacher's {rows[0]['test_examples']} test articles: latency = median of "
         "one forward pass over single articles at their real length; throughput = batches of 32; weights = "
         "the model folder's weight files; speed-up against the teacher. Figures: "
         f"`{rec['file']}`." + (" **Smoke run: tiny job, figures mean nothing.**" if rec.get("smoke") else ""), "",
-        *table(report), "",
+        *table(report), "", *reading(rec), "",
         f"![latency against test F1](out/{rec['plot']})", "",
         "For scale, published reference points: DistilBERT, a 6-layer student of 12-layer BERT, keeps about 97% "
         "of BERT's GLUE score at 60% of its parameters (Sanh et al. 2019, arXiv:1910.01108); PyTorch's dynamic "
