@@ -348,3 +348,23 @@ def test_cli_exit_code_2_and_one_line(cls_run, capsys):
     assert main(["export", str(cls_run), "--format", "gguf", "--output", str(cls_run / "x.gguf")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "--format onnx" in err and "\n" not in err
+
+
+def test_overwrite_replaces_only_an_export_never_a_users_folder_or_side_file(cls_run, llama_run, tmp_path):
+    # an ONNX export replaces its folder whole: --overwrite must not let it swallow a run or a project folder
+    mine = tmp_path / "project"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    with pytest.raises(TunelabError, match="holds other files and no export.json"):
+        export_run(cls_run, "onnx", output=mine, overwrite=True)
+    assert (mine / "notes.txt").read_text() == "keep me"
+    # GGUF: the check's .json beside the file is the user's too; a .json or folder output is refused
+    (tmp_path / "m.json").write_text("theirs")
+    with pytest.raises(TunelabError, match="m.json already exists; pass --overwrite"):
+        export_run(llama_run, "gguf", output=tmp_path / "m.gguf")
+    assert (tmp_path / "m.json").read_text() == "theirs" and not (tmp_path / "m.gguf").exists()
+    with pytest.raises(TunelabError, match="give a .gguf name"):
+        export_run(llama_run, "gguf", output=tmp_path / "out.json")
+    with pytest.raises(TunelabError, match="is a folder; give the file to write"):
+        export_run(llama_run, "gguf", output=mine, overwrite=True)
+    assert (mine / "notes.txt").read_text() == "keep me"

@@ -373,3 +373,15 @@ def test_report_measures_every_variant_on_the_same_test_split(run_copy, tiny_ber
     assert "with 1 threads" in table and "| magnitude-40 |" in table and "| 40.0% |" in table
     assert (folder / "tradeoff.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "trade-off written to" in out
+
+
+def test_a_compressed_variant_is_not_compressed_again_and_an_untrained_one_has_nothing_to_resume(run_copy, capsys):
+    # a variant's model/ already holds its steps: compressing it again would store only the new ones
+    assert cli(capsys, "compress", run_copy, "--low-rank", "4", "--name", "lr")[0] == 0
+    variant = run_copy / "compressed" / "lr"
+    code, _, err = cli(capsys, "compress", variant, "--quantize", "int8-dynamic")
+    assert code == 2 and "already a compressed variant; compress the base run" in err and err.count("\n") == 1
+    assert not (variant / "compressed").exists()
+    code, _, err = cli(capsys, "resume", variant)
+    assert code == 2 and "was compressed without retraining: there is nothing to resume" in err
+    assert err.count("\n") == 1

@@ -197,7 +197,9 @@ def reshape(model, req: Request, job, outcome: Outcome, log) -> None:
         with timed(outcome, "importance"):
             batches = list(islice(job.epoch_batches(0), IMPORTANCE_BATCHES))
             log(f"importance: gradient x weight over {len(batches)} training batches")
+            model.to(job.device)  # the job's batches are on its device (a GPU when train.device picks one)
             importance = structured_importance(model, batches, job.loss, job.device)
+            model.cpu()
         with timed(outcome, "prune"):
             step = plan_structured(model, req.sparsity, importance)
             apply_prune_structured(model, step)
@@ -365,6 +367,9 @@ def compress_run(run_dir: str | Path, req: Request, *, log=print, show_progress:
     check_request(req)
     run_dir = Path(run_dir)
     cfg = run_config(run_dir)
+    if store.is_compressed(run_dir / "model"):
+        raise TunelabError(f"{run_dir} is already a compressed variant; compress the base run "
+                           f"{run_dir.parent.parent} with all the steps in one call (e.g. --prune ... --quantize ...)")
     if not req.compresses:
         raise TunelabError("compress: nothing to do; give --prune, --low-rank, --quantize (or --report)")
     if req.prune == "structured" and str(cfg.model.name).startswith("scratch:"):
@@ -457,6 +462,9 @@ def resume_compressed(target: str | Path, overrides: list[str], *, show_progress
     plan = read_plan(target)
     if plan is None:
         return False
+    if not plan["request"].get("retrain_steps"):
+        raise TunelabError(f"{target} was compressed without retraining: there is nothing to resume; to retrain "
+                           "it, compress the base run again with --retrain-steps N --overwrite")
     base = target.parent.parent
     req = Request(**{**plan["request"], "overrides": list(overrides), "overwrite": False})
     out_cfg = resume_config(target, list(overrides))
@@ -539,7 +547,7 @@ def retained(metric: str, value: float | None, base: float | None) -> float | No
 
 def record(run_dir: Path, target: Path, cfg, outcome: Outcome, metrics: dict, req: Request, log) -> None:
     """Write compress.json and print the final lines (metrics, % of the base run's metric)."""
-    from tunelab.compress import store
+    from tunelab.compress.report import weight_bytes
     from tunelab.io import atomic_write_json
     from tunelab.tasks import task_for
 
@@ -548,7 +556,7 @@ def record(run_dir: Path, target: Path, cfg, outcome: Outcome, metrics: dict, re
     kept = retained(metric, value, base)
     data = {"base_run": str(run_dir), "steps": outcome.steps,
             "parameters": {"before": outcome.parameters_before, "after": outcome.parameters_after},
-            "file_size": {"before": store.file_size(run_dir / "model"), "after": store.file_size(target / "model")},
+            "file_size": {"before": weight_bytes(run_dir), "after": weight_bytes(target)},  # a LoRA run: base/ too
             "sparsity": outcome.sparsity, "seconds": outcome.seconds,
             "metric": metric, "base_metric": base, "metric_value": value, "retained_percent": kept,
             "request": dataclasses.asdict(req)}

@@ -246,6 +246,10 @@ def measure_variants(run_dir, others: list | None = None, threads: int | None = 
 
     run_dir = Path(run_dir)
     base_cfg = run_config(run_dir)
+    if base_cfg.task == "seq2seq":  # one forward needs decoder inputs too: a single-pass timing would mislead
+        raise TunelabError(f"--report: {run_dir} is a seq2seq run; the trade-off table times single-pass models "
+                           "(classification, tagging, QA, retrieval, causal LMs): compare seq2seq variants with "
+                           "`tunelab eval` on each")
     if threads:
         torch.set_num_threads(threads)
     metric, _ = base_metric(run_dir, base_cfg)
@@ -292,24 +296,27 @@ def table_markdown(rows: list[dict], machine: dict) -> str:
 
 
 def plot(rows: list[dict], path: Path) -> None:
-    """Latency against the metric, one labelled point per variant."""
+    """Latency against the metric: one numbered point per variant, named in a legend beside the axes (variants
+    often land on about the same point: names written beside the points would overlap)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(9.5, 4.5))
+    colors = plt.get_cmap("tab10")
     for i, r in enumerate(rows):
         if r["value"] is None:
             continue
-        ax.scatter(r["latency_ms"], r["value"], s=40)
-        # labels stepped up and down by index, so variants at about the same point stay readable
-        ax.annotate(r["variant"], (r["latency_ms"], r["value"]), textcoords="offset points",
-                    xytext=(6, 4 + 11 * (i % 3 - 1)), fontsize=8)
+        ax.scatter(r["latency_ms"], r["value"], s=45, color=colors(i % 10), label=f"{i + 1}  {r['variant']}")
+        ax.annotate(str(i + 1), (r["latency_ms"], r["value"]), textcoords="offset points", xytext=(5, 3),
+                    fontsize=8)
+    ax.margins(x=0.08, y=0.12)
     ax.set_xlabel(f"latency at batch 1 (ms, median, {rows[0]['threads']} threads)")
     ax.set_ylabel(f"test {rows[0]['metric']}")
     ax.set_title("compression trade-off")
     ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -77,3 +77,21 @@ def refuse_existing(path: Path, overwrite: bool) -> None:
     """Never replace a user's export silently."""
     if path.exists() and not overwrite:
         raise TunelabError(f"{path} already exists; pass --overwrite to replace it, or --output another path")
+
+
+def refuse_foreign_folder(out_dir: Path) -> None:
+    """An ONNX export replaces its folder whole: only an empty folder or an earlier export (export.json) may
+    be replaced, never a run or any other folder of the user's (`--output runs/x --overwrite`)."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise TunelabError(f"--output {out_dir} is a file; an ONNX export is a folder: give a folder path")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / "export.json").is_file():
+        raise TunelabError(f"--output {out_dir} is a folder that holds other files and no export.json, and an "
+                           "export replaces its folder whole: choose a new or empty folder")
+
+
+def refuse_bad_file(path: Path) -> None:
+    """A GGUF export is one file with its check beside it as .json: not a folder, not a .json name."""
+    if path.is_dir():
+        raise TunelabError(f"--output {path} is a folder; give the file to write, e.g. {path / 'model.gguf'}")
+    if path.suffix == ".json":
+        raise TunelabError(f"--output {path}: the check is written beside the file as .json; give a .gguf name")

@@ -21,14 +21,14 @@ import time
 from pathlib import Path
 
 from tunelab.errors import TunelabError
-from tunelab.export import load_for_export, refuse_existing
+from tunelab.export import load_for_export, refuse_bad_file, refuse_existing
 
 TYPES = ("f32", "f16", "q8_0")
 # max |logit difference| / max |logit| over the check prompts. f32 stores the weights exactly (measured 0);
 # f16 and q8_0 round them (SmolLM2-135M measured: see the README's export section).
 TOLERANCES = {"f32": 1e-4, "f16": 1e-2, "q8_0": 1e-1}
 CHECK_PROMPTS = ("The capital of France is", "Count from one to five: one, two,",
-                 "Write a short note to a friend about the weather today.")
+                 "Write a short note to a friend about the weather today.", "In 2024, 1234 + 5678 = 6912.")
 GREEDY_TOKENS = 12
 
 
@@ -42,7 +42,10 @@ def export_gguf(run_dir: str | Path, *, output: str | Path | None = None, overwr
         raise TunelabError(f"--type {qtype!r}; known: {', '.join(TYPES)}")
     run_dir = Path(run_dir)
     path = Path(output) if output else run_dir / "export" / f"model-{qtype}.gguf"
+    refuse_bad_file(path)
     refuse_existing(path, overwrite)
+    if check:
+        refuse_existing(path.with_suffix(".json"), overwrite)
     run = load_for_export(run_dir)
     require_llama(run.model, run_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -195,9 +198,16 @@ def gguf_vocab(tokenizer, vocab_size: int) -> tuple[list[str], list[int]]:
 
 def _pre_tokenizer(backend: dict) -> str:
     """llama.cpp's name for how text is split before BPE: 'gpt-2' for the GPT-2 split (ByteLevel with its
-    regex, which is what tunelab's SmolLM2 tokenizer, read from GGUF by transformers, uses), else 'default'."""
+    regex, which is what tunelab's SmolLM2 tokenizer, read from GGUF by transformers, uses); any other split is
+    refused."""
     pre = backend.get("pre_tokenizer") or {}
-    return "gpt-2" if pre.get("type") == "ByteLevel" and pre.get("use_regex", True) else "default"
+    if pre.get("type") == "ByteLevel" and pre.get("use_regex", True):
+        return "gpt-2"
+    # e.g. Sequence[Digits(individual), ByteLevel] (Hugging Face's own SmolLM2 / Llama 3 folders): llama.cpp's
+    # "default" split would tokenize numbers differently, and the reader used by the check cannot tell
+    raise TunelabError(f"--format gguf: the tokenizer splits text with a {pre.get('type', 'missing')} "
+                       "pre-tokenizer; tunelab writes GGUF only for plain byte-level (GPT-2 split) BPE tokenizers, "
+                       "whose llama.cpp name it can vouch for")
 
 
 def _write_tensors(writer, model, qtype: str) -> dict[str, int]:

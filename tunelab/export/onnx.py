@@ -20,7 +20,7 @@ import warnings
 from pathlib import Path
 
 from tunelab.errors import TunelabError
-from tunelab.export import load_for_export, refuse_existing
+from tunelab.export import load_for_export, refuse_existing, refuse_foreign_folder
 
 # The output names of each task's graph (a lookup of what the graph returns, not a branch per task).
 OUTPUTS = {
@@ -49,6 +49,7 @@ def export_onnx(run_dir: str | Path, *, output: str | Path | None = None, overwr
 
     run_dir = Path(run_dir)
     out_dir = Path(output) if output else run_dir / "export" / "onnx"
+    refuse_foreign_folder(out_dir)
     refuse_existing(out_dir, overwrite)
     run = load_for_export(run_dir)
     outputs = _outputs_of(run)
