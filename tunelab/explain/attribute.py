@@ -1,0 +1,350 @@
+"""Attributions of an encoder run's prediction to its input tokens and words, on captum.
+
+`explain_text(run, text, method)` explains one input of a classification, extractive_qa or
+token_classification run. Each task says what is explained (a `Target`): a scalar F of the token ids and
+which token positions are its features:
+
+- classification: F = the softmax probability of the target label (the predicted one, or `target`);
+  features: every non-special token.
+- extractive_qa: F = log P(start) + log P(end) of the predicted answer span (softmax over the row's
+  positions); features: the context's tokens (the question and the special tokens stay as they are).
+- token_classification: F = the summed log-probabilities of an entity's tags at its words' first
+  sub-tokens (the tags the run's own prediction gave them); features: every non-special token.
+
+The methods (all through captum, all on CPU, the weights never change):
+- ig: LayerIntegratedGradients on the model's input (word) embedding layer. Baseline: the same row with every
+  feature token replaced by the pad token; special tokens ([CLS], [SEP]) and, for QA, the question are kept,
+  and the attention mask is unchanged. A token's score is its attribution summed over the embedding
+  dimension; the scores sum to F(x) - F(baseline) up to the convergence delta reported.
+- occlusion: captum Occlusion over the feature tokens, a window of `window` tokens sliding by one, the
+  occluded tokens replaced by the pad token; a token's score is the mean drop of F over the windows that
+  cover it. Special tokens are never occluded.
+- lime / shap: captum Lime and KernelShap on interpretable features = words (the sub-tokens of one word are
+  one feature; special tokens are fixed), an absent word's tokens replaced by the pad token, `samples`
+  samples drawn after torch.manual_seed(seed). A word's coefficient is shared equally by its tokens, so the
+  word score is the coefficient itself.
+
+"Replaced by the pad token" keeps the attention mask at 1, so the model sees a neutral token in that place
+rather than a shorter text (positions do not move). The "attention" method is attention.py's; the command
+routes it there.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from tunelab.errors import TunelabError
+from tunelab.explain import Explanation, Span
+
+ENCODER_METHODS = ("ig", "occlusion", "lime", "shap")
+BASELINE = ("the pad token in place of every attributed token; special tokens{kept} unchanged, attention "
+            "mask unchanged")
+
+
+@dataclass
+class Encoded:
+    """One input as the model reads it (a single row, truncated to model.max_length).
+
+    `part` says which text each token belongs to: 0 = `text` (the sentence, or the QA question), 1 = the QA
+    `context`, None = a special token; `offsets` are character offsets into that text ((0, 0) for special
+    tokens), trimmed of surrounding white space.
+    """
+
+    ids: list[int]
+    mask: list[int]
+    offsets: list[tuple[int, int]]
+    special: list[bool]
+    tokens: list[str]
+    part: list[int | None]
+    type_ids: list[int] | None = None
+    """token_type_ids when the model reads them (extractive QA on BERT), else None."""
+    text: str = ""
+    context: str | None = None
+
+    def positions(self, part: int) -> list[int]:
+        """The row positions of the non-special tokens of one part."""
+        return [i for i, p in enumerate(self.part) if p == part]
+
+    def source(self, part: int) -> str:
+        return self.context if part == 1 else self.text
+
+
+@dataclass
+class Target:
+    """What one explanation explains: F(ids (B, T)) -> (B,) over rows of the encoded length, on `features`."""
+
+    prediction: Any
+    target: Any
+    scalar: Callable
+    features: list[int]
+    """Row positions of the attributed tokens (the rest stay as they are in every perturbation)."""
+    part: int
+    """Which text the features' offsets index (Encoded.part)."""
+    log_space: bool
+    """True when F is a log-probability (probability = exp F), False when F is the probability itself."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Encoding
+
+
+def encode(run, text: str, context: str | None = None) -> Encoded:
+    """The token ids of `text` (and for extractive QA, `context`) as the run's model reads them, one row cut to
+    model.max_length, with offsets, special-token flags, token strings and which text each token is of."""
+    from transformers.utils import logging as hf_logging
+
+    tok = run.tokenizer
+    if not getattr(tok, "is_fast", False):
+        raise TunelabError("explain needs a fast tokenizer (a tokenizer.json) for character offsets; this run's "
+                           "tokenizer is a slow one")
+    pair = () if context is None else (context,)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # a long text is meant to be cut to one row
+    try:
+        enc = tok(text, *pair, truncation="only_second" if pair else True, max_length=run.cfg.model.max_length,
+                  return_offsets_mapping=True, return_special_tokens_mask=True, return_token_type_ids=True)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    ids, special = enc["input_ids"], [bool(s) for s in enc["special_tokens_mask"]]
+    seq = enc.sequence_ids()
+    part = [None if s else (seq[i] if seq[i] is not None else 0) for i, s in enumerate(special)]
+    offsets = [(0, 0) if s else _trim(text if p == 0 else context, *o)
+               for s, p, o in zip(special, part, enc["offset_mapping"])]
+    types = enc.get("token_type_ids") if context is not None and _reads_types(run) else None
+    return Encoded(ids, [1] * len(ids), offsets, special, tok.convert_ids_to_tokens(ids), part, types, text,
+                   context)
+
+
+def _trim(text: str, start: int, end: int) -> tuple[int, int]:
+    """Offsets without leading / trailing white space (byte-level BPE tokens carry their leading space)."""
+    while start < end and text[start].isspace():
+        start += 1
+    while end > start and text[end - 1].isspace():
+        end -= 1
+    return start, end
+
+
+def _reads_types(run) -> bool:
+    base = run.model.get_base_model() if hasattr(run.model, "get_base_model") else run.model
+    config = getattr(base, "config", None)
+    return bool(run.meta.get("token_type_ids", not isinstance(config, dict)
+                             and (getattr(config, "type_vocab_size", 0) or 0) >= 2))
+
+
+def pad_id(run) -> int:
+    from tunelab.data.tokens import pad_id_of
+
+    return pad_id_of(run.tokenizer)
+
+
+def model_inputs(enc: Encoded, ids):
+    """The model's keyword inputs for id rows (B, T) of the encoded length: the row's mask (and types)."""
+    import torch
+
+    batch = ids.size(0)
+    inputs = {"input_ids": ids, "attention_mask": torch.tensor([enc.mask]).expand(batch, -1)}
+    if enc.type_ids is not None:
+        inputs["token_type_ids"] = torch.tensor([enc.type_ids]).expand(batch, -1)
+    return inputs
+
+
+# ---------------------------------------------------------------------------------------------
+# What each task explains
+
+
+def classification_target(run, enc: Encoded, target) -> Target:
+    """The target label's probability; `target` None = the predicted label."""
+    import torch
+
+    labels = labels_of(run)
+    with torch.no_grad():
+        probs = torch.softmax(run.model(**model_inputs(enc, torch.tensor([enc.ids]))).logits.float(), -1)[0]
+    predicted = labels[int(probs.argmax())]
+    index = label_index(labels, predicted if target is None else target)
+
+    def scalar(ids):
+        return torch.softmax(run.model(**model_inputs(enc, ids)).logits.float(), -1)[:, index]  # (B,)
+
+    return Target(predicted, labels[index], scalar, enc.positions(0), 0, log_space=False)
+
+
+def labels_of(run) -> list[str]:
+    labels = run.meta.get("labels")
+    if labels:
+        return [str(x) for x in labels]
+    return [str(i) for i in range(run.model.config.num_labels)]
+
+
+def label_index(labels: list[str], target) -> int:
+    if str(target) in labels:
+        return labels.index(str(target))
+    raise TunelabError(f"--target: {target!r} is not a label of this run; its labels are: {', '.join(labels)}")
+
+
+TARGETS: dict[str, Callable] = {"classification": classification_target}
+"""Task name -> target(run, encoded, target) -> Target. A task explain_text can take adds itself here."""
+
+
+# ---------------------------------------------------------------------------------------------
+# The methods: token scores (T,) for a Target
+
+
+def integrated_gradients(run, enc: Encoded, tgt: Target, steps: int) -> tuple[list[float], float]:
+    """(score per row position, convergence delta); see the module docstring for the baseline."""
+    import torch
+    from captum.attr import LayerIntegratedGradients
+
+    ids = torch.tensor([enc.ids])  # (1, T)
+    baseline = ids.clone()
+    baseline[0, tgt.features] = pad_id(run)
+    lig = LayerIntegratedGradients(tgt.scalar, embedding_layer(run.model))
+    attr, delta = lig.attribute(ids, baselines=baseline, n_steps=steps, internal_batch_size=min(steps, 25),
+                                return_convergence_delta=True)  # attr: (1, T, H)
+    return attr.sum(-1)[0].tolist(), float(delta)
+
+
+def embedding_layer(model):
+    """The model's input (word) embedding module: get_input_embeddings(), else the first nn.Embedding."""
+    from torch import nn
+
+    layer = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    if layer is None:
+        layer = next((m for m in model.modules() if isinstance(m, nn.Embedding)), None)
+    if layer is None:
+        raise TunelabError("--method ig needs the model's token embedding layer and this model has none; use "
+                           "--method occlusion, lime or shap")
+    return layer
+
+
+def perturbation_scores(run, enc: Encoded, tgt: Target, method: str, *, window: int, samples: int,
+                        seed: int) -> list[float]:
+    """Occlusion / Lime / KernelShap scores per row position (0 outside the features).
+
+    The perturbed input is the features' ids alone, (1, n); the forward puts them back into the full row, so
+    special tokens (and the QA question) are never perturbed.
+    """
+    import torch
+    from captum.attr import KernelShap, Lime, Occlusion
+
+    from tunelab.explain.words import word_groups
+
+    full = torch.tensor([enc.ids])  # (1, T)
+    where = torch.tensor(tgt.features)
+
+    def forward(sub):  # sub: (B, n) feature ids -> F (B,)
+        rows = full.expand(sub.size(0), -1).clone()
+        rows[:, where] = sub
+        return tgt.scalar(rows)
+
+    sub = full[:, where]  # (1, n)
+    base = torch.full_like(sub, pad_id(run))
+    scores = [0.0] * len(enc.ids)
+    with torch.no_grad():
+        if method == "occlusion":
+            attr = Occlusion(forward).attribute(sub, sliding_window_shapes=(min(window, sub.size(1)),),
+                                                strides=1, baselines=base, perturbations_per_eval=16)[0]
+        else:
+            groups = word_groups([enc.offsets[i] for i in tgt.features])
+            mask = torch.tensor([groups])  # (1, n): feature (word) index of each token
+            explainer = (Lime if method == "lime" else KernelShap)(forward)
+            torch.manual_seed(seed)
+            coef = explainer.attribute(sub, baselines=base, feature_mask=mask, n_samples=samples,
+                                       perturbations_per_eval=16, return_input_shape=False)[0]  # (words,)
+            sizes = torch.bincount(mask[0]).float()
+            attr = (coef.float() / sizes)[mask[0]]  # each token: its word's coefficient / the word's tokens
+    for pos, value in zip(tgt.features, attr.tolist()):
+        scores[pos] = value
+    return scores
+
+
+# ---------------------------------------------------------------------------------------------
+# The entry point
+
+
+def explain_text(run, text: str, method: str, target=None, *, context: str | None = None, steps: int = 50,
+                 window: int = 3, samples: int = 200, seed: int = 0) -> Explanation:
+    """Explain one input of an encoder run with `method` (ig | occlusion | lime | shap): per-token and
+    per-word scores toward `target` (None: the prediction). See the module docstring for what is explained
+    and each method's baseline. `context` is the passage of an extractive QA run (`text` its question)."""
+    import torch
+
+    make_target = TARGETS.get(run.task.name)
+    if make_target is None:
+        raise TunelabError(unexplained(run))
+    if method not in ENCODER_METHODS:
+        raise TunelabError(f"--method: {method!r} is not one of {', '.join(ENCODER_METHODS)} (or attention)")
+    enc = encode(run, text, context)
+    tgt = make_target(run, enc, target)
+    if not tgt.features:
+        raise TunelabError("nothing to explain: the input has no tokens besides the special ones")
+    settings = method_settings(method, steps=steps, window=window, samples=samples, seed=seed,
+                               kept=", and the question" if tgt.part == 1 else "")
+    delta = None
+    with torch.no_grad():
+        value = float(tgt.scalar(torch.tensor([enc.ids]))[0])
+    if method == "ig":
+        scores, delta = integrated_gradients(run, enc, tgt, steps)
+    else:
+        scores = perturbation_scores(run, enc, tgt, method, window=window, samples=samples, seed=seed)
+    return build_explanation(enc, tgt, method, scores, settings, delta, value)
+
+
+def unexplained(run) -> str:
+    """The message for a run whose task explain_text cannot take."""
+    name = run.task.name
+    return f"explain works on {', '.join(sorted(TARGETS))} runs; {run.dir} is a {name} run{ELSEWHERE.get(name, '')}"
+
+
+ELSEWHERE = {"causal_lm": "; a causal_lm run is explained by its generated tokens: use --method ablation or "
+                          "layer-ig (tunelab.explain.generative)"}
+"""Task name -> where its explanations are, for tasks another module explains."""
+
+
+def method_settings(method: str, *, steps: int, window: int, samples: int, seed: int, kept: str) -> dict:
+    """The settings an explanation records: the method's own and the baseline in words."""
+    own = {"ig": {"steps": steps}, "occlusion": {"window": window, "stride": 1},
+           "lime": {"samples": samples, "seed": seed, "features": "words"},
+           "shap": {"samples": samples, "seed": seed, "features": "words"}}[method]
+    return {"method": method, **own, "baseline": BASELINE.format(kept=kept)}
+
+
+def build_explanation(enc: Encoded, tgt: Target, method: str, scores: list[float], settings: dict,
+                      delta: float | None, value: float) -> Explanation:
+    """The Explanation record: a Span per feature token, words merged from them."""
+    from tunelab.explain.words import merge_words
+
+    source = enc.source(tgt.part)
+    tokens = [Span(source[enc.offsets[i][0]:enc.offsets[i][1]], *enc.offsets[i], float(scores[i]))
+              for i in tgt.features]
+    probability = math.exp(value) if tgt.log_space else value
+    return Explanation(text=source, method=method, prediction=tgt.prediction, target=tgt.target,
+                       probability=probability, tokens=tokens, words=merge_words(source, tokens),
+                       settings=settings, delta=delta)
+
+
+# ---------------------------------------------------------------------------------------------
+# For the faithfulness curves
+
+
+def target_probability(run, rows: list[list[int]], target, batch_size: int = 32) -> list[float]:
+    """The probability of `target` (a label of a classification run) for each row of token ids (rows of any
+    lengths: padded, masked and batched here)."""
+    import torch
+
+    from tunelab.data.batching import pad_batch
+
+    if run.task.name not in PROBABILITY_TASKS:
+        raise TunelabError(f"deletion curves work on {', '.join(PROBABILITY_TASKS)} runs; {run.dir} is a "
+                           f"{run.task.name} run")
+    index = label_index(labels_of(run), target)
+    out: list[float] = []
+    with torch.no_grad():
+        for at in range(0, len(rows), batch_size):
+            batch = pad_batch(rows[at:at + batch_size], pad_id(run))
+            logits = run.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            out += torch.softmax(logits.float(), -1)[:, index].tolist()
+    return out
+
+
+PROBABILITY_TASKS = ("classification",)
