@@ -182,7 +182,110 @@ def label_index(labels: list[str], target) -> int:
     raise TunelabError(f"--target: {target!r} is not a label of this run; its labels are: {', '.join(labels)}")
 
 
-TARGETS: dict[str, Callable] = {"classification": classification_target}
+def span_target(run, enc: Encoded, target) -> Target:
+    """Extractive QA: log P(start) + log P(end) of the best span in the row (the task's own search over the
+    run's qa.n_best / qa.max_answer_length), or of `target`, an answer text looked up in the context. The
+    prediction is that span, or no answer ("") where the run's no-answer threshold says so."""
+    import torch
+
+    from tunelab.tasks.extractive_qa import Answer, best_span, decide, run_threshold
+
+    if enc.context is None:
+        raise TunelabError("an extractive_qa run answers from a context: give the passage as the context "
+                           "(--context) and the question as the text")
+    context = enc.positions(1)
+    if not context:
+        raise TunelabError("nothing to explain: no context token fits in the row after the question; shorten "
+                           "the question or raise model.max_length")
+    with torch.no_grad():
+        out = run.model(**model_inputs(enc, torch.tensor([enc.ids])))
+    start, end = out.start_logits[0].float().numpy(), out.end_logits[0].float().numpy()  # (T,)
+    found = best_span(start, end, context[0], len(context), run.cfg.qa.n_best, run.cfg.qa.max_answer_length)
+    if found is None:
+        raise TunelabError("nothing to explain: the model finds no answer span within qa.max_answer_length")
+    score, first, last = found[0], context[0] + found[1], context[0] + found[2]
+    best = _answer(enc, first, last)
+    decided = decide(Answer(best["text"], best["start"], best["end"], score, float(start[0] + end[0])),
+                     run_threshold(run))
+    prediction = {k: decided[k] for k in ("answer", "start", "end")}
+    if target is not None:
+        first, last = _find_span(enc, context, str(target))
+    return Target(prediction, _answer(enc, first, last), _span_scalar(run, enc, first, last), context, 1,
+                  log_space=True)
+
+
+def _answer(enc: Encoded, first: int, last: int) -> dict:
+    a, b = enc.offsets[first][0], enc.offsets[last][1]
+    return {"text": enc.context[a:b], "start": a, "end": b}
+
+
+def _find_span(enc: Encoded, context: list[int], answer: str) -> tuple[int, int]:
+    """Row positions of the first and last context token of `answer`'s first occurrence in the row's context."""
+    at = enc.context.find(answer) if answer.strip() else -1
+    inside = [i for i in context if at >= 0 and enc.offsets[i][1] > at and enc.offsets[i][0] < at + len(answer)]
+    if not inside:
+        raise TunelabError(f"--target: {answer!r} does not occur in the part of the context the model reads; "
+                           "give an answer text copied from the context")
+    return inside[0], inside[-1]
+
+
+def _span_scalar(run, enc: Encoded, first: int, last: int) -> Callable:
+    import torch
+
+    def scalar(ids):
+        out = run.model(**model_inputs(enc, ids))
+        start = torch.log_softmax(out.start_logits.float(), -1)[:, first]  # (B,)
+        return start + torch.log_softmax(out.end_logits.float(), -1)[:, last]
+
+    return scalar
+
+
+def entity_target(run, enc: Encoded, target) -> Target:
+    """Token classification: the summed log-probabilities of one predicted entity's tags (B-X, I-X, ...) at
+    its words' first sub-tokens. `target`: an entity's index (0 = the first) or its text; None = the first."""
+    from tunelab.data.tagging import words_of
+
+    [row] = run.task.predict(run, [{run.cfg.data.text_field: enc.text}], "--text", lambda _: None)
+    entities = row["entities"]
+    entity = _pick_entity(entities, target)
+    words = [w for w in words_of(enc.text)[1] if entity["start"] <= w[0] < entity["end"]]
+    firsts = [next((i for i in enc.positions(0) if a <= enc.offsets[i][0] < b), None) for a, b in words]
+    if None in firsts:
+        raise TunelabError(f"cannot explain {entity['text']!r}: part of it lies beyond model.max_length tokens")
+    labels = list(run.meta["labels"])
+    tags = [labels.index(f"{'B' if k == 0 else 'I'}-{entity['label']}") for k in range(len(firsts))]
+    return Target(entities, entity, _tags_scalar(run, enc, firsts, tags), enc.positions(0), 0, log_space=True)
+
+
+def _pick_entity(entities: list[dict], target) -> dict:
+    if not entities:
+        raise TunelabError("nothing to explain: the model finds no entity in this text")
+    if target is None:
+        return entities[0]
+    if isinstance(target, int) or str(target).isdigit():
+        if int(target) < len(entities):
+            return entities[int(target)]
+    else:
+        found = [e for e in entities if e["text"] == str(target)]
+        if found:
+            return found[0]
+    listed = ", ".join(f"{i}: {e['text']!r} ({e['label']})" for i, e in enumerate(entities))
+    raise TunelabError(f"--target: {target!r} is neither the index nor the text of a predicted entity; the "
+                       f"entities are {listed}")
+
+
+def _tags_scalar(run, enc: Encoded, positions: list[int], tags: list[int]) -> Callable:
+    import torch
+
+    def scalar(ids):
+        log_probs = torch.log_softmax(run.model(**model_inputs(enc, ids)).logits.float(), -1)  # (B, T, L)
+        return log_probs[:, positions, tags].sum(-1)  # (B,)
+
+    return scalar
+
+
+TARGETS: dict[str, Callable] = {"classification": classification_target, "extractive_qa": span_target,
+                                "token_classification": entity_target}
 """Task name -> target(run, encoded, target) -> Target. A task explain_text can take adds itself here."""
 
 
@@ -225,6 +328,7 @@ def perturbation_scores(run, enc: Encoded, tgt: Target, method: str, *, window: 
     special tokens (and the QA question) are never perturbed.
     """
     import torch
+    from captum._utils.models.linear_model import SkLearnRidge
     from captum.attr import KernelShap, Lime, Occlusion
 
     from tunelab.explain.words import word_groups
@@ -247,7 +351,10 @@ def perturbation_scores(run, enc: Encoded, tgt: Target, method: str, *, window: 
         else:
             groups = word_groups([enc.offsets[i] for i in tgt.features])
             mask = torch.tensor([groups])  # (1, n): feature (word) index of each token
-            explainer = (Lime if method == "lime" else KernelShap)(forward)
+            # Lime fits a ridge regression (alpha 1, as the lime package does): captum's default lasso
+            # (alpha 0.01) zeroes every coefficient when the probability moves by less than a few hundredths
+            explainer = (Lime(forward, interpretable_model=SkLearnRidge(alpha=1.0)) if method == "lime"
+                         else KernelShap(forward))
             torch.manual_seed(seed)
             coef = explainer.attribute(sub, baselines=base, feature_mask=mask, n_samples=samples,
                                        perturbations_per_eval=16, return_input_shape=False)[0]  # (words,)
