@@ -35,6 +35,7 @@ COMMAND_GROUPS = (
     "data",
     "index",
     "ask",
+    "explain",
     "export",
     "compress",
 )
