@@ -1,0 +1,200 @@
+"""`tunelab explain` in-process on tiny runs: the terminal text (colour only on a TTY without NO_COLOR), JSONL
+with the issue's fields and offsets that index the text, one self-contained HTML page, many records,
+--evaluate's table, every mistake as one line with exit code 2, a causal LM's token table, and report.html's
+explained test examples."""
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+from tunelab.cli import main
+from tunelab.explain import Explanation, Span
+from tunelab.explain import render
+
+TEXT = "the goal match team today news"
+
+
+@pytest.fixture(scope="module")
+def run_dir(tiny_bert, data_dir, tmp_path_factory, helpers) -> Path:
+    """A tiny classification run (food / sport / tech keywords) with a test split."""
+    cfg = helpers.tiny_config(tiny_bert, data_dir / "train.jsonl", tmp_path_factory.mktemp("explain") / "run",
+                              {"train.max_steps": 30, "train.precision": "fp32", "train.eval_every": None})
+    return helpers.train_quietly(cfg)
+
+
+@pytest.fixture(scope="module")
+def llama_run(tmp_path_factory, helpers) -> Path:
+    """A causal_lm run of the tiny Llama (2 steps on alpaca records: prompts go through its chat template)."""
+    sys.path.insert(0, str(Path(__file__).parents[1] / "causal"))
+    from causal_helpers import alpaca_records, write_jsonl
+    from causal_tiny import write_tiny_model
+
+    from tunelab.config import config_from_dict
+
+    base = tmp_path_factory.mktemp("llama")
+    cfg = {"task": "causal_lm", "model": {"name": str(write_tiny_model(base / "model")), "max_length": 64},
+           "data": {"train": str(write_jsonl(base / "alpaca.jsonl", alpaca_records(16)))},
+           "method": {"name": "full"}, "generate": {"samples_in_eval": 0}, "output_dir": str(base / "run"),
+           "train": {"max_steps": 2, "batch_size": 4, "device": "cpu", "precision": "fp32",
+                     "early_stopping": {"metric": "loss"}}}
+    return helpers.train_quietly(config_from_dict(cfg))
+
+
+def explain(capsys, *argv) -> tuple[int, str, str]:
+    code = main(["explain", *map(str, argv)])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+# ---------------------------------------------------------------------------------------------
+# The terminal
+
+
+def test_text_prints_words_prediction_and_settings_without_colour_off_a_tty(run_dir, capsys):
+    code, out, _ = explain(capsys, run_dir, "--text", TEXT)
+    assert code == 0 and "\x1b" not in out  # captured stdout is not a terminal
+    lines = out.splitlines()
+    assert re.fullmatch(r"the\([+-]\d\.\d\d\) goal\([+-]\d\.\d\d\) match\([+-]\d\.\d\d\) team\([+-]\d\.\d\d\) "
+                        r"today\([+-]\d\.\d\d\) news\([+-]\d\.\d\d\)", lines[0]), lines[0]
+    assert lines[1] == "prediction: sport"
+    assert re.fullmatch(r"target: sport  probability 0\.\d{4}", lines[2])
+    assert lines[3].startswith("method: ig: steps=50; baseline=the pad token")
+    assert lines[4].startswith("convergence delta: ")
+
+
+def test_colour_on_a_tty_unless_no_color(run_dir, capsys, monkeypatch):
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True, raising=False)
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    _, out, _ = explain(capsys, run_dir, "--text", TEXT, "--method", "occlusion")
+    assert out.count("\x1b[48;2;") == 6 and "goal(" not in out  # one shaded background per word
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True, raising=False)
+    monkeypatch.setenv("NO_COLOR", "1")
+    _, out, _ = explain(capsys, run_dir, "--text", TEXT, "--method", "occlusion")
+    assert "\x1b" not in out and "goal(" in out
+
+
+def test_shading_is_red_for_blue_against_and_scaled_by_the_largest_score():
+    expl = Explanation("up, down", "ig", "a", "a", 0.5,
+                       words=[Span("up", 0, 2, 0.5), Span("down", 4, 8, -0.25)])
+    assert render.shade(0.5, 0.5) == (220, 71, 72)  # the largest |score|: 85% of (214, 39, 40) over white
+    assert render.shade(-0.25, 0.5) == (160, 197, 223)  # half of it, against: 42.5% of (31, 119, 180)
+    assert render.shade(0.0, 0.5) == (255, 255, 255)
+    assert render.ansi_text(expl, colour=False) == "up(+0.50), down(-0.25)"  # the comma kept where it was
+    html = render.words_html(expl.text, expl.words)
+    assert 'title="up: +0.500000"' in html and 'title="down: -0.250000"' in html and "</span>, <span" in html
+
+
+# ---------------------------------------------------------------------------------------------
+# Files
+
+
+def test_jsonl_has_the_fields_and_offsets_that_index_the_text(run_dir, tmp_path, capsys):
+    out = tmp_path / "why.jsonl"
+    code, printed, _ = explain(capsys, run_dir, "--text", TEXT, "--output", out)
+    assert code == 0 and printed.strip() == f"1 explanations written to {out}"
+    (row,) = [json.loads(line) for line in out.read_text().splitlines()]
+    assert set(row) == {"text", "prediction", "target", "probability", "method", "settings", "delta", "words"}
+    assert row["text"] == TEXT and row["prediction"] == row["target"] == "sport" and row["method"] == "ig"
+    assert row["settings"]["steps"] == 50 and isinstance(row["delta"], float) and 0 < row["probability"] < 1
+    assert [w["word"] for w in row["words"]] == TEXT.split()
+    for w in row["words"]:
+        assert set(w) == {"word", "start", "end", "score"} and TEXT[w["start"]:w["end"]] == w["word"]
+
+
+def test_html_is_one_self_contained_page(run_dir, tmp_path, capsys):
+    out, maps = tmp_path / "why.html", tmp_path / "maps"
+    code, printed, _ = explain(capsys, run_dir, "--text", TEXT, "--target", "tech", "--output", out,
+                               "--attention-maps", maps)
+    assert code == 0 and printed.strip() == f"1 explanation written to {out}"
+    page = out.read_text()
+    assert page.startswith("<!doctype html>") and page.count("<html") == 1 and "<script" not in page
+    assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", page)  # nothing fetched from anywhere
+    assert page.count('class="words"') == 1 and page.count("<span style=\"background:") == 6
+    assert "<b>target</b> tech" in page and "<b>prediction</b> sport" in page and "convergence delta" in page
+    assert len(sorted(maps.glob("*.png"))) == 4  # 2 layers x (heads, mean)
+    assert page.count("data:image/png;base64,") == 2  # the mean maps embedded
+
+
+def test_many_records_keep_their_fields(run_dir, tmp_path, capsys, helpers):
+    records = [{"id": i, "body": t} for i, t in enumerate(["goal match", "bread soup cheese", "chip code web"])]
+    inp = helpers.write_jsonl(tmp_path / "in.jsonl", records)
+    code, _, _ = explain(capsys, run_dir, "--input", inp, "--text-field", "body", "--output", tmp_path / "o.jsonl",
+                         "--method", "lime", "--samples", "40")
+    rows = [json.loads(line) for line in (tmp_path / "o.jsonl").read_text().splitlines()]
+    assert code == 0 and [(r["id"], r["body"]) for r in rows] == [(r["id"], r["body"]) for r in records]
+    assert all(r["method"] == "lime" and r["delta"] is None and r["settings"]["samples"] == 40 for r in rows)
+    code, _, _ = explain(capsys, run_dir, "--input", inp, "--text-field", "body", "--output", tmp_path / "o.html")
+    page = (tmp_path / "o.html").read_text()
+    assert code == 0 and page.count('<section class="ex">') == 3 and "<h3>Record 3</h3>" in page
+
+
+def test_evaluate_prints_the_table_and_writes_it(run_dir, capsys):
+    code, out, err = explain(capsys, run_dir, "--evaluate", "-n", "3", "--methods", "ig,attention", "--steps", "8")
+    lines = out.splitlines()
+    assert code == 0 and lines[0].split() == ["method", "AOPC", "random", "AOPC", "difference", "s/explanation"]
+    assert [line.split()[0] for line in lines[1:3]] == ["ig", "attention"]
+    assert lines[3].startswith("(n=3 texts;") and lines[4] == f"written to {run_dir / 'explain-faithfulness.json'}"
+    saved = json.loads((run_dir / "explain-faithfulness.json").read_text())
+    assert saved["n"] == 3 and [m["method"] for m in saved["methods"]] == ["ig", "attention"]
+    assert "explaining 3 texts of" in err  # progress on stderr, the table alone on stdout
+
+
+# ---------------------------------------------------------------------------------------------
+# Mistakes: one line, exit code 2, before any model loads where the arguments alone show them
+
+
+@pytest.mark.parametrize("argv, message", [
+    ([], "give either --text"),
+    (["--text", "x", "--input", "f.jsonl", "--output", "o.jsonl"], "give either --text"),
+    (["--text", "x", "--method", "saliency"], "unknown method 'saliency'"),
+    (["--text", "x", "--target", "music"], "'music' is not a label"),
+    (["--text", "x", "--output", "o.txt"], "ends in '.txt'"),
+    (["--input", "f.jsonl"], "give --output"),
+    (["--evaluate", "--text", "x"], "drop --text"),
+    (["--evaluate", "--methods", "ig,magic"], "unknown method(s) magic"),
+    (["--evaluate", "-n", "0"], "at least 1"),
+])
+def test_mistakes_are_one_line_and_exit_2(run_dir, capsys, argv, message):
+    code, out, err = explain(capsys, run_dir, *argv)
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1 and message in err, err
+
+
+def test_an_existing_output_needs_overwrite(run_dir, tmp_path, capsys):
+    out = tmp_path / "keep.jsonl"
+    out.write_text("mine\n")
+    code, _, err = explain(capsys, run_dir, "--text", TEXT, "--output", out)
+    assert code == 2 and "add --overwrite" in err and out.read_text() == "mine\n"
+    assert explain(capsys, run_dir, "--text", TEXT, "--output", out, "--overwrite")[0] == 0
+    assert json.loads(out.read_text())["text"] == TEXT
+
+
+# ---------------------------------------------------------------------------------------------
+# A causal LM run, and the report
+
+
+def test_causal_lm_prints_generated_tokens_by_prompt_tokens(llama_run, tmp_path, capsys):
+    code, out, _ = explain(capsys, llama_run, "--text", "Add 2 and 3.", "--max-new-tokens", "3")
+    lines = out.splitlines()
+    assert code == 0 and lines[1].startswith("generated: ") and lines[2].startswith("method: ablation: ")
+    table = lines[4:]
+    heads, prompt = table[0].split(), iter("Add 2 and 3.".replace(" ", "\u2423"))  # spaces shown as \u2423
+    assert len(heads) == 8 and all(h in prompt for h in heads)  # 8 of the 12 prompt tokens, in prompt order
+    assert len(table) == 1 + 3 + 1 and "8 of 12 prompt tokens shown" in table[-1]
+    code, _, _ = explain(capsys, llama_run, "--text", "Add 2 and 3.", "--max-new-tokens", "3", "--output",
+                         tmp_path / "g.html")
+    page = (tmp_path / "g.html").read_text()
+    assert code == 0 and page.count("<table class=\"m\">") == 1 and page.count("<tr>") == 1 + 3
+
+
+def test_report_has_explained_test_examples(run_dir):
+    page = (run_dir / "report.html").read_text()
+    section = page[page.index("<h2>Explained test examples</h2>"):page.index("<h2>Config</h2>")]
+    heads = re.findall(r"<h3>(right|wrong): true (\w+), predicted (\w+) \((0\.\d{3})\)</h3>", section)
+    assert heads and all((kind == "right") == (true == pred) for kind, true, pred, _ in heads)
+    rights = [float(p) for kind, _, _, p in heads if kind == "right"]
+    assert len(rights) <= 2 and rights == sorted(rights, reverse=True)  # the most confident first
+    assert section.count('class="words"') == len(heads) and "steps=16" in section
