@@ -173,6 +173,12 @@ def weight_bytes(run_dir: Path) -> int:
     return size
 
 
+def _encoder_decoder(model) -> bool:
+    """A transformers encoder-decoder, or one of tunelab's scratch seq2seq models."""
+    return bool(getattr(getattr(model, "config", None), "is_encoder_decoder", False)) \
+        or "seq2seq" in str(getattr(model, "scratch_kind", ""))
+
+
 def load_variant(name: str, run_dir: Path, base_cfg, n_latency: int, n_throughput: int) -> tuple[dict, Timing]:
     """(the row of one variant without its timings, its Timing): loaded, evaluated on RUN_DIR's test split."""
     import torch
@@ -182,6 +188,10 @@ def load_variant(name: str, run_dir: Path, base_cfg, n_latency: int, n_throughpu
     from tunelab.runs import load_run
 
     run = load_run(run_dir)
+    if _encoder_decoder(run.model):  # one forward needs decoder inputs too: a single-pass timing would mislead
+        raise TunelabError(f"--report: {run_dir} holds an encoder-decoder model; the trade-off table times "
+                           "single-pass models (classification, tagging, QA, retrieval, causal LMs): compare "
+                           "seq2seq variants with `tunelab eval` on each")
     if run.task.name != base_cfg.task:
         raise TunelabError(f"--compare {run_dir}: a {run.task.name} run; the table compares {base_cfg.task} runs")
     run.cfg.data, run.cfg.train.seed = base_cfg.data, base_cfg.train.seed  # the same test split: RUN_DIR's
@@ -246,10 +256,6 @@ def measure_variants(run_dir, others: list | None = None, threads: int | None = 
 
     run_dir = Path(run_dir)
     base_cfg = run_config(run_dir)
-    if base_cfg.task == "seq2seq":  # one forward needs decoder inputs too: a single-pass timing would mislead
-        raise TunelabError(f"--report: {run_dir} is a seq2seq run; the trade-off table times single-pass models "
-                           "(classification, tagging, QA, retrieval, causal LMs): compare seq2seq variants with "
-                           "`tunelab eval` on each")
     if threads:
         torch.set_num_threads(threads)
     metric, _ = base_metric(run_dir, base_cfg)
