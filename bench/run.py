@@ -9,10 +9,10 @@ The sides run interleaved, the order reversed every round (A B C D, D C B A, ...
 tables give the median and range. Every run is stored with its time, load and machine in
 bench/out/<part>-<stamp>.json; results.md is rendered from those files alone.
 
-    python bench/run.py                                   # every part (the eleven below)
+    python bench/run.py                                   # every part (the twelve below)
     python bench/run.py --part lm                         # one part: classification lm scratch peak
                                                           #           checkpoint distributed seq2seq qa
-                                                          #           retrieval ner compress
+                                                          #           retrieval ner compress explain
     python bench/run.py --part classification --smoke     # a tiny job, 2 repeats: checks the bench end to end
     python bench/run.py --rewrite                         # results.md again from the stored measurements
     python bench/run.py --only tunelab-fp32               # one side in this process (prints JSON)
@@ -40,6 +40,10 @@ tokens/s and test entity F1 (seqeval strict IOB2, tunelab's function) paired ove
 (structured pruning, int8, low rank, their combination), a 3-layer student distilled from it and the same
 student on the labels alone, all measured by `tunelab compress --report`: parameters, weights, latency,
 throughput, test F1 and the share of the teacher's F1 kept.
+
+`explain` (bench/explain_bench.py): the BBC News MiniLM run of examples/bbc-news.yaml, its first test articles
+explained by every method of `tunelab explain` (ig, occlusion, lime, shap, attention): per method the area over
+the deletion curve (AOPC) against random deletion's, paired over the articles, and the seconds per explanation.
 """
 from __future__ import annotations
 
@@ -252,7 +256,7 @@ PARTS = {"classification": ("tunelab-fp32", "tunelab-bf16", "trainer-fp32", "tra
          "retrieval": ("retrieval-finetune", "retrieval-index"),
          "ner": tuple(s for s in SIDES if s.startswith("ner-"))}
 ALL_PARTS = ("classification", "lm", "scratch", "peak", "checkpoint", "distributed", "seq2seq", "qa", "retrieval",
-             "ner", "compress")
+             "ner", "compress", "explain")
 # runs per side where 3 would not fit the part's time (default 3; 2 with --smoke)
 REPEATS = {"seq2seq": 2, "qa": 2, "retrieval": 2, "ner": 2}
 HEADINGS = {"peak": "## Machine and matmul peak", "classification": "## Classification",
@@ -260,6 +264,7 @@ HEADINGS = {"peak": "## Machine and matmul peak", "classification": "## Classifi
             "checkpoint": "## Checkpoint cost", "distributed": "## Distributed data parallel",
             "seq2seq": "## Translation", "qa": "## Extractive QA", "retrieval": "## Retrieval",
             "ner": "## Named-entity recognition", "compress": "## Compression trade-off",
+            "explain": "## Explanations",
             # written by bench/seeds.py
             "classification_seeds": "## Classification: test accuracy over seeds",
             "lm_seeds": "## Instruction tuning: validation loss over seeds"}
@@ -392,6 +397,10 @@ def main() -> None:
                 import tradeoff
 
                 tradeoff.run(smoke=SMOKE)
+            elif part == "explain":
+                import explain_bench
+
+                explain_bench.run(smoke=SMOKE)
             elif part == "peak":
                 record.save(record.new_path("peak", SMOKE), {"part": "peak", **child("peak"), "complete": True})
             else:

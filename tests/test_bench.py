@@ -837,3 +837,96 @@ def test_compress_section_renders_stored_figures():
     assert "- Resolution: 223 test articles, one article = 0.0045 of accuracy; the binomial SE of the teacher's " \
            "accuracy is ± 0.0114, so differences under about 0.023 are not resolved." in text
     assert "Over 100%" not in text and "What distillation added" not in text  # no variant above 100%, no students
+
+
+# ---------------------------------------------------------------------------------------------
+# The explain part (bench/explain_bench.py)
+
+
+def test_explain_part_job_is_the_example_run_and_the_commands_defaults(tmp_path):
+    """The part's run is examples/bbc-news.yaml (same data, model, training) and its settings are `tunelab
+    explain`'s defaults, over every method; the smoke job is tiny."""
+    import inspect
+
+    import explain_bench
+    import run
+    from tunelab.config import config_from_dict, load_config
+    from tunelab.explain import METHODS
+    from tunelab.explain.attribute import explain_text
+
+    assert "explain" in run.ALL_PARTS and run.HEADINGS["explain"] == "## Explanations"
+    j = explain_bench.job(smoke=False, fast_bf16=False)
+    cfg = config_from_dict(explain_bench.run_config(j, tmp_path / "r"))
+    example = load_config(Path(__file__).resolve().parent.parent / "examples" / "bbc-news.yaml")
+    assert (cfg.data, cfg.model, cfg.method) == (example.data, example.model, example.method)
+    assert {k: v for k, v in vars(cfg.train).items() if k != "precision"} == \
+        {k: v for k, v in vars(example.train).items() if k != "precision"}
+    defaults = {k: p.default for k, p in inspect.signature(explain_text).parameters.items()}
+    assert {k: j["eval"][k] for k in ("steps", "window", "samples", "seed")} == \
+        {k: defaults[k] for k in ("steps", "window", "samples", "seed")}
+    assert j["eval"]["methods"] == list(METHODS) and j["eval"]["n"] == 24 and j["threads"] == 2
+    assert explain_bench.settings_of("attention", j["eval"]) == {}
+    smoke = explain_bench.job(smoke=True, fast_bf16=True)
+    assert (smoke["run"]["limit"], smoke["run"]["precision"], smoke["eval"]["n"]) == (48, "bf16", 3)
+
+
+def explain_record() -> dict:
+    """A stored explain measurement with hand-set figures: 4 articles, two methods."""
+    import explain_bench
+
+    machine = {"cpu": "Test CPU", "cores": 2, "threads": 2, "avx512_bf16": False, "amx": False,
+               "fast_bf16": False, "torch": "2.13.0", "python": "3.11"}
+    articles = [{"tokens": t, "target": "sport", "label": lab, "probability": p, "random_aopc": r,
+                 "random_curve": [p, p]} for t, lab, p, r in ((128, "sport", 0.9, 0.01), (100, "sport", 0.8, 0.03),
+                                                             (128, "tech", 0.7, 0.02), (60, "sport", 0.95, 0.0))]
+    methods = {"ig": {"aopc": [0.31, 0.43, 0.22, 0.40], "seconds": [4.0, 5.0, 6.0, 3.0],
+                      "delta": [0.001, -0.004, 0.002, 0.0005], "settings": {"method": "ig", "steps": 50,
+                                                                              "baseline": "pad"},
+                      "curve": [0.84, 0.5]},
+               "attention": {"aopc": [0.02, 0.01, 0.04, 0.0], "seconds": [0.5, 0.7, 0.6, 0.4], "delta": [],
+                             "settings": {"method": "attention", "scores": "attention rollout (not one)"},
+                             "curve": [0.84, 0.8]}}
+    measure = {"data": "builtin:bbc-news (test split)", "n": 4, "fractions": [0.0, 0.5], "random_draws": 5,
+               "threads": 2, "articles": articles, "methods": methods, "random_curve": [0.84, 0.82],
+               "peak_rss_mb": 900.0, "wall_seconds": 300.0}
+    return {"part": "explain", "smoke": False, "job": explain_bench.job(False, False),
+            "started": "2026-11-26T18:00:00Z", "finished": "2026-11-26T18:14:00Z", "load_before": [0.2, 0, 0],
+            "load_after": [2.1, 0, 0], "machine": machine, "cpu_flags": {"avx2": True, "avx512f": False},
+            "train": {"seconds": 170.0, "steps": 76, "test": {"f1_macro": 0.95}}, "measure": measure,
+            "plot": "explain-x.png", "file": "bench/out/explain-x.json"}
+
+
+def test_explain_section_renders_stored_figures():
+    """The table is the stored per-article figures: mean AOPCs, the paired difference and its SE, articles above
+    random, median seconds with the range; the reading says what is resolved; flags, date and plot are there."""
+    import explain_bench
+
+    text = "\n".join(explain_bench.markdown(explain_record()))
+    # ig: AOPC mean 0.34, random 0.015; differences 0.30 0.40 0.20 0.40 -> +0.3250, SD 0.0957 / 2 = 0.0479
+    assert "| ig | steps 50 | 0.3400 | 0.0150 | +0.3250 ± 0.0479 | 4/4 | 4.50 (3.00-6.00) |" in text
+    # attention: differences 0.01 -0.02 0.02 0 -> +0.0025, SD 0.0171 / 2 = 0.0085
+    assert "| attention | attention rollout | 0.0175 | 0.0150 | +0.0025 ± 0.0085 | 2/4 | 0.55 (0.40-0.70) |" in text
+    # ig over attention: differences 0.29 0.42 0.18 0.40: +0.3225, SD 0.1109 / 2 = 0.0554
+    assert "- Highest AOPC: ig; its lead over attention is +0.3225 ± 0.0554 (paired over the articles): resolved" \
+        in text
+    assert "- Not resolved above random deletion: attention." in text
+    assert "median 0.0015, largest 0.0040" in text
+    assert "- The explained articles: 4, 3 predicted right; 60-128 tokens (median 114)" in text
+    assert "CPU flags: avx2." in text and "Test CPU, 2 cores" in text and "2026-11-26T18:00:00Z" in text
+    assert "600 training articles, max_length 128, 2 epoch(s) = 76 steps of 16, fp32" in text
+    assert "test F1 macro 0.9500" in text and "![mean deletion curves](out/explain-x.png)" in text
+    assert "training 170 s, explanations and curves 300 s (peak RSS 900 MB)" in text
+
+
+def test_explain_section_is_rendered_into_results(tmp_path, monkeypatch):
+    """results.md takes the newest complete stored explain measurement, under its own heading."""
+    import explain_bench
+    import results
+
+    rec = explain_record()
+    rec.pop("file")
+    (tmp_path / "explain-20261126T180000Z.json").write_text(json.dumps({**rec, "complete": True}))
+    monkeypatch.setattr(record, "OUT", tmp_path)
+    text = results.render(False, {})
+    assert text.count("## Explanations: faithfulness on the BBC News MiniLM run") == 1
+    assert explain_bench.markdown({**rec, "file": "bench/out/explain-20261126T180000Z.json"})[0] in text
