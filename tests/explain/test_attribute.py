@@ -223,6 +223,13 @@ def test_a_word_of_several_pieces_is_one_word_with_the_summed_score(keyword_run)
     assert max(e.words, key=lambda w: w.score).text == "ZEBRA"
 
 
+def test_a_text_longer_than_a_row_says_where_it_was_cut(keyword_run):
+    text = " ".join(["the news"] * 10) + " zebra"  # 21 words; model.max_length is 16: 14 are read
+    e = explain_text(keyword_run, text, "occlusion")
+    assert len(e.words) == 14 and e.settings["truncated_at"] == e.words[-1].end == 62
+    assert "truncated_at" not in explain_text(keyword_run, SENTENCES[0], "occlusion").settings
+
+
 def test_lime_gives_a_word_one_coefficient_shared_by_its_pieces(keyword_run):
     e = explain_text(keyword_run, "unbelievably the zebra news", "lime", samples=80)
     pieces = e.tokens[:5]
@@ -242,6 +249,16 @@ def test_word_groups_follow_white_space_only():
     words = merge_words(text, spans)
     assert [(w.text, w.start, w.end, w.score) for w in words] == [("ab", 0, 2, 3.0), ("cd,e", 3, 7, -0.25),
                                                                   ("f", 9, 10, 3.0)]
+
+
+def test_white_space_tokens_join_the_next_word():
+    """A byte-level BPE gives spaces tokens of their own; trimmed, their spans are empty."""
+    text = "the  goal"
+    offsets = [(0, 3), (3, 3), (4, 4), (5, 9), (9, 9)]  # the, " ", " ", goal, a trailing space
+    assert word_groups(offsets) == [0, 1, 1, 1, 1]
+    words = merge_words(text, [Span(text[a:b], a, b, 1.0) for a, b in offsets])
+    assert [(w.text, w.start, w.end, w.score) for w in words] == [("the", 0, 3, 1.0), ("goal", 5, 9, 4.0)]
+    assert word_groups([(2, 2)]) == [0]
 
 
 def test_offsets_skip_the_leading_space_of_byte_level_tokens():

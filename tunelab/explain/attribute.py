@@ -418,13 +418,17 @@ def method_settings(method: str, *, steps: int, window: int, samples: int, seed:
 
 def build_explanation(enc: Encoded, tgt: Target, method: str, scores: list[float], settings: dict,
                       delta: float | None, value: float) -> Explanation:
-    """The Explanation record: a Span per feature token, words merged from them."""
+    """The Explanation record: a Span per feature token, words merged from them; settings["truncated_at"] is
+    the character offset where the model stopped reading a text longer than model.max_length tokens."""
     from tunelab.explain.words import merge_words
 
     source = enc.source(tgt.part)
     tokens = [Span(source[enc.offsets[i][0]:enc.offsets[i][1]], *enc.offsets[i], float(scores[i]))
               for i in tgt.features]
     probability = math.exp(value) if tgt.log_space else value
+    read = tokens[-1].end if tokens else 0
+    if source[read:].strip():  # cut to model.max_length tokens: the rest was never read, so has no score
+        settings = {**settings, "truncated_at": read}
     return Explanation(text=source, method=method, prediction=tgt.prediction, target=tgt.target,
                        probability=probability, tokens=tokens, words=merge_words(source, tokens),
                        settings=settings, delta=delta)
