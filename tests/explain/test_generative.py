@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).parents[1] / "causal"))  # the tiny Llama 
 from causal_helpers import alpaca_records, write_jsonl  # noqa: E402
 from causal_tiny import write_tiny_model  # noqa: E402
 from tunelab.errors import TunelabError  # noqa: E402
-from tunelab.explain.generative import explain_generation, greedy_tokens, prompt_ids  # noqa: E402
+from tunelab.explain.generative import baseline_id, explain_generation, greedy_tokens, prompt_ids  # noqa: E402
 from tunelab.runs import load_run  # noqa: E402
 
 PROMPT = "Add 2 and 3."  # the tiny tokenizer has one token per character: 12 prompt tokens
@@ -100,8 +100,9 @@ def test_a_plain_prompt_run_attributes_every_token_but_the_special_ones(chat_run
     run = dataclasses.replace(chat_run, meta={"format": "prompt_completion"})
     p = prompt_ids(run, PROMPT)
     assert not p.chat and p.ids == chat_run.tokenizer(PROMPT)["input_ids"] and all(p.attributed)
-    expl = explain_generation(run, PROMPT, max_new_tokens=2)
-    assert len(expl.scores) == 2 and len(expl.scores[0]) == 12 and expl.settings["fixed_tokens"] == 0
+    expl = explain_generation(run, PROMPT, max_new_tokens=2, method="occlusion")  # = ablation, one token
+    assert expl.method == "ablation" and expl.settings["fixed_tokens"] == 0
+    assert len(expl.scores) == 2 and len(expl.scores[0]) == 12
 
 
 def test_the_cpu_caps_are_one_clear_error(chat_run):
@@ -113,7 +114,7 @@ def test_the_cpu_caps_are_one_clear_error(chat_run):
         explain_generation(chat_run, PROMPT, max_new_tokens=40)
     with pytest.raises(TunelabError, match="target's token count 9 is over the cap of 4"):
         explain_generation(chat_run, PROMPT, target="2 + 3 = 5", max_generated_tokens=4)
-    with pytest.raises(TunelabError, match="explained by ablation or ig; got 'lime'"):
+    with pytest.raises(TunelabError, match=r"explained by ablation or ig \(occlusion = ablation\); got .lime."):
         explain_generation(chat_run, PROMPT, method="lime")
 
 
@@ -122,3 +123,12 @@ def test_a_classification_run_is_refused(tiny_bert, data_dir, tmp_path, helpers)
     run = load_run(helpers.train_quietly(cfg))
     with pytest.raises(TunelabError, match="is a classification run; explaining generated tokens needs a causal"):
         explain_generation(run, "the team")
+
+
+def test_the_baseline_is_the_pad_token_unless_it_is_the_end_of_sequence():
+    from types import SimpleNamespace
+
+    assert baseline_id(SimpleNamespace(pad_token_id=0, eos_token_id=3, unk_token_id=1)) == 0
+    # SmolLM2: no pad token of its own, so tunelab pads with <|im_end|> (2); <|endoftext|> (0) stands in
+    assert baseline_id(SimpleNamespace(pad_token_id=2, eos_token_id=2, unk_token_id=0)) == 0
+    assert baseline_id(SimpleNamespace(pad_token_id=2, eos_token_id=2, unk_token_id=None)) == 2

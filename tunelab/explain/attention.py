@@ -277,8 +277,12 @@ def _heads_figure(layer, labels: list[str], title: str):
     heads, t = layer.shape[0], len(labels)
     cols = min(heads, 4)
     rows = math.ceil(heads / cols)
-    side = max(2.6, 0.13 * t + 1.0)  # inches per panel: about 9 points per token label
-    fig = Figure(figsize=(cols * side + 0.8, rows * side + 0.9), layout="constrained")
+    side = max(2.6, 0.13 * t + 0.6)  # inches per panel: about 9 points per token label
+    margin = 1.0  # inches left and below for the token labels
+    width, height = cols * side * 1.08 + margin + 1.2, rows * side * 1.18 + margin + 0.8
+    fig = Figure(figsize=(width, height))  # placed by hand: constrained layout doubles the drawing time
+    fig.subplots_adjust(left=margin / width, right=1 - 1.2 / width, bottom=margin / height,
+                        top=1 - 0.8 / height, wspace=0.08, hspace=0.18)
     axes = fig.subplots(rows, cols, squeeze=False)
     for h, ax in enumerate(axes.flat):
         if h >= heads:
@@ -287,7 +291,8 @@ def _heads_figure(layer, labels: list[str], title: str):
         image = ax.imshow(layer[h], cmap="viridis", vmin=0.0, vmax=1.0, interpolation="nearest")
         ax.set_title(f"head {h + 1}", fontsize=9)
         _tick_labels(ax, labels, x=h // cols == rows - 1 or h + cols >= heads, y=h % cols == 0, size=6)
-    fig.colorbar(image, ax=axes, shrink=0.6, label="attention weight")
+    bar = fig.add_axes((1 - 0.95 / width, 0.3, 0.18 / width, 0.4))  # (left, bottom, width, height)
+    fig.colorbar(image, cax=bar, label="attention weight")
     fig.suptitle(title, fontsize=11)
     return fig
 

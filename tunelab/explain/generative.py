@@ -13,7 +13,8 @@ scores every (generated token i, prompt token j) pair:
   attribution summed over the embedding dimension, and row i sums to about log p(g_i | prompt) - log
   p(g_i | baseline prompt). `steps` forward and backward passes per generated token.
 
-The baseline token is the tokenizer's pad token (the same neutral token attribute.py's methods use).
+The baseline token is the tokenizer's pad token (the neutral token attribute.py's methods use too), or its
+unknown token where the pad token is the end-of-sequence token (`baseline_id`; settings["baseline"] names it).
 
 Which tokens are attributed: the user's prompt only. A chat-trained run (its data format is a chat format)
 sees the prompt as a user turn in its chat template, as `tunelab predict --text` does; the template's own
@@ -188,6 +189,16 @@ def _target_ids(run, ids: list[int], target: str | None, max_new_tokens: int) ->
 # captum
 
 
+def baseline_id(tokenizer) -> int:
+    """The token that stands in for an absent prompt token: the pad token, unless it is the end-of-sequence
+    token (tunelab gives a tokenizer without a pad token its EOS as pad, and an end of turn inside the
+    prompt is no neutral token), then the unknown token where there is one."""
+    pad, eos, unk = tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.unk_token_id
+    if pad is not None and pad != eos:
+        return pad
+    return unk if unk is not None else (pad if pad is not None else eos)
+
+
 def _interpretable_input(p: PromptIds, tokenizer, baseline: int):
     """captum's TextTokenInput over our own ids: features = the attributed tokens, the rest fixed.
 
@@ -236,11 +247,10 @@ def explain_generation(run, prompt: str, *, max_new_tokens: int = 16, method: st
     module doc). Refused (TunelabError): a prompt with more than `max_prompt_tokens` attributed tokens, more
     than `max_generated_tokens` tokens to explain, a run that is not a causal LM.
     """
-    from tunelab.data.tokens import pad_id_of
-
+    method = "ablation" if method == "occlusion" else method  # a one-token occlusion window is ablation
     if method not in GENERATION_METHODS:
-        raise TunelabError(f"--method: a causal LM's generation is explained by {' or '.join(GENERATION_METHODS)}; "
-                           f"got {method!r}")
+        raise TunelabError(f"--method: a causal LM's generation is explained by {' or '.join(GENERATION_METHODS)} "
+                           f"(occlusion = ablation); got {method!r}")
     if max_new_tokens < 1 or steps < 1:
         raise TunelabError(f"max_new_tokens ({max_new_tokens}) and steps ({steps}) must be at least 1")
     _require_causal_lm(run)
@@ -254,7 +264,7 @@ def explain_generation(run, prompt: str, *, max_new_tokens: int = 16, method: st
     new = _target_ids(run, p.ids, target, max_new_tokens)
     _check_caps(n_prompt, len(new), max_prompt_tokens, max_generated_tokens, "the target's token count")
     tok = run.tokenizer
-    baseline = pad_id_of(tok, fallback=tok.eos_token_id)
+    baseline = baseline_id(tok)
     scores = attribution_matrix(run.model, tok, p, new, method, baseline=baseline, steps=steps)
     columns = scores.sum(dim=0).tolist()  # (prompt,): attribution to the whole generated text
     spans = [Span(prompt[a:b], a, b, s) for (a, b), s in zip(p.offsets, columns)]
