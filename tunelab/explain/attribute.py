@@ -7,7 +7,9 @@ which token positions are its features:
 - classification: F = the softmax probability of the target label (the predicted one, or `target`);
   features: every non-special token.
 - extractive_qa: F = log P(start) + log P(end) of the predicted answer span (softmax over the row's
-  positions); features: the context's tokens (the question and the special tokens stay as they are).
+  positions); features: the context's tokens (the question and the special tokens stay as they are). One
+  row is explained: a context longer than model.max_length is cut (settings["truncated_at"] says where), so
+  the span is the best one in the part read, which for a long context may differ from `tunelab ask`'s.
 - token_classification: F = the summed log-probabilities of an entity's tags at its words' first
   sub-tokens (the tags the run's own prediction gave them); features: every non-special token.
 
@@ -19,14 +21,15 @@ The methods (all through captum, all on CPU, the weights never change):
 - occlusion: captum Occlusion over the feature tokens, a window of `window` tokens sliding by one, the
   occluded tokens replaced by the pad token; a token's score is the mean drop of F over the windows that
   cover it. Special tokens are never occluded.
-- lime / shap: captum Lime and KernelShap on interpretable features = words (the sub-tokens of one word are
-  one feature; special tokens are fixed), an absent word's tokens replaced by the pad token, `samples`
-  samples drawn after torch.manual_seed(seed). A word's coefficient is shared equally by its tokens, so the
-  word score is the coefficient itself.
+- lime / shap: captum Lime (a ridge regression on the samples, alpha 1) and KernelShap on interpretable
+  features = words (the sub-tokens of one word are one feature, see words.py; special tokens are fixed), an
+  absent word's tokens replaced by the pad token, `samples` samples drawn after torch.manual_seed(seed). A
+  word's coefficient is shared equally by its tokens, so the word score is the coefficient itself. With far
+  fewer samples than 2^words (a long text), both are noisy.
 
 "Replaced by the pad token" keeps the attention mask at 1, so the model sees a neutral token in that place
-rather than a shorter text (positions do not move). The "attention" method is attention.py's; the command
-routes it there.
+rather than a shorter text (positions do not move). The "attention" method is attention.py's
+(tunelab.explain.faithfulness.explain_any routes it there, into the same Explanation record).
 """
 from __future__ import annotations
 
@@ -67,6 +70,7 @@ class Encoded:
         return [i for i, p in enumerate(self.part) if p == part]
 
     def source(self, part: int) -> str:
+        """The text whose characters a part's offsets index."""
         return self.context if part == 1 else self.text
 
 
@@ -126,13 +130,14 @@ def _trim(text: str, start: int, end: int) -> tuple[int, int]:
 
 
 def _reads_types(run) -> bool:
-    base = run.model.get_base_model() if hasattr(run.model, "get_base_model") else run.model
-    config = getattr(base, "config", None)
-    return bool(run.meta.get("token_type_ids", not isinstance(config, dict)
-                             and (getattr(config, "type_vocab_size", 0) or 0) >= 2))
+    """Whether the model takes token_type_ids for a question + context pair, as the QA run was trained."""
+    from tunelab.tasks.extractive_qa import uses_token_types
+
+    return bool(run.meta.get("token_type_ids", uses_token_types(run.model)))
 
 
 def pad_id(run) -> int:
+    """The token every baseline and perturbation puts in place of an attributed token."""
     from tunelab.data.tokens import pad_id_of
 
     return pad_id_of(run.tokenizer)
@@ -170,6 +175,7 @@ def classification_target(run, enc: Encoded, target) -> Target:
 
 
 def labels_of(run) -> list[str]:
+    """A classification run's label names, in the order of its logits."""
     labels = run.meta.get("labels")
     if labels:
         return [str(x) for x in labels]
@@ -177,6 +183,7 @@ def labels_of(run) -> list[str]:
 
 
 def label_index(labels: list[str], target) -> int:
+    """The logit index of a label name (an integer label may come as an int), or a TunelabError listing them."""
     if str(target) in labels:
         return labels.index(str(target))
     raise TunelabError(f"--target: {target!r} is not a label of this run; its labels are: {', '.join(labels)}")
