@@ -141,6 +141,9 @@ def test_evaluate_prints_the_table_and_writes_it(run_dir, capsys):
     saved = json.loads((run_dir / "explain-faithfulness.json").read_text())
     assert saved["n"] == 3 and [m["method"] for m in saved["methods"]] == ["ig", "attention"]
     assert "explaining 3 texts of" in err  # progress on stderr, the table alone on stdout
+    code, _, err = explain(capsys, run_dir, "--evaluate", "-n", "1", "--methods", "attention")
+    assert code == 2 and "add --overwrite" in err
+    assert json.loads((run_dir / "explain-faithfulness.json").read_text()) == saved  # kept
 
 
 # ---------------------------------------------------------------------------------------------

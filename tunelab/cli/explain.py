@@ -47,7 +47,8 @@ def add_commands(sub) -> None:
     e.add_argument("--output", help="OUT.html (one self-contained page) or OUT.jsonl (one row per record)")
     e.add_argument("--attention-maps", metavar="DIR", help="also write per-layer attention heatmaps (PNG) to DIR "
                                                            "(embedded in an --output page)")
-    e.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
+    e.add_argument("--overwrite", action="store_true", help="replace an existing --output file, attention maps or "
+                                                            "--evaluate table")
     e.add_argument("--evaluate", action="store_true", help="measure each method's faithfulness (deletion curves)")
     e.add_argument("--data", help="--evaluate: labelled or unlabelled records (default: the run's test split)")
     e.add_argument("-n", type=int, default=100, help="--evaluate: how many records (default 100)")
@@ -87,6 +88,7 @@ def check_arguments(args) -> None:
         args.methods = _method_list(args.methods)
         if args.n < 1:
             raise TunelabError(f"explain -n: got {args.n}; give a number of records of at least 1")
+        _check_result(args)
         return
     if bool(args.text) == bool(args.input):
         raise TunelabError('explain: give either --text "..." or --input FILE (with --output OUT.html or '
@@ -98,6 +100,16 @@ def check_arguments(args) -> None:
         raise TunelabError("explain --input: give --output OUT.html or OUT.jsonl for the explanations")
     if args.output:
         _check_output(args.output, args.input, args.overwrite)
+
+
+def _check_result(args) -> None:
+    """--evaluate replaces an earlier table only with --overwrite."""
+    from tunelab.errors import TunelabError
+    from tunelab.explain.faithfulness import result_path
+
+    out = result_path(args.run_dir, args.data)
+    if out.exists() and not args.overwrite:
+        raise TunelabError(f"explain --evaluate: {out} exists (an earlier table); add --overwrite to replace it")
 
 
 def _method_list(text: str | None) -> list[str]:

@@ -27,7 +27,12 @@ from typing import Callable, Sequence
 
 FRACTIONS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)
 RANDOM_DRAWS = 5  # random orders averaged for the reference curve
-RESULT_FILE = "explain-faithfulness.json"
+
+
+def result_path(run_dir: str | Path, data: str | None) -> Path:
+    """RUN_DIR/explain-faithfulness.json for the run's test split, explain-faithfulness-NAME.json for --data."""
+    return Path(run_dir) / ("explain-faithfulness.json" if data is None else
+                            f"explain-faithfulness-{Path(data).stem}.json")
 
 
 def deletion_counts(n: int, fractions: Sequence[float]) -> list[int]:
@@ -257,7 +262,7 @@ def test_texts(run, data: str | None, n: int) -> tuple[list[str], str]:
 def evaluate_run(run_dir: str | Path, methods: Sequence[str], *, data: str | None = None, n: int = 100,
                  seed: int = 0, settings: dict | None = None, log=print) -> tuple[list[dict], Path]:
     """`tunelab explain RUN_DIR --evaluate`: the table of `evaluate` on the first `n` texts of `data` (default:
-    the run's test split), written to RUN_DIR/explain-faithfulness.json (atomically)."""
+    the run's test split), written atomically to `result_path(run_dir, data)`."""
     from tunelab.io import atomic_write_json
     from tunelab.runs import load_run
 
@@ -265,7 +270,7 @@ def evaluate_run(run_dir: str | Path, methods: Sequence[str], *, data: str | Non
     texts, source = test_texts(run, data, n)
     log(f"explaining {len(texts)} texts of {source} with {', '.join(methods)}")
     rows = evaluate(run, texts, methods, seed=seed, settings=settings, log=log)
-    out = Path(run_dir) / RESULT_FILE
+    out = result_path(run_dir, data)
     atomic_write_json(out, {"data": source, "n": len(texts), "fractions": list(FRACTIONS),
                             "random_draws": RANDOM_DRAWS, "seed": seed,
                             "deletion": "tokens removed from the sequence (special tokens never)",
