@@ -410,8 +410,8 @@ def unexplained(run) -> str:
     return f"explain works on {', '.join(sorted(TARGETS))} runs; {run.dir} is a {name} run{ELSEWHERE.get(name, '')}"
 
 
-ELSEWHERE = {"causal_lm": "; a causal_lm run is explained by its generated tokens: use --method ablation or "
-                          "layer-ig (tunelab.explain.generative)"}
+ELSEWHERE = {"causal_lm": "; a causal_lm run is explained by the prompt tokens behind each generated token: "
+                          "--method ablation or ig (tunelab.explain.generative)"}
 """Task name -> where its explanations are, for tasks another module explains."""
 
 
