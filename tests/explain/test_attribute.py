@@ -287,7 +287,8 @@ def test_target_probability_pads_rows_of_any_length(keyword_run):
 def test_other_tasks_are_refused_with_where_to_go():
     run = SimpleNamespace(task=SimpleNamespace(name="causal_lm"), dir="runs/chat")
     with pytest.raises(TunelabError, match=r"explain works on classification, extractive_qa, token_classification "
---method ablation or ig \(tunelab.explain.generative\)"):
+                                           r"runs; runs/chat is a causal_lm run; .*--method ablation or ig "
+                                           r"\(tunelab.explain.generative\)"):
         explain_text(run, "hello", "ig")
     with pytest.raises(TunelabError, match="deletion curves work on classification runs; runs/chat is a "
                                            "causal_lm run"):
