@@ -166,3 +166,16 @@ def test_a_recurrent_scratch_model_is_one_clear_error(tiny_bert, data_dir, tmp_p
     run = scratch_run("lstm", tiny_bert, data_dir, tmp_path, helpers)
     with pytest.raises(TunelabError, match="no attention layers .*--method ig or occlusion"):
         attention.attention_weights(run, TEXT)
+
+
+def test_a_lora_run_gets_an_eager_copy_of_its_adapter_model(tiny_bert, data_dir, tmp_path, helpers):
+    cfg = helpers.tiny_config(tiny_bert, data_dir / "train.jsonl", tmp_path / "run",
+                              {"method.name": "lora", "train.max_steps": 2})
+    run = load_run(helpers.train_quietly(cfg))
+    assert hasattr(run.model, "get_base_model")  # a peft model
+    _, weights = attention.attention_weights(run, TEXT)
+    assert weights.shape == (2, 2, 9, 9) and torch.allclose(weights.sum(-1), torch.ones(2, 2, 9), atol=1e-5)
+    assert run.model.get_base_model().config._attn_implementation == "sdpa"
+    enc = run.tokenizer(TEXT, return_tensors="pt")
+    with torch.no_grad():
+        assert torch.allclose(attention.eager_model(run)(**enc).logits, run.model(**enc).logits, atol=1e-5)
