@@ -122,13 +122,16 @@ def test_maps_write_two_readable_pngs_per_layer(bert_run, tmp_path):
 
 def test_a_long_text_is_shown_truncated(bert_run, tmp_path, monkeypatch):
     monkeypatch.setattr(attention, "MAP_TOKENS", 4)
-    titles = []
+    seen = []
     real = attention._mean_figure
-    monkeypatch.setattr(attention, "_mean_figure", lambda mean, labels, title: (titles.append((mean.shape, labels,
-                                                                                               title)),
-                                                                                  real(mean, labels, title))[1])
+
+    def spy(mean, labels, title):
+        seen.append((mean.shape, labels, title))
+        return real(mean, labels, title)
+
+    monkeypatch.setattr(attention, "_mean_figure", spy)
     attention.attention_maps(bert_run, TEXT, tmp_path, layers=[1])
-    assert titles == [((4, 4), ["[CLS]", "the", "team", "player"], "layer 1, mean over 2 heads (first 4 of 9 tokens)")]
+    assert seen == [((4, 4), ["[CLS]", "the", "team", "player"], "layer 1, mean over 2 heads (first 4 of 9 tokens)")]
 
 
 def test_a_causal_lm_map_is_lower_triangular_and_its_readout_is_the_last_token(llama_run):

@@ -87,8 +87,8 @@ def _require_causal_lm(run) -> None:
     config = getattr(model, "config", None)
     if not (hasattr(model, "generate") and hasattr(model, "get_input_embeddings")) or \
             isinstance(config, dict) or getattr(config, "is_encoder_decoder", False):
-        raise TunelabError(f"{run.dir} is a {run.task.name} run; explaining generated tokens needs a causal LM run "
-                           "(task causal_lm on a transformers model); for a classifier use --method ig / "
+        raise TunelabError(f"{run.dir} is a {run.task.name} run; explaining generated tokens needs a causal LM "
+                           "run (task causal_lm on a transformers model); for a classifier use --method ig / "
                            "occlusion / lime / shap")
 
 
