@@ -9,7 +9,7 @@ from pathlib import Path
 
 EPILOG = """examples:
   tunelab explain runs/bbc-news --text "Shares rose after the merger"
-  tunelab explain runs/bbc-news --text "A late goal won it" --method occlusion --window 3 --target sport
+  tunelab explain runs/bbc-news --text "A late goal won it" --method occlusion --window 3 --target sports
   tunelab explain runs/bbc-news --text "..." --output why.html --attention-maps maps/
   tunelab explain runs/bbc-news --input new.jsonl --text-field body --output why.jsonl
   tunelab explain runs/squad --text "Who wrote it?" --context "It was written by Ann Lee in 1999."
