@@ -193,6 +193,18 @@ def test_causal_lm_prints_generated_tokens_by_prompt_tokens(llama_run, tmp_path,
     assert code == 0 and page.count("<table class=\"m\">") == 1 and page.count("<tr>") == 1 + 3
 
 
+
+def test_the_causal_lm_caps_are_options_the_message_names(llama_run, capsys):
+    # the 12-token prompt is over a cap of 4: one line naming the flag; the flag raised, it explains
+    code, _, err = explain(capsys, llama_run, "--text", "Add 2 and 3.", "--max-new-tokens", "2",
+                           "--max-prompt-tokens", "4")
+    assert code == 2 and "over the cap of 4" in err and "--max-prompt-tokens 12" in err and err.count("\n") == 1
+    code, _, err = explain(capsys, llama_run, "--text", "Add 2 and 3.", "--max-new-tokens", "3",
+                           "--max-generated-tokens", "2")
+    assert code == 2 and "--max-generated-tokens 3" in err
+    assert explain(capsys, llama_run, "--text", "Add 2 and 3.", "--max-new-tokens", "2",
+                   "--max-prompt-tokens", "12")[0] == 0
+
 def test_report_has_explained_test_examples(run_dir):
     page = (run_dir / "report.html").read_text()
     section = page[page.index("<h2>Explained test examples</h2>"):page.index("<h2>Config</h2>")]

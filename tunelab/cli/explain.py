@@ -16,7 +16,7 @@ EPILOG = """examples:
   tunelab explain runs/smollm2-lora-alpaca --text "Name a fruit." --max-new-tokens 8
   tunelab explain runs/bbc-news --evaluate -n 100 --methods ig,occlusion
 methods: ig (integrated gradients on the input embeddings; --steps), occlusion (--window), lime and shap
-(--samples, --seed), attention (last layer's [CLS] attention: not an explanation, shown for comparison).
+(--samples, --seed), attention (attention rollout from [CLS]: not an explanation, shown for comparison).
 --evaluate deletes each method's top-ranked tokens and random ones and prints the area over the deletion
 curve (AOPC) of both: a method whose difference is not above 0 explains no better than chance here."""
 
@@ -44,6 +44,9 @@ def add_commands(sub) -> None:
     e.add_argument("--seed", type=int, help="lime / shap: the seed of the perturbations; --evaluate: of the "
                                             "random deletions")
     e.add_argument("--max-new-tokens", type=int, help="causal LM: tokens generated and explained")
+    e.add_argument("--max-prompt-tokens", type=int, help="causal LM: the cap on prompt tokens explained (default "
+                                                         "64: cost grows with prompt x generated tokens)")
+    e.add_argument("--max-generated-tokens", type=int, help="causal LM: the cap on --max-new-tokens (default 32)")
     e.add_argument("--output", help="OUT.html (one self-contained page) or OUT.jsonl (one row per record)")
     e.add_argument("--attention-maps", metavar="DIR", help="also write per-layer attention heatmaps (PNG) to DIR "
                                                            "(embedded in an --output page)")
@@ -207,7 +210,9 @@ def explain_generation(run, record: dict, field: str, args):
     """A causal LM run's GenerationExplanation of one prompt (--method default: ablation)."""
     from tunelab.explain import generative
 
-    options = {k: v for k, v in (("max_new_tokens", args.max_new_tokens), ("steps", args.steps)) if v is not None}
+    options = {k: v for k, v in (("max_new_tokens", args.max_new_tokens), ("steps", args.steps),
+                                 ("max_prompt_tokens", args.max_prompt_tokens),
+                                 ("max_generated_tokens", args.max_generated_tokens)) if v is not None}
     return generative.explain_generation(run, record[field], method=args.method or "ablation",
                                          target=args.target, **options)
 
