@@ -203,7 +203,9 @@ def cli_check(run_dir: Path, ev: dict, measured: dict, work: Path) -> dict:
             "--steps", str(ev["steps"]), "--window", str(ev["window"]), "--samples", str(ev["samples"]),
             "--seed", str(ev["seed"])]
     done = tradeoff.tunelab(args, work / "cli-check.log")
-    rows = json.loads((run_dir / "explain-faithfulness.json").read_text())["methods"]
+    from tunelab.explain.faithfulness import result_path
+
+    rows = json.loads(result_path(run_dir, None).read_text())["methods"]
     diffs = {r["method"]: abs(r["aopc"] - statistics.fmean(measured["methods"][r["method"]]["aopc"]))
              for r in rows}
     diffs["random"] = abs(rows[0]["random_aopc"] - statistics.fmean(a["random_aopc"] for a in measured["articles"]))
@@ -262,7 +264,8 @@ def settings_text(settings: dict) -> str:
     """A method's own settings in a few words (the baseline is stated once, under the table)."""
     if "scores" in settings:  # attention: what its scores are, not settings
         return settings["scores"].split(" (")[0]
-    own = {k: v for k, v in settings.items() if k not in ("method", "baseline", "features")}
+    facts = ("method", "baseline", "features", "truncated_at")  # said once under the table, or per article
+    own = {k: v for k, v in settings.items() if k not in facts}
     return ", ".join(f"{k} {v}" for k, v in own.items()) or "-"
 
 

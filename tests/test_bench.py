@@ -880,8 +880,8 @@ def explain_record() -> dict:
                  "random_curve": [p, p]} for t, lab, p, r in ((128, "sport", 0.9, 0.01), (100, "sport", 0.8, 0.03),
                                                              (128, "tech", 0.7, 0.02), (60, "sport", 0.95, 0.0))]
     methods = {"ig": {"aopc": [0.31, 0.43, 0.22, 0.40], "seconds": [4.0, 5.0, 6.0, 3.0],
-                      "delta": [0.001, -0.004, 0.002, 0.0005], "settings": {"method": "ig", "steps": 50,
-                                                                              "baseline": "pad"},
+                      "delta": [0.001, -0.004, 0.002, 0.0005],
+                      "settings": {"method": "ig", "steps": 50, "truncated_at": 700, "baseline": "pad"},
                       "curve": [0.84, 0.5]},
                "attention": {"aopc": [0.02, 0.01, 0.04, 0.0], "seconds": [0.5, 0.7, 0.6, 0.4], "delta": [],
                              "settings": {"method": "attention", "scores": "attention rollout (not one)"},
