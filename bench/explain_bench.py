@@ -44,9 +44,10 @@ THREADS = 2  # torch threads of the explanations: the machine's 2 cores
 # examples/bbc-news.yaml, as a user trains it (about 3 minutes on 2 idle cores)
 RUN = dict(limit=600, max_length=128, epochs=2, batch_size=16, lr=1.0e-4, weight_decay=0.01, warmup_ratio=0.06,
            max_grad_norm=1.0, seed=42, val_fraction=0.1, test_fraction=0.1)
-# tunelab explain's defaults. Every article costs about 30 s for the five methods at 128 tokens on 2 idle
-# cores (LIME and KernelSHAP 200 forward passes each, occlusion one per token, IG 50 forward + backward), so
-# 24 articles keep the part near 15 minutes with the training.
+# tunelab explain's defaults on 24 articles: chosen from a probe on a loaded machine (about 30 s per article);
+# measured on 2 idle cores (2026-11-26, AVX-512 + AMX) an article took about 10 s for the five methods and its
+# curves at 128 tokens (LIME and KernelSHAP 200 forward passes each, occlusion one per token, IG 50 forward +
+# backward) and training 1 minute: the part took 5 minutes, so n = 80 would still fit in 15.
 EVAL = dict(n=24, steps=50, window=3, samples=200, seed=0)
 SMOKE_RUN = dict(limit=48, max_length=32, epochs=1, batch_size=8, val_fraction=0.02, test_fraction=0.02)
 SMOKE_EVAL = dict(n=3, steps=8, window=3, samples=24, seed=0)
@@ -286,8 +287,8 @@ def reading(measured: dict) -> list[str]:
     deltas = measured["methods"].get("ig", {}).get("delta")
     if deltas:
         lines.append(f"- Integrated gradients' convergence delta |sum of attributions - (F(x) - F(baseline))|: "
-                     f"median {statistics.median(abs(x) for x in deltas):.4f}, largest "
-                     f"{max(abs(x) for x in deltas):.4f} (F = probability of the predicted topic).")
+                     f"median {statistics.median(abs(x) for x in deltas):.2g}, largest "
+                     f"{max(abs(x) for x in deltas):.2g} (F = probability of the predicted topic).")
     arts = measured["articles"]
     right = sum(a["target"] == a["label"] for a in arts)
     tokens = [a["tokens"] for a in arts]

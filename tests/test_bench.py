@@ -910,7 +910,7 @@ def test_explain_section_renders_stored_figures():
     assert "- Highest AOPC: ig; its lead over attention is +0.3225 ± 0.0554 (paired over the articles): resolved" \
         in text
     assert "- Not resolved above random deletion: attention." in text
-    assert "median 0.0015, largest 0.0040" in text
+    assert "median 0.0015, largest 0.004 (F = " in text
     assert "- The explained articles: 4, 3 predicted right; 60-128 tokens (median 114)" in text
     assert "CPU flags: avx2." in text and "Test CPU, 2 cores" in text and "2026-11-26T18:00:00Z" in text
     assert "600 training articles, max_length 128, 2 epoch(s) = 76 steps of 16, fp32" in text
