@@ -370,7 +370,8 @@ def test_qa_rows_are_the_tasks_first_window(qa_run):
     own helper (a tokenizer's pair template may differ), the question cut to max_length // 2 tokens."""
     from tunelab.tasks.extractive_qa import build_windows
 
-    split = build_windows([{"question": QUESTION, "context": CONTEXT, "answers": []}], "", qa_run.tokenizer, 32, None, True)
+    record = {"question": QUESTION, "context": CONTEXT, "answers": []}
+    split = build_windows([record], "", qa_run.tokenizer, 32, None, True)
     enc = encode(qa_run, QUESTION, CONTEXT)
     assert enc.ids == split.windows[0].ids and enc.type_ids == split.windows[0].types
     # a question longer than the row: cut to 16 tokens as in training, the context fills the rest
@@ -492,3 +493,31 @@ def test_a_bert_keeps_the_pad_token(keyword_run):
 
     assert not reads_pad_ids(keyword_run.model)
     assert neutral_id(keyword_run) == (0, "the pad token")
+
+
+@pytest.mark.parametrize("kind", ["bpe", "wordpiece"])
+def test_a_tagging_row_is_the_tasks_first_window(kind):
+    """A tagger was trained on pre-split words: a byte-level BPE then gives "anna", not the "Ġanna" of running
+    text. The explained row is the task's own first window, offsets into the raw text, whole words only."""
+    from tunelab.tasks.token_classification import build_windows
+    from tunelab.tokenizer_train import build_tokenizer
+
+    tok = build_tokenizer([SENTENCE] * 20 + ["anna paris omar flew"], 300 if kind == "bpe" else 60, kind=kind)
+    text = "yesterday  anna flew to paris, with omar"
+    words = ["yesterday", "anna", "flew", "to", "paris", ",", "with", "omar"]
+    starts = [0, 11, 16, 21, 24, 29, 31, 36]  # each word's first character in `text`
+    for max_length in (64, 8):
+        run = SimpleNamespace(tokenizer=tok, task=SimpleNamespace(name="token_classification"),
+                              cfg=SimpleNamespace(model=SimpleNamespace(max_length=max_length)))
+        enc = encode(run, text)
+        window = build_windows([{"tokens": words}], None, "", tok, max_length, None).windows[0]
+        assert enc.ids == window.ids
+        assert enc.special[0] and enc.special[-1] and not any(enc.special[1:-1])
+        read = len(window.word_pos)  # 8 words, or as many whole words as fit in 6 pieces
+        assert [enc.offsets[p][0] for p in window.word_pos] == starts[:read]
+        ends = window.word_pos[1:] + [len(window.ids) - 1]
+        for w, (first, stop) in enumerate(zip(window.word_pos, ends)):  # each piece inside its own word
+            for a, b in enc.offsets[first:stop]:
+                assert text[a:b] and text[a:b] in words[w] and a >= starts[w]
+    shown = merge_words(text, [Span(text[a:b], a, b, 0.0) for (a, b), s in zip(enc.offsets, enc.special) if not s])
+    assert read < 8 and [w.text for w in shown] == text.split()[:len(shown)]

@@ -14,12 +14,14 @@ which token positions are its features:
   a long context may differ from `tunelab ask`'s. Only this task takes a `context` (`takes_context`).
 - token_classification: F = the summed log-probabilities of an entity's tags at its words' first
   sub-tokens, the tags the run's own prediction gave those words (B-X I-X ..., or I-X first where an
-  unconstrained argmax started the entity with it); features: every non-special token.
+  unconstrained argmax started the entity with it); features: every non-special token. The row is the
+  task's first window: the text's words tokenised as pre-split words, as in training (a byte-level BPE
+  gives other tokens for running text), whole words while they fit.
 
 The methods (all through captum, all on CPU, the weights never change):
 - ig: LayerIntegratedGradients on the model's input (word) embedding layer. Baseline: the same row with every
-  feature token replaced by the neutral token (below); special tokens ([CLS], [SEP]) and, for QA, the question are kept,
-  and the attention mask is unchanged. A token's score is its attribution summed over the embedding
+  feature token replaced by the neutral token (below); special tokens ([CLS], [SEP]) and, for QA, the
+  question are kept, and the attention mask is unchanged. A token's score is its attribution summed over the embedding
   dimension; the scores sum to F(x) - F(baseline) up to the convergence delta reported.
 - occlusion: captum Occlusion over the feature tokens, a window of `window` tokens sliding by one, the
   occluded tokens replaced by the neutral token; a token's score is the mean drop of F over the windows that
@@ -113,6 +115,8 @@ def encode(run, text: str, context: str | None = None) -> Encoded:
                            "tokenizer is a slow one")
     if context is not None:
         return _question_row(run, text, context)
+    if TARGETS.get(run.task.name) is entity_target:
+        return _sentence_row(run, text)
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # a long text is meant to be cut to one row
     try:
@@ -146,6 +150,40 @@ def _question_row(run, question: str, context: str) -> Encoded:
                + [_trim(context, *o) for o in window.offsets] + [(0, 0)])
     return Encoded(window.ids, [1] * len(window.ids), offsets, special, tok.convert_ids_to_tokens(window.ids),
                    part, window.types if use_types else None, question, context)
+
+
+def _sentence_row(run, text: str) -> Encoded:
+    """Token classification: the first row the task builds (tunelab.tasks.token_classification.build_windows):
+    the text's words (tunelab.data.tagging.words_of) tokenised as pre-split words, whole words while they fit,
+    framed by [CLS] / [SEP] (or BOS / EOS). Tokenising the raw text instead would give a byte-level BPE other
+    tokens than training did (a word after a space gets its space mark only in running text)."""
+    from tunelab.data.tagging import words_of
+    from tunelab.tasks.token_classification import framing_ids, word_pieces
+
+    tok = run.tokenizer
+    words, spans = words_of(text)
+    head, tail = framing_ids(tok)
+    budget = run.cfg.model.max_length - len(head) - len(tail)
+    pieces = word_pieces(tok, [words])[0] if words else []  # ids per word, exactly as in training
+    enc = tok([words], is_split_into_words=True, add_special_tokens=False, return_offsets_mapping=True) \
+        if words else None
+    within: list[list[tuple[int, int]]] = [[] for _ in words]  # piece offsets inside each word
+    for o, w in zip(enc["offset_mapping"][0] if enc else [], enc.word_ids(0) if enc else []):
+        if w is not None:
+            within[w].append(tuple(o))
+    ids, offsets = list(head), [(0, 0)] * len(head)
+    for w, (ws, we) in enumerate(spans):
+        word = pieces[w][:budget]
+        if len(ids) - len(head) + len(word) > budget:
+            break  # the model read no further (a longer text: the task's next windows)
+        inside = within[w] if len(within[w]) == len(pieces[w]) else [(0, we - ws)] * len(pieces[w])
+        ids += word
+        offsets += [_trim(text, ws + a, ws + b) for a, b in inside[:len(word)]]
+    ids += tail
+    offsets += [(0, 0)] * len(tail)
+    special = [True] * len(head) + [False] * (len(ids) - len(head) - len(tail)) + [True] * len(tail)
+    part: list[int | None] = [None if sp else 0 for sp in special]
+    return Encoded(ids, [1] * len(ids), offsets, special, tok.convert_ids_to_tokens(ids), part, None, text)
 
 
 def _trim(text: str, start: int, end: int) -> tuple[int, int]:
