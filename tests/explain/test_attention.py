@@ -165,6 +165,37 @@ def test_scratch_transformer_weights_are_read_per_head(tiny_bert, data_dir, tmp_
     assert torch.allclose(weights[0].mean(0), mean[0], atol=1e-6)
 
 
+def test_a_mean_pooled_scratch_classifier_reads_the_mean_of_the_real_rows(tiny_bert, data_dir, tmp_path, helpers):
+    """TransformerClassifier averages its real tokens (no [CLS] to read): the readout is the mean of their
+    rollout rows, not row 0; a pooling "last" classifier reads the last real token."""
+    from types import SimpleNamespace
+
+    from tunelab.explain.faithfulness import explain_any
+
+    run = scratch_run("transformer", tiny_bert, data_dir, tmp_path, helpers)
+    enc = run.tokenizer(TEXT, return_special_tokens_mask=True)
+    encoded = SimpleNamespace(ids=enc["input_ids"], mask=enc["attention_mask"], type_ids=None,
+                              special=[bool(s) for s in enc["special_tokens_mask"]])
+    scores = attention.attention_scores(run, encoded)
+    _, weights = attention.attention_weights(run, TEXT)
+    flow = hand_rollout(weights.double().numpy())
+    assert scores[1:-1] == pytest.approx(flow.mean(axis=0)[1:-1].tolist(), abs=1e-6)
+    assert scores[1:-1] != pytest.approx(flow[0][1:-1].tolist(), abs=1e-3)
+    assert "averaged" in explain_any(run, TEXT, "attention").settings["scores"]
+    real = torch.tensor([True] * 4 + [False])
+    last = SimpleNamespace(config={"pooling": "last"}, classifier=None)
+    assert attention.readout(last, real, causal=False).tolist() == [0, 0, 0, 1, 0]
+    assert attention.readout(run.model, real, causal=False).tolist() == [0.25] * 4 + [0]
+    assert attention.readout(object(), real, causal=False).tolist() == [1, 0, 0, 0, 0]
+
+
+def test_attention_on_an_empty_text_has_nothing_to_explain(bert_run):
+    from tunelab.explain.faithfulness import explain_any
+
+    with pytest.raises(TunelabError, match="nothing to explain"):
+        explain_any(bert_run, "   ", "attention")
+
+
 def test_a_recurrent_scratch_model_is_one_clear_error(tiny_bert, data_dir, tmp_path, helpers):
     run = scratch_run("lstm", tiny_bert, data_dir, tmp_path, helpers)
     with pytest.raises(TunelabError, match="no attention layers .*--method ig or occlusion"):

@@ -3,8 +3,8 @@ where every method must find the keyword, words merged from sub-tokens, targets,
 entities."""
 from __future__ import annotations
 
+import dataclasses
 import random
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -16,10 +16,6 @@ from tunelab.explain import Span
 from tunelab.explain.attribute import (ENCODER_METHODS, classification_target, encode, explain_text,
                                        target_probability)
 from tunelab.explain.words import merge_words, word_groups
-
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "extractive"))
-sys.path.insert(0, str(HERE.parent / "token_tagging"))
 
 KEYWORD = "zebra"
 FILLER = ["the", "a", "today", "news", "report", "about", "some", "new", "very", "this", "cat", "dog", "river",
@@ -300,18 +296,11 @@ def test_other_tasks_are_refused_with_where_to_go():
 
 
 @pytest.fixture(scope="module")
-def qa_run(tmp_path_factory, helpers):
-    """A tiny QA run (150 steps) on short contexts; loaded with a threshold that always answers."""
-    from extractive_helpers import qa_config, reading_records, write_jsonl, write_tiny_bert
-
+def qa_run(qa_run_dir):
+    """The tiny QA run (tests/explain/conftest.py), loaded with a threshold that always answers."""
     from tunelab.runs import load_run
 
-    root = tmp_path_factory.mktemp("qa")
-    data = write_jsonl(root / "qa.jsonl", reading_records(300, words=12))
-    cfg = qa_config(write_tiny_bert(root / "bert"), data, root / "run",
-                    **{"train.max_steps": 150, "model.max_length": 32})
-    run_dir = helpers.train_quietly(cfg)
-    return load_run(run_dir, ["qa.no_answer_threshold=1000"])
+    return load_run(qa_run_dir, ["qa.no_answer_threshold=1000"])
 
 
 QUESTION, CONTEXT = "which colour is there ?", "the old house near the red tree was big"
@@ -349,15 +338,10 @@ def test_qa_ig_completeness_and_a_chosen_answer(qa_run):
 
 
 @pytest.fixture(scope="module")
-def ner_run(tmp_path_factory, helpers):
-    from token_helpers import ner_config, ner_records, write_jsonl, write_tiny_bert
-
+def ner_run(ner_run_dir):
     from tunelab.runs import load_run
 
-    root = tmp_path_factory.mktemp("ner")
-    data = write_jsonl(root / "ner.jsonl", ner_records(300))
-    return load_run(helpers.train_quietly(ner_config(write_tiny_bert(root / "bert"), data, root / "run",
-                                                     **{"train.max_steps": 100})))
+    return load_run(ner_run_dir)
 
 
 SENTENCE = "yesterday anna flew to paris with omar"
@@ -379,3 +363,161 @@ def test_ner_explains_a_predicted_entity_over_the_sentence_words(ner_run):
     assert paris.probability == pytest.approx(predicted["entities"][1]["score"], abs=1e-3)
     with pytest.raises(TunelabError, match=r"'berlin' is neither .* the entities are 0: 'anna' \(PER\)"):
         explain_text(ner_run, SENTENCE, "ig", target="berlin")
+
+
+def test_qa_rows_are_the_tasks_first_window(qa_run):
+    """The row explained is the one the QA task reads: [CLS] question [SEP] context [SEP], built by the task's
+    own helper (a tokenizer's pair template may differ), the question cut to max_length // 2 tokens."""
+    from tunelab.tasks.extractive_qa import build_windows
+
+    record = {"question": QUESTION, "context": CONTEXT, "answers": []}
+    split = build_windows([record], "", qa_run.tokenizer, 32, None, True)
+    enc = encode(qa_run, QUESTION, CONTEXT)
+    assert enc.ids == split.windows[0].ids and enc.type_ids == split.windows[0].types
+    # a question longer than the row: cut to 16 tokens as in training, the context fills the rest
+    long_question = " ".join(["which colour is there"] * 10)  # 40 tokens, over max_length 32 alone
+    long_context = f"{CONTEXT} {CONTEXT}"  # 18 tokens: 13 fit
+    long = encode(qa_run, long_question, long_context)
+    assert long.part.count(0) == 16 and len(long.ids) == 32 and long.part.count(1) == 32 - 16 - 3
+    record = {"question": long_question, "context": long_context, "answers": []}
+    assert long.ids == build_windows([record], "", qa_run.tokenizer, 32, None, True).windows[0].ids
+    e = explain_text(qa_run, long_question, "occlusion", context=long_context)
+    assert e.text == long_context and len(e.words) == 13 and e.settings["truncated_at"] == e.words[-1].end
+
+
+def test_a_context_is_refused_where_the_task_reads_none(keyword_run, ner_run):
+    for run, name in ((keyword_run, "classification"), (ner_run, "token_classification")):
+        with pytest.raises(TunelabError, match=rf"--context: only an extractive QA run reads a passage .* is a "
+                                               rf"{name} run: drop --context"):
+            explain_text(run, SENTENCES[0], "ig", context="anything")
+
+
+def test_ner_explains_the_tags_the_prediction_gave(ner_run, monkeypatch):
+    """An unconstrained argmax may start an entity with I-X: the explained quantity is that tag's
+    log-probability, not B-X's."""
+    real = ner_run.task.predict
+
+    def i_first(run, records, source, log):  # the real prediction with "anna" tagged I-PER
+        rows = real(run, records, source, log)
+        assert rows[0]["tags"][1] == "B-PER"
+        rows[0]["tags"][1] = "I-PER"
+        return rows
+
+    monkeypatch.setattr(ner_run, "task", dataclasses.replace(ner_run.task, predict=i_first))
+    e = explain_text(ner_run, SENTENCE, "occlusion", window=1)
+    assert e.target["text"] == "anna"
+    enc = encode(ner_run, SENTENCE)
+    at = enc.offsets.index((10, 14))  # "anna"
+    with torch.no_grad():
+        log_probs = torch.log_softmax(ner_run.model(input_ids=torch.tensor([enc.ids])).logits.float(), -1)[0]
+    labels = list(ner_run.meta["labels"])
+    assert e.probability == pytest.approx(float(log_probs[at, labels.index("I-PER")].exp()), rel=1e-5)
+    assert e.probability != pytest.approx(float(log_probs[at, labels.index("B-PER")].exp()), rel=1e-3)
+
+
+def test_shap_on_one_word_gives_the_whole_difference(keyword_run):
+    """One feature: its SHAP value is exactly F(x) - F(baseline) (captum's sampler cannot draw one feature)."""
+    e = explain_text(keyword_run, "zebra", "shap")
+    assert [w.text for w in e.words] == ["zebra"]
+    assert e.words[0].score == pytest.approx(e.probability - baseline_value(keyword_run, "zebra", "a"), abs=1e-6)
+    assert e.words[0].score > 0.5
+
+
+@pytest.mark.parametrize("setting", ["steps", "window", "samples"])
+def test_settings_below_one_are_refused(keyword_run, setting):
+    with pytest.raises(TunelabError, match=rf"--{setting}: got 0; give a number of at least 1"):
+        explain_text(keyword_run, SENTENCES[0], "ig", **{setting: 0})
+
+
+# ---------------------------------------------------------------------------------------------
+# Models that read pad ids: RoBERTa's positions, a decoder classifier's readout
+
+TINY_VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "goal", "news", "today", "cat", "dog"]
+
+
+def tiny_run(model, tokenizer):
+    from tunelab.runs import Run
+
+    return Run(Path("tiny"), SimpleNamespace(model=SimpleNamespace(max_length=32)),
+               SimpleNamespace(name="classification"), model.eval(), tokenizer, {"labels": ["a", "b"]})
+
+
+def tiny_roberta_run():
+    """A random 2-layer RoBERTa classifier (pad id 0) with a WordPiece tokenizer of TINY_VOCAB."""
+    from transformers import BertTokenizerFast, RobertaConfig, RobertaForSequenceClassification
+
+    torch.manual_seed(0)
+    config = RobertaConfig(vocab_size=len(TINY_VOCAB), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                           intermediate_size=64, max_position_embeddings=40, pad_token_id=0, num_labels=2)
+    return tiny_run(RobertaForSequenceClassification(config),
+                    BertTokenizerFast(vocab={t: i for i, t in enumerate(TINY_VOCAB)}))
+
+
+def tiny_gpt2_run():
+    """A random 2-layer GPT-2 classifier (pad id 0; it reads the last non-pad token) with a word-level
+    tokenizer that adds no special tokens, so the last word is the token it reads."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import GPT2Config, GPT2ForSequenceClassification, PreTrainedTokenizerFast
+
+    words = Tokenizer(models.WordLevel({t: i for i, t in enumerate(TINY_VOCAB)}, unk_token="[UNK]"))
+    words.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=words, pad_token="[PAD]", unk_token="[UNK]",
+                                        mask_token="[MASK]")
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=len(TINY_VOCAB), n_embd=32, n_layer=2, n_head=2, n_positions=40,
+                        pad_token_id=0, bos_token_id=2, eos_token_id=3, num_labels=2)
+    return tiny_run(GPT2ForSequenceClassification(config), tokenizer)
+
+
+@pytest.mark.parametrize("make", [tiny_roberta_run, tiny_gpt2_run])
+def test_models_that_read_pad_ids_get_the_mask_token_and_ig_adds_up(make, monkeypatch):
+    """With the pad token as baseline, F(baseline) is not the start of IG's path (RoBERTa's positions, GPT-2's
+    readout move), so the delta stays large at any step count; with the mask token it vanishes."""
+    from tunelab.explain import attribute
+
+    run = make()
+    assert attribute.reads_pad_ids(run.model)
+    assert attribute.neutral_id(run) == (4, "the mask token '[MASK]' (the model reads pad ids)")
+    text = "the goal news today cat dog"
+    e = explain_text(run, text, "ig", steps=100)
+    gap = sum(t.score for t in e.tokens) - e.delta  # F(x) - F(baseline)
+    assert abs(e.delta) < 1e-2 * abs(gap)
+    assert e.settings["baseline"].startswith("the mask token '[MASK]' (the model reads pad ids) in place of")
+    monkeypatch.setattr(attribute, "neutral_id", lambda _: (0, "the pad token"))
+    padded = explain_text(run, text, "ig", steps=100)
+    assert abs(padded.delta) > 0.5 * abs(sum(t.score for t in padded.tokens) - padded.delta)
+
+
+def test_a_bert_keeps_the_pad_token(keyword_run):
+    from tunelab.explain.attribute import neutral_id, reads_pad_ids
+
+    assert not reads_pad_ids(keyword_run.model)
+    assert neutral_id(keyword_run) == (0, "the pad token")
+
+
+@pytest.mark.parametrize("kind", ["bpe", "wordpiece"])
+def test_a_tagging_row_is_the_tasks_first_window(kind):
+    """A tagger was trained on pre-split words: a byte-level BPE then gives "anna", not the "Ġanna" of running
+    text. The explained row is the task's own first window, offsets into the raw text, whole words only."""
+    from tunelab.tasks.token_classification import build_windows
+    from tunelab.tokenizer_train import build_tokenizer
+
+    tok = build_tokenizer([SENTENCE] * 20 + ["anna paris omar flew"], 300 if kind == "bpe" else 60, kind=kind)
+    text = "yesterday  anna flew to paris, with omar"
+    words = ["yesterday", "anna", "flew", "to", "paris", ",", "with", "omar"]
+    starts = [0, 11, 16, 21, 24, 29, 31, 36]  # each word's first character in `text`
+    for max_length in (64, 8):
+        run = SimpleNamespace(tokenizer=tok, task=SimpleNamespace(name="token_classification"),
+                              cfg=SimpleNamespace(model=SimpleNamespace(max_length=max_length)))
+        enc = encode(run, text)
+        window = build_windows([{"tokens": words}], None, "", tok, max_length, None).windows[0]
+        assert enc.ids == window.ids
+        assert enc.special[0] and enc.special[-1] and not any(enc.special[1:-1])
+        read = len(window.word_pos)  # 8 words, or as many whole words as fit in 6 pieces
+        assert [enc.offsets[p][0] for p in window.word_pos] == starts[:read]
+        ends = window.word_pos[1:] + [len(window.ids) - 1]
+        for w, (first, stop) in enumerate(zip(window.word_pos, ends)):  # each piece inside its own word
+            for a, b in enc.offsets[first:stop]:
+                assert text[a:b] and text[a:b] in words[w] and a >= starts[w]
+    shown = merge_words(text, [Span(text[a:b], a, b, 0.0) for (a, b), s in zip(enc.offsets, enc.special) if not s])
+    assert read < 8 and [w.text for w in shown] == text.split()[:len(shown)]

@@ -97,12 +97,19 @@ def test_jsonl_has_the_fields_and_offsets_that_index_the_text(run_dir, tmp_path,
     code, printed, _ = explain(capsys, run_dir, "--text", TEXT, "--output", out)
     assert code == 0 and printed.strip() == f"1 explanations written to {out}"
     (row,) = [json.loads(line) for line in out.read_text().splitlines()]
-    assert set(row) == {"text", "prediction", "target", "probability", "method", "settings", "delta", "words"}
+    assert set(row) == {"text", "prediction", "target", "probability", "method", "settings", "delta", "offsets_in",
+                        "words", "tokens"}
     assert row["text"] == TEXT and row["prediction"] == row["target"] == "sport" and row["method"] == "ig"
     assert row["settings"]["steps"] == 50 and isinstance(row["delta"], float) and 0 < row["probability"] < 1
+    assert row["offsets_in"] == "text"
     assert [w["word"] for w in row["words"]] == TEXT.split()
     for w in row["words"]:
         assert set(w) == {"word", "start", "end", "score"} and TEXT[w["start"]:w["end"]] == w["word"]
+    for t in row["tokens"]:  # per sub-token, as the model read them; a word's score is the sum of its tokens'
+        assert set(t) == {"token", "start", "end", "score"} and TEXT[t["start"]:t["end"]] == t["token"]
+    for w in row["words"]:
+        inside = [t["score"] for t in row["tokens"] if w["start"] <= t["start"] < w["end"]]
+        assert inside and sum(inside) == pytest.approx(w["score"], abs=1e-5)
 
 
 def test_html_is_one_self_contained_page(run_dir, tmp_path, capsys):
@@ -160,10 +167,88 @@ def test_evaluate_prints_the_table_and_writes_it(run_dir, capsys):
     (["--evaluate", "--text", "x"], "drop --text"),
     (["--evaluate", "--methods", "ig,magic"], "unknown method(s) magic"),
     (["--evaluate", "-n", "0"], "at least 1"),
+    (["--text", "x", "--steps", "0"], "--steps: got 0; give a number of at least 1"),
+    (["--text", "x", "--method", "occlusion", "--window", "0"], "--window: got 0"),
+    (["--evaluate", "--samples", "-3"], "--samples: got -3"),
+    (["--text", "Shares rose", "--context", "anything"], "only an extractive QA run reads a passage"),
+    (["--input", "f.jsonl", "--output", "o.jsonl", "--context-field", "body"], "explain --context-field: only an "
+                                                                                "extractive QA run"),
 ])
 def test_mistakes_are_one_line_and_exit_2(run_dir, capsys, argv, message):
     code, out, err = explain(capsys, run_dir, *argv)
     assert code == 2 and out == "" and len(err.strip().splitlines()) == 1 and message in err, err
+
+
+def test_attention_maps_folder_is_checked_before_any_explanation(run_dir, tmp_path, capsys):
+    a_file = tmp_path / "maps.png"
+    a_file.write_text("mine")
+    code, out, err = explain(capsys, run_dir, "--text", TEXT, "--attention-maps", a_file)
+    assert code == 2 and out == "" and "is a file; give a folder" in err and a_file.read_text() == "mine"
+    folder = tmp_path / "maps"
+    folder.mkdir()
+    (folder / "attention-layer01-mean.png").write_bytes(b"earlier")
+    code, out, err = explain(capsys, run_dir, "--text", TEXT, "--attention-maps", folder)
+    assert code == 2 and "holds earlier attention maps (attention-layer01-mean.png" in err
+    assert (folder / "attention-layer01-mean.png").read_bytes() == b"earlier"
+    assert explain(capsys, run_dir, "--text", TEXT, "--attention-maps", folder, "--overwrite")[0] == 0
+    assert (folder / "attention-layer01-mean.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_html_escapes_the_text_and_stays_one_page(run_dir, tmp_path, capsys):
+    text = 'the "goal" <script>alert(1)</script> & \'match\' </section>'
+    code, _, _ = explain(capsys, run_dir, "--text", text, "--method", "occlusion", "--output", tmp_path / "x.html")
+    page = (tmp_path / "x.html").read_text()
+    assert code == 0 and "<script" not in page and "&lt;script&gt;alert(1)&lt;/script" in page
+    assert "&lt;/section&gt;" in page  # read past model.max_length: shown, escaped, unscored
+    assert page.count("<section") == page.count("</section>") == 1 and page.count("<html") == 1
+    assert "&quot;goal&quot;" in page and "&amp;" in page and page.rstrip().endswith("</html>")
+    import html as html_lib
+
+    shown = re.search(r'<div class="words">(.*?)</div>', page).group(1)
+    assert html_lib.unescape(re.sub(r"<[^>]+>", "", shown)) == text  # every character once, as written
+
+
+# ---------------------------------------------------------------------------------------------
+# Extractive QA and token classification runs
+
+
+def test_qa_input_reads_the_runs_question_and_context_fields(qa_run_dir, tmp_path, capsys, helpers):
+    question, context = "which colour is there ?", "the old house near the red tree was big"
+    inp = helpers.write_jsonl(tmp_path / "qa.jsonl", [{"id": 1, "question": question, "context": context}])
+    code, _, err = explain(capsys, qa_run_dir, "--input", inp, "--output", tmp_path / "qa-out.jsonl")
+    assert code == 0, err
+    (row,) = [json.loads(line) for line in (tmp_path / "qa-out.jsonl").read_text().splitlines()]
+    assert row["offsets_in"] == "context" and row["target"]["text"] == "red"
+    assert [w["word"] for w in row["words"]] == context.split()
+    assert all(context[t["start"]:t["end"]] == t["token"] for t in row["tokens"])
+    # other field names: --text-field / --context-field; a record without a passage is one line
+    other = helpers.write_jsonl(tmp_path / "qa2.jsonl", [{"q": question, "passage": context}, {"q": question}])
+    code, _, err = explain(capsys, qa_run_dir, "--input", other, "--output", tmp_path / "qa2-out.jsonl",
+                           "--text-field", "q", "--context-field", "passage")
+    assert code == 2 and "record 2: no passage in field 'passage'; give --context-field FIELD" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_target_on_a_ner_run_names_an_entity(ner_run_dir, capsys):
+    code, out, err = explain(capsys, ner_run_dir, "--text", "yesterday anna flew to paris with omar", "--target",
+                             "paris", "--method", "occlusion")
+    assert code == 0, err
+    assert re.search(r"^target: \{'text': 'paris', 'label': 'LOC'", out, re.M)
+    code, out, _ = explain(capsys, ner_run_dir, "--text", "yesterday anna flew to paris with omar", "--target", "2",
+                           "--method", "occlusion")
+    assert code == 0 and "'text': 'omar'" in out
+
+
+def test_evaluate_refuses_attention_on_a_recurrent_model_before_explaining(tiny_bert, data_dir, tmp_path, capsys,
+                                                                          helpers):
+    overrides = {"model.name": "scratch:lstm", "model.tokenizer": str(tiny_bert), "model.layers": 1,
+                 "model.hidden_size": 16, "train.max_steps": 2, "train.precision": "fp32"}
+    cfg = helpers.tiny_config(tiny_bert, data_dir / "train.jsonl", tmp_path / "lstm", overrides)
+    run = helpers.train_quietly(cfg)
+    capsys.readouterr()  # the training's own lines
+    code, out, err = explain(capsys, run, "--evaluate", "-n", "2", "--methods", "occlusion,attention")
+    assert code == 2 and out == "" and "no attention layers" in err and "occlusion: AOPC" not in err
+    assert not (run / "explain-faithfulness.json").exists()
 
 
 def test_an_existing_output_needs_overwrite(run_dir, tmp_path, capsys):
@@ -220,3 +305,17 @@ def test_report_has_explained_test_examples(run_dir):
     best = max(max(r["scores"].values()) for r in rows if r["prediction"] == r["label"])
     assert float(heads[0][3]) == pytest.approx(best, abs=6e-4)
     assert section.count('class="words"') == len(heads) and "steps=16" in section
+
+
+def test_a_failure_inside_the_explanation_does_not_fail_the_run(tiny_bert, data_dir, tmp_path, helpers,
+                                                                 monkeypatch):
+    from tunelab.explain import attribute
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("captum: shapes do not match")
+
+    monkeypatch.setattr(attribute, "explain_text", broken)
+    cfg = helpers.tiny_config(tiny_bert, data_dir / "train.jsonl", tmp_path / "run",
+                              {"train.max_steps": 2, "train.precision": "fp32"})
+    page = (helpers.train_quietly(cfg) / "report.html").read_text()
+    assert "<p>not explained: RuntimeError: captum: shapes do not match</p>" in page

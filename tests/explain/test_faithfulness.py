@@ -5,10 +5,12 @@ random deletion, and an explanation that ranks the keyword last scores lower tha
 from __future__ import annotations
 
 import random
+from types import SimpleNamespace
 
 import pytest
 import torch
 
+from tunelab.errors import TunelabError
 from tunelab.explain import Explanation, Span
 from tunelab.explain.attribute import encode, explain_text, target_probability
 from tunelab.explain.faithfulness import (FRACTIONS, aopc, deleted_rows, deletion_counts, deletion_curve, evaluate,
@@ -88,9 +90,21 @@ def test_curves_start_at_the_unperturbed_probability(run):
 
 
 def test_position_scores_put_an_explanation_back_in_place(run):
-    enc = encode(run, TEXTS[1])
-    expl = Explanation(TEXTS[1], "hand", "yes", "yes", 0.9, tokens=[Span("goal", 0, 4, 2.0), Span("new", 10, 13, -1.0)])
-    assert position_scores(enc, expl) == [0.0, 2.0, 0.0, -1.0, 0.0, 0.0, 0.0, 0.0]
+    enc = encode(run, TEXTS[1])  # goal some new very this a
+    spans = [Span(w, 0, 0, s) for w, s in zip(TEXTS[1].split(), [2.0, 0.5, -1.0, 0.0, 0.25, 3.0])]
+    expl = Explanation(TEXTS[1], "hand", "yes", "yes", 0.9, tokens=spans)
+    assert position_scores(enc, expl) == [0.0, 2.0, 0.5, -1.0, 0.0, 0.25, 3.0, 0.0]
+    with pytest.raises(TunelabError, match="scores 2 tokens where the text has 6"):
+        position_scores(enc, Explanation(TEXTS[1], "hand", "yes", "yes", 0.9, tokens=spans[:2]))
+
+
+def test_tokens_that_share_their_offsets_keep_their_own_scores():
+    """A byte-level BPE splits one emoji into several tokens with the same character span: each keeps its own
+    score at its own position (matching by offsets would give them all one)."""
+    enc = SimpleNamespace(ids=[0, 11, 12, 13, 1], special=[True, False, False, False, True])
+    tokens = [Span("\U0001f600", 0, 1, 0.5), Span("\U0001f600", 0, 1, -0.25), Span("ok", 2, 4, 1.0)]
+    expl = Explanation("\U0001f600 ok", "hand", "a", "a", 0.5, tokens=tokens)
+    assert position_scores(enc, expl) == [0.0, 0.5, -0.25, 1.0, 0.0]
 
 
 def test_the_measure_can_fail_a_method(run):

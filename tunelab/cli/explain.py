@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 EPILOG = """examples:
   tunelab explain runs/bbc-news --text "Shares rose after the merger"
@@ -34,10 +35,15 @@ def add_commands(sub) -> None:
     e.add_argument("--text", help="the text to explain (extractive QA: the question; causal LM: the prompt)")
     e.add_argument("--context", help="extractive QA: the passage the question is answered from")
     e.add_argument("--input", help="a file of records (JSONL, CSV, ...) to explain one by one")
-    e.add_argument("--text-field", help="--input: the field holding the text (default: the run's data.text_field)")
+    e.add_argument("--text-field", help="--input: the field holding the text (default: the run's data.text_field; "
+                                        "extractive QA: its data.question_field)")
+    e.add_argument("--context-field", help="--input, extractive QA: the field holding the passage (default: the "
+                                           "run's data.context_field)")
     e.add_argument("--method", help="ig (default), occlusion, lime, shap or attention; causal LM runs: ablation "
                                      "(default) or ig")
-    e.add_argument("--target", help="the label to explain (default: the predicted one)")
+    e.add_argument("--target", help="what to explain (default: the prediction): a label (classification), an "
+                                     "answer text from the context (extractive QA), an entity's index or text "
+                                     "(token classification), the text to explain (causal LM)")
     e.add_argument("--steps", type=int, help="ig: integration steps")
     e.add_argument("--window", type=int, help="occlusion: tokens hidden at a time")
     e.add_argument("--samples", type=int, help="lime / shap: perturbed inputs evaluated")
@@ -69,9 +75,10 @@ def cmd_explain(args) -> int:
         from tunelab.runs import load_run
 
         run = load_run(args.run_dir)
-        records, field = _records(args, run)
+        check_context(run, args)
         check_target(run, args.target)
-    return _explain(args, run, records, field)
+        records, fields = _records(args, run)
+    return _explain(args, run, records, fields)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -84,6 +91,10 @@ def check_arguments(args) -> None:
     from tunelab.explain import METHODS
     from tunelab.explain.generative import GENERATION_METHODS
 
+    for name in ("steps", "window", "samples"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise TunelabError(f"explain --{name}: got {value}; give a number of at least 1")
     if args.evaluate:
         if args.text or args.input:
             raise TunelabError("explain --evaluate measures methods on many records: drop --text / --input and "
@@ -103,6 +114,21 @@ def check_arguments(args) -> None:
         raise TunelabError("explain --input: give --output OUT.html or OUT.jsonl for the explanations")
     if args.output:
         _check_output(args.output, args.input, args.overwrite)
+    if args.attention_maps:
+        _check_maps_folder(args.attention_maps, args.overwrite)
+
+
+def _check_maps_folder(folder: str, overwrite: bool) -> None:
+    """--attention-maps names a folder (made if missing) that holds no earlier maps unless --overwrite."""
+    from tunelab.errors import TunelabError
+
+    path = Path(folder)
+    if path.exists() and not path.is_dir():
+        raise TunelabError(f"explain --attention-maps: {folder} is a file; give a folder for the PNG images")
+    earlier = sorted(path.glob("attention*.png")) if path.is_dir() else []
+    if earlier and not overwrite:
+        raise TunelabError(f"explain --attention-maps: {folder} holds earlier attention maps ({earlier[0].name}, "
+                           f"...); add --overwrite to replace them or give another folder")
 
 
 def _check_result(args) -> None:
@@ -141,29 +167,63 @@ def _check_output(output: str, inp: str | None, overwrite: bool) -> None:
 
 
 def check_target(run, target: str | None) -> None:
-    """--target names one of a classifier's labels (other tasks' targets are checked where they are explained)."""
+    """--target names one of a classifier's labels (other tasks' targets are checked where they are explained:
+    a QA answer against the context, an entity against the predicted ones)."""
     from tunelab.errors import TunelabError
+    from tunelab.explain.attribute import explains_a_label
 
     labels = run.meta.get("labels") if isinstance(run.meta, dict) else None
-    if target is not None and labels and target not in labels:
+    if target is not None and labels and explains_a_label(run) and target not in labels:
         raise TunelabError(f"explain --target: '{target}' is not a label of {run.dir}; known: {', '.join(labels)}")
 
 
-def _records(args, run) -> tuple[list[dict], str]:
-    """(the records to explain, the field holding the text). --text becomes one record."""
+def check_context(run, args) -> None:
+    """--context / --context-field belong to extractive QA runs (any other task would read a text pair)."""
+    from tunelab.errors import TunelabError
+    from tunelab.explain.attribute import takes_context
+
+    given = [flag for flag, value in (("--context", args.context), ("--context-field", args.context_field))
+             if value is not None]
+    if given and not takes_context(run):
+        raise TunelabError(f"explain {given[0]}: only an extractive QA run reads a passage; {run.dir} is a "
+                           f"{run.task.name} run: drop {given[0]}")
+
+
+class Fields(NamedTuple):
+    """Which record fields hold the text to explain and (extractive QA) the passage."""
+
+    text: str
+    context: str | None
+
+
+def _fields(args, run) -> Fields:
+    """--text-field / --context-field, else the run's own: data.text_field, or for an extractive QA run
+    data.question_field and data.context_field."""
+    from tunelab.explain.attribute import takes_context
+
+    d = run.cfg.data
+    if takes_context(run):
+        return Fields(args.text_field or d.question_field, args.context_field or d.context_field)
+    return Fields(args.text_field or getattr(d, "text_field", "text"), None)
+
+
+def _records(args, run) -> tuple[list[dict], Fields]:
+    """(the records to explain, their fields). --text (and --context) become one record."""
     from tunelab.errors import DataError
     from tunelab.runs import read_records
 
-    field = args.text_field or getattr(run.cfg.data, "text_field", "text")
+    fields = _fields(args, run)
     if args.text:
-        record = {field: args.text}
-        return [record if args.context is None else {**record, "context": args.context}], field
+        record = {fields.text: args.text}
+        return [record if args.context is None else {**record, fields.context: args.context}], fields
     records = read_records(args.run_dir, args.input)
     for i, r in enumerate(records):
-        if not isinstance(r.get(field), str) or not r[field].strip():
-            raise DataError(r.get("_file", args.input), f"record {i + 1}: no text in field '{field}'; give "
-                                                        "--text-field FIELD", r.get("_line"))
-    return records, field
+        for field, what, flag in ((fields.text, "text", "--text-field"), (fields.context, "passage",
+                                                                           "--context-field")):
+            if field is not None and (not isinstance(r.get(field), str) or not r[field].strip()):
+                raise DataError(r.get("_file", args.input), f"record {i + 1}: no {what} in field '{field}'; give "
+                                                            f"{flag} FIELD", r.get("_line"))
+    return records, fields
 
 
 # ---------------------------------------------------------------------------------------------
@@ -176,7 +236,7 @@ def settings_of(args) -> dict:
     return {k: getattr(args, k) for k in names if getattr(args, k) is not None}
 
 
-def _explain(args, run, records: list[dict], field: str) -> int:
+def _explain(args, run, records: list[dict], fields: Fields) -> int:
     from tunelab.explain import render
 
     generative = _generates(run)
@@ -184,11 +244,11 @@ def _explain(args, run, records: list[dict], field: str) -> int:
     explanations, maps = [], []
     with stdout_to_stderr_if(bool(args.output)):
         for i, record in enumerate(records):
-            explanations.append(explain(run, record, field, args))
+            explanations.append(explain(run, record, fields, args))
             if args.attention_maps:
-                maps.append(_attention_maps(args, run, record, field, i if len(records) > 1 else None))
+                maps.append(_attention_maps(args, run, record, fields, i if len(records) > 1 else None))
     if args.output:
-        _write(args, run, records, explanations, maps, generative)
+        _write(args, run, records, explanations, maps, generative, fields)
         return 0
     colour = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
     for expl in explanations:
@@ -198,22 +258,23 @@ def _explain(args, run, records: list[dict], field: str) -> int:
     return 0
 
 
-def explain_record(run, record: dict, field: str, args):
+def explain_record(run, record: dict, fields: Fields, args):
     """An encoder run's Explanation of one record (--method default: ig)."""
     from tunelab.explain.faithfulness import explain_any
 
-    return explain_any(run, record[field], args.method or "ig", args.target, context=record.get("context"),
+    context = record[fields.context] if fields.context else None
+    return explain_any(run, record[fields.text], args.method or "ig", args.target, context=context,
                        **settings_of(args))
 
 
-def explain_generation(run, record: dict, field: str, args):
+def explain_generation(run, record: dict, fields: Fields, args):
     """A causal LM run's GenerationExplanation of one prompt (--method default: ablation)."""
     from tunelab.explain import generative
 
     options = {k: v for k, v in (("max_new_tokens", args.max_new_tokens), ("steps", args.steps),
                                  ("max_prompt_tokens", args.max_prompt_tokens),
                                  ("max_generated_tokens", args.max_generated_tokens)) if v is not None}
-    return generative.explain_generation(run, record[field], method=args.method or "ablation",
+    return generative.explain_generation(run, record[fields.text], method=args.method or "ablation",
                                          target=args.target, **options)
 
 
@@ -225,23 +286,29 @@ def stdout_to_stderr_if(flag: bool):
     return stdout_to_stderr() if flag else contextlib.nullcontext()
 
 
-def _attention_maps(args, run, record: dict, field: str, index: int | None) -> list[Path]:
+def _attention_maps(args, run, record: dict, fields: Fields, index: int | None) -> list[Path]:
     """Write the attention heatmaps of one record to --attention-maps (attention-NNN-* for record NNN of many)."""
     from tunelab.explain.attention import attention_maps
 
     prefix = "attention" if index is None else f"attention-{index + 1:03d}"
-    return attention_maps(run, record[field], Path(args.attention_maps), context=record.get("context"),
-                          prefix=prefix, overwrite=args.overwrite)
+    context = record[fields.context] if fields.context else None
+    return attention_maps(run, record[fields.text], Path(args.attention_maps), context=context, prefix=prefix,
+                          overwrite=args.overwrite)
 
 
-def _write(args, run, records: list[dict], explanations: list, maps: list[list[Path]], generative: bool) -> None:
+def _write(args, run, records: list[dict], explanations: list, maps: list[list[Path]], generative: bool,
+           fields: Fields) -> None:
     """--output: JSONL rows, or the page (each explanation with its per-layer mean attention maps)."""
     from tunelab.cli.common import write_rows
     from tunelab.explain import render
 
     if Path(args.output).suffix.lower() == ".jsonl":
-        row = render.generation_row if generative else render.jsonl_row
-        write_rows([row(r, e) for r, e in zip(records, explanations)], args.output, "explanations")
+        if generative:
+            rows = [render.generation_row(r, e) for r, e in zip(records, explanations)]
+        else:  # offsets index the passage of a QA record, else its text
+            rows = [render.jsonl_row(r, e, offsets_in=fields.context or fields.text)
+                    for r, e in zip(records, explanations)]
+        write_rows(rows, args.output, "explanations")
         return
     many = len(explanations) > 1
     blocks = []

@@ -22,8 +22,10 @@ upper triangle is exactly 0 (masked, not learned).
 `attention_scores` (the "attention" method's per-token scores) is attention rollout (Abnar & Zuidema 2020):
 each layer's head-averaged weights mixed half and half with the identity (the residual stream), rows
 renormalised, and the layers multiplied from the first up; a token's score is the rollout row of the
-position the model reads its answer from: the first token in a bidirectional model (BERT's [CLS], which its
-classification head reads) and the last token in a causal one (the only one that has seen every token).
+position the model reads its answer from (`readout`): the first token in a bidirectional model (BERT's
+[CLS], which its classification head reads), the last token in a causal one (the only one that has seen
+every token), and for a scratch classifier what its pooling reads: the mean of the rows of the real tokens
+(pooling "mean", the default: scratch tokenizers often add no [CLS]) or the last real token ("last").
 The scores are fractions of attention flow, all >= 0 and summing to at most 1: they rank tokens but are not
 an attribution (they never say "against", and do not add up to a change in the output).
 """
@@ -156,10 +158,19 @@ def attention_weights(run, text: str, context: str | None = None) -> tuple[list[
 
     Row i of a head's map is how token i spread its attention over the tokens (keys): each row sums to 1 over
     the unmasked keys. The text is tokenized as given, with the tokenizer's special tokens (a chat run's
-    template is not applied), and cut at the run's model.max_length, as in training.
+    template is not applied), and cut at the run's model.max_length, as in training; a question and its
+    passage make the row the QA task builds (tunelab.explain.attribute.encode).
     """
     model = eager_model(run)
-    enc = tokenize(run.tokenizer, text, context, _max_length(run))
+    if context is None:
+        enc = tokenize(run.tokenizer, text, None, _max_length(run))
+    else:
+        from tunelab.explain.attribute import encode
+
+        row = encode(run, text, context)
+        enc = {"input_ids": _row(row.ids), "attention_mask": _row(row.mask)}
+        if row.type_ids is not None:
+            enc["token_type_ids"] = _row(row.type_ids)
     tokens = run.tokenizer.convert_ids_to_tokens(enc["input_ids"][0].tolist())
     return tokens, weights_of(model, enc)
 
@@ -192,7 +203,8 @@ def rollout(weights: torch.Tensor) -> torch.Tensor:
 def attention_scores(run, encoded) -> list[float]:
     """The "attention" method's score of each token of `encoded`: its attention rollout from the readout.
 
-    The readout is the first token (bidirectional models: [CLS]) or the last real token (causal models).
+    The readout (`readout`) is the first token (bidirectional models: [CLS]), the last real token (causal
+    models), or a scratch classifier's pooling (the mean over the real tokens' rows, or the last one).
     Special tokens score 0. Scores are >= 0: a ranking of where attention flowed, not an attribution.
     `encoded` is tunelab.explain.attribute's `Encoded` (ids, mask, type_ids, special) or any object with
     `input_ids` (T,) or (1, T) and optional `attention_mask`, `token_type_ids` and `special` (a bool per token).
@@ -208,11 +220,44 @@ def attention_scores(run, encoded) -> list[float]:
     weights = weights_of(eager_model(run), enc)  # (L, H, T, T)
     t = weights.shape[-1]
     real = enc["attention_mask"][0].bool() if "attention_mask" in enc else torch.ones(t, dtype=torch.bool)
-    readout = int(real.nonzero().max()) if is_causal(weights) else 0
-    scores = rollout(weights)[readout]  # (T,)
+    scores = readout(run.model, real, is_causal(weights)) @ rollout(weights)  # (T,) @ (T, T) -> (T,)
     special = getattr(encoded, "special", None)
     keep = real.clone() if special is None else real & ~torch.as_tensor(special, dtype=torch.bool).view(-1)
     return [float(s) if k else 0.0 for s, k in zip(scores, keep)]
+
+
+def _pooling(model) -> str | None:
+    """A scratch classifier's pooling ("mean" or "last"; TransformerClassifier always means), else None."""
+    config = getattr(model, "config", None)
+    if not isinstance(config, dict) or not hasattr(model, "classifier"):
+        return None
+    return config.get("pooling", "mean")
+
+
+def readout(model, real: torch.Tensor, causal: bool) -> torch.Tensor:
+    """Weights (T,) over the rollout's rows: the positions the model reads its answer from (module doc), each
+    real token (`real`: (T,) bool) of a mean-pooled classifier 1/n, else one position 1."""
+    import torch
+
+    pooling = _pooling(model)
+    weights = torch.zeros(real.shape[0])
+    if pooling == "mean":
+        weights[real] = 1.0 / int(real.sum())
+    elif pooling == "last" or causal:
+        weights[int(real.nonzero().max())] = 1.0
+    else:
+        weights[0] = 1.0
+    return weights
+
+
+def readout_name(model) -> str:
+    """How settings name the readout: the first token, the last one, or the mean over the real tokens."""
+    pooling = _pooling(model)
+    if pooling == "mean":
+        return "every real token, averaged (the classifier's mean pooling)"
+    if pooling == "last":
+        return "the last real token (the classifier's pooling)"
+    return "the first token (a causal model: the last one)"
 
 
 def _row(values) -> torch.Tensor:

@@ -7,28 +7,39 @@ which token positions are its features:
 - classification: F = the softmax probability of the target label (the predicted one, or `target`);
   features: every non-special token.
 - extractive_qa: F = log P(start) + log P(end) of the predicted answer span (softmax over the row's
-  positions); features: the context's tokens (the question and the special tokens stay as they are). One
-  row is explained: a context longer than model.max_length is cut (settings["truncated_at"] says where), so
-  the span is the best one in the part read, which for a long context may differ from `tunelab ask`'s.
+  positions); features: the context's tokens (the question and the special tokens stay as they are). The
+  row is built as the task builds its first window ([CLS] question [SEP] context [SEP], the question cut to
+  model.max_length // 2 tokens; tunelab.tasks.extractive_qa.question_windows): a context longer than the
+  row is cut (settings["truncated_at"] says where), so the span is the best one in the part read, which for
+  a long context may differ from `tunelab ask`'s. Only this task takes a `context` (`takes_context`).
 - token_classification: F = the summed log-probabilities of an entity's tags at its words' first
-  sub-tokens (the tags the run's own prediction gave them); features: every non-special token.
+  sub-tokens, the tags the run's own prediction gave those words (B-X I-X ..., or I-X first where an
+  unconstrained argmax started the entity with it); features: every non-special token. The row is the
+  task's first window: the text's words tokenised as pre-split words, as in training (a byte-level BPE
+  gives other tokens for running text), whole words while they fit.
 
 The methods (all through captum, all on CPU, the weights never change):
 - ig: LayerIntegratedGradients on the model's input (word) embedding layer. Baseline: the same row with every
-  feature token replaced by the pad token; special tokens ([CLS], [SEP]) and, for QA, the question are kept,
-  and the attention mask is unchanged. A token's score is its attribution summed over the embedding
+  feature token replaced by the neutral token (below); special tokens ([CLS], [SEP]) and, for QA, the
+  question are kept, and the attention mask is unchanged. A token's score is its attribution summed over the embedding
   dimension; the scores sum to F(x) - F(baseline) up to the convergence delta reported.
 - occlusion: captum Occlusion over the feature tokens, a window of `window` tokens sliding by one, the
-  occluded tokens replaced by the pad token; a token's score is the mean drop of F over the windows that
+  occluded tokens replaced by the neutral token; a token's score is the mean drop of F over the windows that
   cover it. Special tokens are never occluded.
 - lime / shap: captum Lime (a ridge regression on the samples, alpha 1) and KernelShap on interpretable
   features = words (the sub-tokens of one word are one feature, see words.py; special tokens are fixed), an
-  absent word's tokens replaced by the pad token, `samples` samples drawn after torch.manual_seed(seed). A
-  word's coefficient is shared equally by its tokens, so the word score is the coefficient itself. With far
-  fewer samples than 2^words (a long text), both are noisy.
+  absent word's tokens replaced by the neutral token, `samples` samples drawn after torch.manual_seed(seed).
+  A word's coefficient is shared equally by its tokens, so the word score is the coefficient itself. With
+  far fewer samples than 2^words (a long text), both are noisy. A text of one word has one SHAP value,
+  exactly F(x) - F(baseline), given directly (captum's KernelShap cannot sample one feature).
 
-"Replaced by the pad token" keeps the attention mask at 1, so the model sees a neutral token in that place
-rather than a shorter text (positions do not move). The "attention" method is attention.py's
+The neutral token (`neutral_id`) is the pad token, with the attention mask kept at 1, so the model sees a
+neutral token in that place rather than a shorter text (positions do not move). Some models read pad ids
+beyond the mask (`reads_pad_ids`): RoBERTa / XLM-R / MPNet count position ids over the non-pad tokens, and
+decoder-only classifiers (GPT-2, Llama, Qwen *ForSequenceClassification) read the last non-pad token, so a
+pad in place of a word would move the positions or the readout (and IG's F(baseline) would not be the end
+of its path). Those get the mask token, else the unknown token, else a lone space: the first that is not
+the pad token; settings["baseline"] names it. The "attention" method is attention.py's
 (tunelab.explain.faithfulness.explain_any routes it there, into the same Explanation record).
 """
 from __future__ import annotations
@@ -41,7 +52,7 @@ from tunelab.errors import TunelabError
 from tunelab.explain import Explanation, Span
 
 ENCODER_METHODS = ("ig", "occlusion", "lime", "shap")
-BASELINE = ("the pad token in place of every attributed token; special tokens{kept} unchanged, attention "
+BASELINE = ("{token} in place of every attributed token; special tokens{kept} unchanged, attention "
             "mask unchanged")
 
 
@@ -102,22 +113,77 @@ def encode(run, text: str, context: str | None = None) -> Encoded:
     if not getattr(tok, "is_fast", False):
         raise TunelabError("explain needs a fast tokenizer (a tokenizer.json) for character offsets; this run's "
                            "tokenizer is a slow one")
-    pair = () if context is None else (context,)
+    if context is not None:
+        return _question_row(run, text, context)
+    if TARGETS.get(run.task.name) is entity_target:
+        return _sentence_row(run, text)
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # a long text is meant to be cut to one row
     try:
-        enc = tok(text, *pair, truncation="only_second" if pair else True, max_length=run.cfg.model.max_length,
-                  return_offsets_mapping=True, return_special_tokens_mask=True, return_token_type_ids=True)
+        enc = tok(text, truncation=True, max_length=run.cfg.model.max_length, return_offsets_mapping=True,
+                  return_special_tokens_mask=True)
     finally:
         hf_logging.set_verbosity(verbosity)
     ids, special = enc["input_ids"], [bool(s) for s in enc["special_tokens_mask"]]
-    seq = enc.sequence_ids()
-    part = [None if s else (seq[i] if seq[i] is not None else 0) for i, s in enumerate(special)]
-    offsets = [(0, 0) if s else _trim(text if p == 0 else context, *o)
-               for s, p, o in zip(special, part, enc["offset_mapping"])]
-    types = enc.get("token_type_ids") if context is not None and _reads_types(run) else None
-    return Encoded(ids, [1] * len(ids), offsets, special, tok.convert_ids_to_tokens(ids), part, types, text,
-                   context)
+    part: list[int | None] = [None if s else 0 for s in special]
+    offsets = [(0, 0) if s else _trim(text, *o) for s, o in zip(special, enc["offset_mapping"])]
+    return Encoded(ids, [1] * len(ids), offsets, special, tok.convert_ids_to_tokens(ids), part, None, text)
+
+
+def _question_row(run, question: str, context: str) -> Encoded:
+    """Extractive QA: the first window the task builds (tunelab.tasks.extractive_qa.question_windows),
+    [CLS] question [SEP] context [SEP], the question cut to model.max_length // 2 tokens as in training."""
+    from tunelab.tasks.extractive_qa import question_windows, special_ids, tokenize_texts
+
+    tok, max_length = run.tokenizer, run.cfg.model.max_length
+    (q_ids, c_ids), (q_offsets, c_offsets) = tokenize_texts(tok, [question, context], offsets=True)
+    q_ids = q_ids[: max_length // 2]
+    cls, sep = special_ids(tok)
+    use_types = _reads_types(run)
+    # the context cut to one row's worth of tokens first: only the first window is read
+    window = question_windows(0, q_ids, c_ids[:max_length], c_offsets[:max_length], None, max_length, 0, cls,
+                              sep, use_types)[0]
+    n_q, n_c = len(q_ids), len(window.offsets)
+    special = [True] + [False] * n_q + [True] + [False] * n_c + [True]
+    part: list[int | None] = [None] + [0] * n_q + [None] + [1] * n_c + [None]
+    offsets = ([(0, 0)] + [_trim(question, *o) for o in q_offsets[:n_q]] + [(0, 0)]
+               + [_trim(context, *o) for o in window.offsets] + [(0, 0)])
+    return Encoded(window.ids, [1] * len(window.ids), offsets, special, tok.convert_ids_to_tokens(window.ids),
+                   part, window.types if use_types else None, question, context)
+
+
+def _sentence_row(run, text: str) -> Encoded:
+    """Token classification: the first row the task builds (tunelab.tasks.token_classification.build_windows):
+    the text's words (tunelab.data.tagging.words_of) tokenised as pre-split words, whole words while they fit,
+    framed by [CLS] / [SEP] (or BOS / EOS). Tokenising the raw text instead would give a byte-level BPE other
+    tokens than training did (a word after a space gets its space mark only in running text)."""
+    from tunelab.data.tagging import words_of
+    from tunelab.tasks.token_classification import framing_ids, word_pieces
+
+    tok = run.tokenizer
+    words, spans = words_of(text)
+    head, tail = framing_ids(tok)
+    budget = run.cfg.model.max_length - len(head) - len(tail)
+    pieces = word_pieces(tok, [words])[0] if words else []  # ids per word, exactly as in training
+    enc = tok([words], is_split_into_words=True, add_special_tokens=False, return_offsets_mapping=True) \
+        if words else None
+    within: list[list[tuple[int, int]]] = [[] for _ in words]  # piece offsets inside each word
+    for o, w in zip(enc["offset_mapping"][0] if enc else [], enc.word_ids(0) if enc else []):
+        if w is not None:
+            within[w].append(tuple(o))
+    ids, offsets = list(head), [(0, 0)] * len(head)
+    for w, (ws, we) in enumerate(spans):
+        word = pieces[w][:budget]
+        if len(ids) - len(head) + len(word) > budget:
+            break  # the model read no further (a longer text: the task's next windows)
+        inside = within[w] if len(within[w]) == len(pieces[w]) else [(0, we - ws)] * len(pieces[w])
+        ids += word
+        offsets += [_trim(text, ws + a, ws + b) for a, b in inside[:len(word)]]
+    ids += tail
+    offsets += [(0, 0)] * len(tail)
+    special = [True] * len(head) + [False] * (len(ids) - len(head) - len(tail)) + [True] * len(tail)
+    part: list[int | None] = [None if sp else 0 for sp in special]
+    return Encoded(ids, [1] * len(ids), offsets, special, tok.convert_ids_to_tokens(ids), part, None, text)
 
 
 def _trim(text: str, start: int, end: int) -> tuple[int, int]:
@@ -137,10 +203,46 @@ def _reads_types(run) -> bool:
 
 
 def pad_id(run) -> int:
-    """The token every baseline and perturbation puts in place of an attributed token."""
+    """The id rows of different lengths are padded with (masked out; the deletion curves' batches)."""
     from tunelab.data.tokens import pad_id_of
 
     return pad_id_of(run.tokenizer)
+
+
+def neutral_id(run) -> tuple[int, str]:
+    """(id, description) of the token every baseline and perturbation puts in place of an attributed token:
+    the pad token, unless the model reads pad ids (`reads_pad_ids`); then the mask token, else the unknown
+    token, else a lone space, the first that is not the pad token."""
+    tok, pad = run.tokenizer, pad_id(run)
+    if not reads_pad_ids(run.model):
+        return pad, "the pad token"
+    space = tok(" ", add_special_tokens=False)["input_ids"]
+    candidates = (("the mask token", tok.mask_token_id), ("the unknown token", tok.unk_token_id),
+                  ("a space token", space[0] if len(space) == 1 else None))
+    for name, token in candidates:
+        if token is not None and token != pad:
+            return token, f"{name} {tok.convert_ids_to_tokens(token)!r} (the model reads pad ids)"
+    return pad, "the pad token (no mask, unknown or space token to use instead)"
+
+
+def reads_pad_ids(model) -> bool:
+    """True when the pad token's id changes a model's output beyond the attention mask: position ids counted
+    over the non-pad tokens (RoBERTa, XLM-R, MPNet: a module besides the embedding table keeps a
+    `padding_idx`), or a decoder-only model, whose sequence classifier reads the last non-pad token."""
+    from torch import nn
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if any(not isinstance(m, nn.Embedding) and isinstance(getattr(m, "padding_idx", None), int)
+           for m in base.modules()):
+        return True
+    config = getattr(base, "config", None)
+    if config is None or isinstance(config, dict):  # a scratch model: pooling and positions follow the mask
+        return False
+    from transformers.models.auto.modeling_auto import (MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+                                                        MODEL_FOR_MASKED_LM_MAPPING_NAMES)
+
+    kind = getattr(config, "model_type", None)
+    return kind in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and kind not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
 
 def model_inputs(enc: Encoded, ids):
@@ -248,19 +350,28 @@ def _span_scalar(run, enc: Encoded, first: int, last: int) -> Callable:
 
 
 def entity_target(run, enc: Encoded, target) -> Target:
-    """Token classification: the summed log-probabilities of one predicted entity's tags (B-X, I-X, ...) at
-    its words' first sub-tokens. `target`: an entity's index (0 = the first) or its text; None = the first."""
+    """Token classification: the summed log-probabilities of one predicted entity's tags at its words' first
+    sub-tokens, each word's tag as the run's prediction gave it. `target`: an entity's index (0 = the first)
+    or its text; None = the first."""
     from tunelab.data.tagging import words_of
 
-    [row] = run.task.predict(run, [{run.cfg.data.text_field: enc.text}], "--text", lambda _: None)
-    entities = row["entities"]
+    words, spans = words_of(enc.text)
+    if not words:
+        raise TunelabError("nothing to explain: the text has no words")
+    # the words as a word record: the prediction then carries each word's tag (a raw-text one gives entities
+    # alone); the task splits a raw text into these same words, so the entities are the same
+    [row] = run.task.predict(run, [{run.cfg.data.tokens_field: words}], "--text", lambda _: None)
+    entities = [{"text": enc.text[spans[e["start"]][0]:spans[e["end"] - 1][1]], "label": e["label"],
+                 "start": spans[e["start"]][0], "end": spans[e["end"] - 1][1], "score": e["score"]}
+                for e in row["entities"]]
     entity = _pick_entity(entities, target)
-    words = [w for w in words_of(enc.text)[1] if entity["start"] <= w[0] < entity["end"]]
-    firsts = [next((i for i in enc.positions(0) if a <= enc.offsets[i][0] < b), None) for a, b in words]
+    chosen = [w for w, (a, _) in enumerate(spans) if entity["start"] <= a < entity["end"]]
+    firsts = [next((i for i in enc.positions(0) if spans[w][0] <= enc.offsets[i][0] < spans[w][1]), None)
+              for w in chosen]
     if None in firsts:
         raise TunelabError(f"cannot explain {entity['text']!r}: part of it lies beyond model.max_length tokens")
     labels = list(run.meta["labels"])
-    tags = [labels.index(f"{'B' if k == 0 else 'I'}-{entity['label']}") for k in range(len(firsts))]
+    tags = [labels.index(row["tags"][w]) for w in chosen]
     return Target(entities, entity, _tags_scalar(run, enc, firsts, tags), enc.positions(0), 0, log_space=True)
 
 
@@ -296,6 +407,32 @@ TARGETS: dict[str, Callable] = {"classification": classification_target, "extrac
 """Task name -> target(run, encoded, target) -> Target. A task explain_text can take adds itself here."""
 
 
+def takes_context(run) -> bool:
+    """Whether the run's task reads a passage (`context`) besides the text: extractive QA's span target."""
+    return TARGETS.get(run.task.name) is span_target
+
+
+def explains_a_label(run) -> bool:
+    """Whether the run's target is one of its labels (classification; --target is then checked against them)."""
+    return TARGETS.get(run.task.name) is classification_target
+
+
+def prepare(run, text: str, context: str | None, target) -> tuple[Encoded, Target]:
+    """The encoded input and what is explained on it, or one TunelabError: a task explain cannot take, a
+    context given to a task that reads none, an input with no token to attribute."""
+    make_target = TARGETS.get(run.task.name)
+    if make_target is None:
+        raise TunelabError(unexplained(run))
+    if context is not None and not takes_context(run):
+        raise TunelabError(f"--context: only an extractive QA run reads a passage besides the text; {run.dir} is "
+                           f"a {run.task.name} run: drop --context (and any 'context' field of --input)")
+    enc = encode(run, text, context)
+    tgt = make_target(run, enc, target)
+    if not tgt.features:
+        raise TunelabError("nothing to explain: the input has no tokens besides the special ones")
+    return enc, tgt
+
+
 # ---------------------------------------------------------------------------------------------
 # The methods: token scores (T,) for a Target
 
@@ -307,7 +444,7 @@ def integrated_gradients(run, enc: Encoded, tgt: Target, steps: int) -> tuple[li
 
     ids = torch.tensor([enc.ids])  # (1, T)
     baseline = ids.clone()
-    baseline[0, tgt.features] = pad_id(run)
+    baseline[0, tgt.features] = neutral_id(run)[0]
     lig = LayerIntegratedGradients(tgt.scalar, embedding_layer(run.model))
     attr, delta = lig.attribute(ids, baselines=baseline, n_steps=steps, internal_batch_size=min(steps, 25),
                                 return_convergence_delta=True)  # attr: (1, T, H)
@@ -349,7 +486,7 @@ def perturbation_scores(run, enc: Encoded, tgt: Target, method: str, *, window: 
         return tgt.scalar(rows)
 
     sub = full[:, where]  # (1, n)
-    base = torch.full_like(sub, pad_id(run))
+    base = torch.full_like(sub, neutral_id(run)[0])
     scores = [0.0] * len(enc.ids)
     with torch.no_grad():
         if method == "occlusion":
@@ -363,8 +500,11 @@ def perturbation_scores(run, enc: Encoded, tgt: Target, method: str, *, window: 
             explainer = (Lime(forward, interpretable_model=SkLearnRidge(alpha=1.0)) if method == "lime"
                          else KernelShap(forward))
             torch.manual_seed(seed)
-            coef = explainer.attribute(sub, baselines=base, feature_mask=mask, n_samples=samples,
-                                       perturbations_per_eval=16, return_input_shape=False)[0]  # (words,)
+            if method == "shap" and max(groups) == 0:  # one word: its SHAP value is the whole difference
+                coef = forward(sub) - forward(base)  # (1,); captum's sampler cannot draw one feature
+            else:
+                coef = explainer.attribute(sub, baselines=base, feature_mask=mask, n_samples=samples,
+                                           perturbations_per_eval=16, return_input_shape=False)[0]  # (words,)
             sizes = torch.bincount(mask[0]).float()
             attr = (coef.float() / sizes)[mask[0]]  # each token: its word's coefficient / the word's tokens
     for pos, value in zip(tgt.features, attr.tolist()):
@@ -383,17 +523,15 @@ def explain_text(run, text: str, method: str, target=None, *, context: str | Non
     and each method's baseline. `context` is the passage of an extractive QA run (`text` its question)."""
     import torch
 
-    make_target = TARGETS.get(run.task.name)
-    if make_target is None:
-        raise TunelabError(unexplained(run))
     if method not in ENCODER_METHODS:
         raise TunelabError(f"--method: {method!r} is not one of {', '.join(ENCODER_METHODS)} (or attention)")
-    enc = encode(run, text, context)
-    tgt = make_target(run, enc, target)
-    if not tgt.features:
-        raise TunelabError("nothing to explain: the input has no tokens besides the special ones")
+    for name, value in (("steps", steps), ("window", window), ("samples", samples)):
+        if value < 1:
+            raise TunelabError(f"--{name}: got {value}; give a number of at least 1")
+    enc, tgt = prepare(run, text, context, target)
     settings = method_settings(method, steps=steps, window=window, samples=samples, seed=seed,
-                               kept=", and the question" if tgt.part == 1 else "")
+                               kept=", and the question" if tgt.part == 1 else "",
+                               token=neutral_id(run)[1])
     delta = None
     with torch.no_grad():
         value = float(tgt.scalar(torch.tensor([enc.ids]))[0])
@@ -415,12 +553,14 @@ ELSEWHERE = {"causal_lm": "; a causal_lm run is explained by the prompt tokens b
 """Task name -> where its explanations are, for tasks another module explains."""
 
 
-def method_settings(method: str, *, steps: int, window: int, samples: int, seed: int, kept: str) -> dict:
-    """The settings an explanation records: the method's own and the baseline in words."""
+def method_settings(method: str, *, steps: int, window: int, samples: int, seed: int, kept: str,
+                    token: str = "the pad token") -> dict:
+    """The settings an explanation records: the method's own and the baseline in words (`token`: the
+    neutral token's description, `neutral_id`)."""
     own = {"ig": {"steps": steps}, "occlusion": {"window": window, "stride": 1},
            "lime": {"samples": samples, "seed": seed, "features": "words"},
            "shap": {"samples": samples, "seed": seed, "features": "words"}}[method]
-    return {"method": method, **own, "baseline": BASELINE.format(kept=kept)}
+    return {"method": method, **own, "baseline": BASELINE.format(token=token, kept=kept)}
 
 
 def build_explanation(enc: Encoded, tgt: Target, method: str, scores: list[float], settings: dict,

@@ -90,19 +90,14 @@ def explain_any(run, text: str, method: str, target=None, *, context: str | None
         return attribute.explain_text(run, text, method, target, context=context, **settings)
     import torch
 
-    from tunelab.errors import TunelabError
-    from tunelab.explain.attention import attention_scores
+    from tunelab.explain.attention import attention_scores, readout_name
 
-    make_target = attribute.TARGETS.get(run.task.name)
-    if make_target is None:
-        raise TunelabError(attribute.unexplained(run))
-    enc = attribute.encode(run, text, context)
-    tgt = make_target(run, enc, target)
+    enc, tgt = attribute.prepare(run, text, context, target)
     scores = attention_scores(run, _as_attention_input(enc))
     with torch.no_grad():
         value = float(tgt.scalar(torch.tensor([enc.ids]))[0])
-    settings = {"method": "attention", "scores": "attention rollout from the first token (Abnar & Zuidema "
-                                                 "2020); not an attribution: never negative"}
+    settings = {"method": "attention", "scores": f"attention rollout from {readout_name(run.model)} (Abnar & "
+                                                 "Zuidema 2020); not an attribution: never negative"}
     return attribute.build_explanation(enc, tgt, "attention", scores, settings, None, value)
 
 
@@ -115,10 +110,20 @@ def _as_attention_input(enc):
 
 
 def position_scores(enc, expl) -> list[float]:
-    """An Explanation's token scores put back at their row positions of `enc` (matched by character offsets;
-    special tokens and tokens it does not score: 0)."""
-    by_offsets = {(t.start, t.end): t.score for t in expl.tokens}
-    return [0.0 if enc.special[i] else by_offsets.get(tuple(enc.offsets[i]), 0.0) for i in range(len(enc.ids))]
+    """A classification Explanation's token scores put back at their row positions of `enc` (special tokens:
+    0). Its tokens are the row's non-special tokens in order (attribute.classification_target's features), so
+    they are placed by order: matching by character offsets would mix up tokens that share their offsets (a
+    byte-level BPE splits one emoji or CJK character into several tokens of the same span)."""
+    from tunelab.errors import TunelabError
+
+    positions = [i for i, s in enumerate(enc.special) if not s]
+    if len(positions) != len(expl.tokens):
+        raise TunelabError(f"deletion curves: the explanation scores {len(expl.tokens)} tokens where the text "
+                           f"has {len(positions)}; explain the same text of a classification run")
+    scores = [0.0] * len(enc.ids)
+    for i, token in zip(positions, expl.tokens):
+        scores[i] = token.score
+    return scores
 
 
 def deletion_curve(run, explained, scores: Sequence[float] | None = None, target=None,
@@ -177,6 +182,10 @@ def evaluate(run, texts: list[str], methods: Sequence[str], *, seed: int = 0, se
     explanation and the mean curves. The target is each text's predicted label (what a user asks about)."""
     from tunelab.explain.attribute import encode
 
+    if "attention" in methods:  # a model with no attention weights fails here, before any method has run
+        from tunelab.explain.attention import eager_model
+
+        eager_model(run)
     random_aopcs: dict[int, tuple[float, list[float]]] = {}  # text index -> random AOPC and curve
     rows = []
     for method in methods:

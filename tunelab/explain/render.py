@@ -223,16 +223,22 @@ def examples_html(shown: list[tuple[str, Explanation]], missing: list[str], seco
 # JSONL
 
 
-def jsonl_row(record: dict, expl: Explanation) -> dict:
+def jsonl_row(record: dict, expl: Explanation, offsets_in: str | None = None) -> dict:
     """The input record (fields starting with '_' dropped) plus the explanation's fields.
 
-    `words` holds character offsets into the explained text: text[start:end] == word.
+    `words` (per word) and `tokens` (per sub-token, as the model read them) hold character offsets into the
+    explained text: text[start:end] == word (or token). That text is the record's field `offsets_in` when
+    given (an extractive QA record's passage, not its question).
     """
     row = {k: v for k, v in record.items() if not k.startswith("_")}
     row.update(prediction=expl.prediction, target=expl.target, probability=round(expl.probability, 6),
-               method=expl.method, settings=expl.settings, delta=expl.delta,
-               words=[{"word": w.text, "start": w.start, "end": w.end, "score": round(w.score, 6)}
-                      for w in expl.words])
+               method=expl.method, settings=expl.settings, delta=expl.delta)
+    if offsets_in is not None:
+        row["offsets_in"] = offsets_in
+    row.update(words=[{"word": w.text, "start": w.start, "end": w.end, "score": round(w.score, 6)}
+                      for w in expl.words],
+               tokens=[{"token": t.text, "start": t.start, "end": t.end, "score": round(t.score, 6)}
+                       for t in expl.tokens])
     return row
 
 

@@ -485,6 +485,9 @@ def explained_examples(job, ex: Examples, probs: np.ndarray) -> str:
                               f"({confidence[i]:.3f})", expl))
     except TunelabError as e:  # a model explain cannot take (e.g. a slow tokenizer) must not fail the run
         return f"<p>not explained: {html.escape(str(e))}</p>"
+    except Exception as e:  # nor may a failure inside captum or torch, after the whole training
+        job.log(f"report: the test examples could not be explained ({type(e).__name__}: {e})")
+        return f"<p>not explained: {html.escape(type(e).__name__)}: {html.escape(str(e))}</p>"
     seconds = time.perf_counter() - started
     job.log(f"report: {len(shown)} test examples explained in {seconds:.1f} s")
     missing = [f"no {kind} test predictions" for kind, indices in picked if not indices]
