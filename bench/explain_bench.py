@@ -44,11 +44,11 @@ THREADS = 2  # torch threads of the explanations: the machine's 2 cores
 # examples/bbc-news.yaml, as a user trains it (about 3 minutes on 2 idle cores)
 RUN = dict(limit=600, max_length=128, epochs=2, batch_size=16, lr=1.0e-4, weight_decay=0.01, warmup_ratio=0.06,
            max_grad_norm=1.0, seed=42, val_fraction=0.1, test_fraction=0.1)
-# tunelab explain's defaults on 24 articles: chosen from a probe on a loaded machine (about 30 s per article);
-# measured on 2 idle cores (2026-11-26, AVX-512 + AMX) an article took about 10 s for the five methods and its
-# curves at 128 tokens (LIME and KernelSHAP 200 forward passes each, occlusion one per token, IG 50 forward +
-# backward) and training 1 minute: the part took 5 minutes, so n = 80 would still fit in 15.
-EVAL = dict(n=24, steps=50, window=3, samples=200, seed=0)
+# tunelab explain's defaults on 80 articles. Measured on 2 idle cores (2026-11-26, AVX-512 + AMX): an article
+# takes about 10 s for the five methods and its curves at 128 tokens (LIME and KernelSHAP 200 forward passes
+# each, occlusion one per token, IG 50 forward + backward) and training 1 minute, so the part takes about 15
+# minutes (a first run on 24 articles took 5).
+EVAL = dict(n=80, steps=50, window=3, samples=200, seed=0)
 SMOKE_RUN = dict(limit=48, max_length=32, epochs=1, batch_size=8, val_fraction=0.02, test_fraction=0.02)
 SMOKE_EVAL = dict(n=3, steps=8, window=3, samples=24, seed=0)
 

@@ -864,7 +864,7 @@ def test_explain_part_job_is_the_example_run_and_the_commands_defaults(tmp_path)
     defaults = {k: p.default for k, p in inspect.signature(explain_text).parameters.items()}
     assert {k: j["eval"][k] for k in ("steps", "window", "samples", "seed")} == \
         {k: defaults[k] for k in ("steps", "window", "samples", "seed")}
-    assert j["eval"]["methods"] == list(METHODS) and j["eval"]["n"] == 24 and j["threads"] == 2
+    assert j["eval"]["methods"] == list(METHODS) and j["eval"]["n"] == 80 and j["threads"] == 2
     assert explain_bench.settings_of("attention", j["eval"]) == {}
     smoke = explain_bench.job(smoke=True, fast_bf16=True)
     assert (smoke["run"]["limit"], smoke["run"]["precision"], smoke["eval"]["n"]) == (48, "bf16", 3)
