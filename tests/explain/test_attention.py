@@ -2,20 +2,13 @@
 keys), their shapes, rollout scores, the PNG heatmaps, a causal LM's lower-triangular maps, scratch models."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parents[1] / "causal"))  # the tiny Llama of the causal-LM tests
-
-from causal_helpers import alpaca_records, write_jsonl  # noqa: E402
-from causal_tiny import write_tiny_model  # noqa: E402
-from tunelab.errors import TunelabError  # noqa: E402
-from tunelab.explain import attention  # noqa: E402
-from tunelab.runs import load_run  # noqa: E402
+from tunelab.errors import TunelabError
+from tunelab.explain import attention
+from tunelab.runs import load_run
 
 TEXT = "the team player score a goal today"  # 7 words of tiny_bert's vocabulary: 9 tokens with [CLS] and [SEP]
 
@@ -27,18 +20,9 @@ def bert_run(tiny_bert, data_dir, tmp_path_factory, helpers):
 
 
 @pytest.fixture(scope="module")
-def llama_run(tmp_path_factory, helpers):
-    """A causal_lm run of the tiny Llama, 2 steps of chat-formatted (alpaca) instructions."""
-    base = tmp_path_factory.mktemp("llama")
-    cfg = {"task": "causal_lm",
-           "model": {"name": str(write_tiny_model(base / "model")), "max_length": 64},
-           "data": {"train": str(write_jsonl(base / "alpaca.jsonl", alpaca_records(16)))},
-           "method": {"name": "full"}, "generate": {"samples_in_eval": 0}, "output_dir": str(base / "run"),
-           "train": {"max_steps": 2, "batch_size": 4, "device": "cpu", "precision": "fp32",
-                     "early_stopping": {"metric": "loss"}}}
-    from tunelab.config import config_from_dict
-
-    return load_run(helpers.train_quietly(config_from_dict(cfg)))
+def llama_run(llama_run_dir):
+    """The tiny Llama causal_lm run of conftest.py, loaded."""
+    return load_run(llama_run_dir)
 
 
 def scratch_run(kind: str, tiny_bert, data_dir, tmp_path, helpers):

@@ -27,21 +27,9 @@ def run_dir(tiny_bert, data_dir, tmp_path_factory, helpers) -> Path:
 
 
 @pytest.fixture(scope="module")
-def llama_run(tmp_path_factory, helpers) -> Path:
-    """A causal_lm run of the tiny Llama (2 steps on alpaca records: prompts go through its chat template)."""
-    sys.path.insert(0, str(Path(__file__).parents[1] / "causal"))
-    from causal_helpers import alpaca_records, write_jsonl
-    from causal_tiny import write_tiny_model
-
-    from tunelab.config import config_from_dict
-
-    base = tmp_path_factory.mktemp("llama")
-    cfg = {"task": "causal_lm", "model": {"name": str(write_tiny_model(base / "model")), "max_length": 64},
-           "data": {"train": str(write_jsonl(base / "alpaca.jsonl", alpaca_records(16)))},
-           "method": {"name": "full"}, "generate": {"samples_in_eval": 0}, "output_dir": str(base / "run"),
-           "train": {"max_steps": 2, "batch_size": 4, "device": "cpu", "precision": "fp32",
-                     "early_stopping": {"metric": "loss"}}}
-    return helpers.train_quietly(config_from_dict(cfg))
+def llama_run(llama_run_dir) -> Path:
+    """The tiny Llama causal_lm run of conftest.py."""
+    return llama_run_dir
 
 
 def explain(capsys, *argv) -> tuple[int, str, str]:

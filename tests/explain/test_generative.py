@@ -4,36 +4,22 @@ chat template's tokens held fixed, the CPU caps."""
 from __future__ import annotations
 
 import dataclasses
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parents[1] / "causal"))  # the tiny Llama of the causal-LM tests
-
-from causal_helpers import alpaca_records, write_jsonl  # noqa: E402
-from causal_tiny import write_tiny_model  # noqa: E402
-from tunelab.errors import TunelabError  # noqa: E402
-from tunelab.explain.generative import baseline_id, explain_generation, greedy_tokens, prompt_ids  # noqa: E402
-from tunelab.runs import load_run  # noqa: E402
+from tunelab.errors import TunelabError
+from tunelab.explain.generative import baseline_id, explain_generation, greedy_tokens, prompt_ids
+from tunelab.runs import load_run
 
 PROMPT = "Add 2 and 3."  # the tiny tokenizer has one token per character: 12 prompt tokens
 
 
 @pytest.fixture(scope="module")
-def chat_run(tmp_path_factory, helpers):
-    """A causal_lm run of the tiny Llama on alpaca records (a chat format: prompts go through its template)."""
-    from tunelab.config import config_from_dict
-
-    base = tmp_path_factory.mktemp("llama")
-    cfg = {"task": "causal_lm",
-           "model": {"name": str(write_tiny_model(base / "model")), "max_length": 64},
-           "data": {"train": str(write_jsonl(base / "alpaca.jsonl", alpaca_records(16)))},
-           "method": {"name": "full"}, "generate": {"samples_in_eval": 0}, "output_dir": str(base / "run"),
-           "train": {"max_steps": 2, "batch_size": 4, "device": "cpu", "precision": "fp32",
-                     "early_stopping": {"metric": "loss"}}}
-    run = load_run(helpers.train_quietly(config_from_dict(cfg)))
+def chat_run(llama_run_dir):
+    """The tiny Llama causal_lm run of conftest.py (alpaca records: a chat format, prompts go through its
+    template), loaded."""
+    run = load_run(llama_run_dir)
     assert run.meta["format"] == "alpaca"
     return run
 
