@@ -38,6 +38,7 @@ COMMAND_GROUPS = (
     "explain",
     "export",
     "compress",
+    "serve",
 )
 
 EXAMPLES = {

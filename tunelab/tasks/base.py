@@ -85,3 +85,7 @@ class Task:
     pretraining)."""
     verbs: dict[str, Callable] = field(default_factory=dict)
     """Task-specific commands on a finished run (e.g. chat, merge), name -> function(run_dir, ...)."""
+    api: tuple[str, ...] = ()
+    """The `tunelab serve` endpoints (under /v1/) that serve this task's runs, by name: "chat.completions",
+    "completions", "classify", "translate", "answer", "entities", "embeddings" (tunelab.serve); () = not
+    served."""

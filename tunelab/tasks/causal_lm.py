@@ -612,7 +612,7 @@ def _register() -> None:
         refused_settings={"data.label_field": "a causal_lm run has no labels (its references come from the "
                                               "records' format); leave out --label-field"},
         text_records=text_records, check_records=check_records, route=_route,
-        verbs={"merge": merge_run, "chat": chat_model}),
+        verbs={"merge": merge_run, "chat": chat_model}, api=("chat.completions", "completions", "answer")),
         options=("data.format", "data.train_on_prompt", "data.packing",
                  *(f"generate.{f.name}" for f in dataclasses.fields(GenerateConfig))))
 

@@ -507,7 +507,7 @@ def _register() -> None:
         refused_settings={"generate.": "generate.* applies to causal_lm runs; {run} is a classification run"},
         text_records=lambda texts, run: [{run.cfg.data.text_field: t} for t in texts],
         check_records=check_records,
-        scratch_kinds=CLASSIFIER_KINDS),
+        scratch_kinds=CLASSIFIER_KINDS, api=("classify",)),
         options=("data.label_field",))
 
 

@@ -697,7 +697,7 @@ def _register() -> None:
                                               "data.answers_field",
                           "generate.": "generate.* applies to text generation; {run} is an extractive_qa run"},
         text_records=text_records, check_config=check_config, check_data=check_data,
-        scratch_kinds=("transformer",), verbs={"ask": ask}),
+        scratch_kinds=("transformer",), verbs={"ask": ask}, api=("answer",)),
         options=("data.question_field", "data.context_field", "data.answers_field", "data.fix_offsets",
                  "data.doc_stride", "qa.max_answer_length", "qa.n_best", "qa.no_answer_threshold"))
 

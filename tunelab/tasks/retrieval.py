@@ -588,7 +588,8 @@ def _register() -> None:
                                               "data.positive_field",
                           "data.text_field": "a retrieval run reads data.query_field (predict embeds it)",
                           "generate.": "generate.* applies to causal_lm runs; {run} is a retrieval run"},
-        text_records=text_records, check_config=check_config, check_records=check_records),
+        text_records=text_records, check_config=check_config, check_records=check_records,
+        api=("embeddings",)),
         options=("data.query_field", "data.positive_field", "data.negative_field", "retrieval.temperature",
                  "retrieval.pooling"))
 

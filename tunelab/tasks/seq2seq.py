@@ -650,7 +650,8 @@ def _register() -> None:
         refused_settings={"data.label_field": "a seq2seq run has no labels; its references are "
                                               "data.target_field"},
         text_records=text_records, check_config=check_config, check_data=check_data,
-        scratch_kinds=("transformer-seq2seq",), verbs={"translate": translate}),
+        scratch_kinds=("transformer-seq2seq",), verbs={"translate": translate},
+        api=("translate",)),
         options=("data.source_field", "data.target_field", "data.language", "data.direction",
                  "data.max_placeholder_share", "data.max_chars", "data.max_target_length", "model.architecture",
                  "generate.max_new_tokens", "generate.samples_in_eval", "generate.num_beams",

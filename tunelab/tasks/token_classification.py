@@ -714,7 +714,8 @@ def _register() -> None:
                                               "data.tags_field (or data.entities_field)",
                           "generate.": "generate.* applies to text generation; {run} is a token_classification "
                                        "run"},
-        check_config=check_config, check_data=check_data, read_data=read_data, scratch_kinds=TAGGER_KINDS),
+        check_config=check_config, check_data=check_data, read_data=read_data, scratch_kinds=TAGGER_KINDS,
+        api=("entities",)),
         options=("data.tokens_field", "data.tags_field", "data.entities_field", "data.tag_column",
                  "data.tag_scheme", "data.skip_bad_spans", "data.doc_stride", "predict.constrained"))
 
