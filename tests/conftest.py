@@ -1,6 +1,9 @@
 """Shared fixtures: a tiny random BERT saved like a pretrained one, small labelled data sets, configs.
 
 Everything here is built offline in temporary folders with fixed seeds, so a test can pin exact numbers.
+Tiny finished runs of several tasks (cls_run_dir, qa_run_dir, ner_run_dir, llama_run_dir) are trained once per
+session for the tests that use a run (explain, serve).
+
 Test modules reach the helper functions through the `helpers` fixture rather than `import conftest`:
 other test folders have their own conftest.py, and the module name `conftest` is not unique.
 """
@@ -10,6 +13,7 @@ import csv
 import json
 import os
 import random
+import sys
 import types
 from pathlib import Path
 
@@ -245,3 +249,60 @@ def helpers() -> types.SimpleNamespace:
         write_records=write_records, write_jsonl=write_jsonl, tiny_config=tiny_config,
         train_quietly=train_quietly, read_metrics=read_metrics, quiet=quiet,
         spy_on_training=spy_on_training, train_and_capture=train_and_capture)
+
+
+# ---------------------------------------------------------------------------------------------
+# Tiny finished runs, trained once per session and shared by the tests that use a run (explain, serve)
+
+TESTS = Path(__file__).resolve().parent
+for _sub in ("extractive", "token_tagging", "causal"):
+    if str(TESTS / _sub) not in sys.path:
+        sys.path.insert(0, str(TESTS / _sub))
+
+
+@pytest.fixture(scope="session")
+def cls_run_dir(tmp_path_factory, tiny_bert, data_dir) -> Path:
+    """A tiny classification run (30 steps of the tiny BERT on the keyword data: sport / tech / food)."""
+    out = tmp_path_factory.mktemp("cls") / "run"
+    return train_quietly(tiny_config(tiny_bert, data_dir / "train.jsonl", out,
+                                     {"train.max_steps": 30, "train.precision": "fp32"}))
+
+
+@pytest.fixture(scope="session")
+def qa_run_dir(tmp_path_factory, helpers) -> Path:
+    """A tiny QA run (150 steps, model.max_length 32) on short contexts."""
+    from extractive_helpers import qa_config, reading_records, write_jsonl, write_tiny_bert
+
+    root = tmp_path_factory.mktemp("qa")
+    data = write_jsonl(root / "qa.jsonl", reading_records(300, words=12))
+    cfg = qa_config(write_tiny_bert(root / "bert"), data, root / "run",
+                    **{"train.max_steps": 150, "model.max_length": 32})
+    return helpers.train_quietly(cfg)
+
+
+@pytest.fixture(scope="session")
+def ner_run_dir(tmp_path_factory, helpers) -> Path:
+    """A tiny NER run (100 steps) that finds PER / LOC names."""
+    from token_helpers import ner_config, ner_records, write_jsonl, write_tiny_bert
+
+    root = tmp_path_factory.mktemp("ner")
+    data = write_jsonl(root / "ner.jsonl", ner_records(300))
+    return helpers.train_quietly(ner_config(write_tiny_bert(root / "bert"), data, root / "run",
+                                            **{"train.max_steps": 100}))
+
+
+@pytest.fixture(scope="session")
+def llama_run_dir(tmp_path_factory, helpers) -> Path:
+    """A causal_lm run of the tiny Llama (2 steps on alpaca records: prompts go through its chat template)."""
+    from causal_helpers import alpaca_records, write_jsonl
+    from causal_tiny import write_tiny_model
+
+    from tunelab.config import config_from_dict
+
+    base = tmp_path_factory.mktemp("llama")
+    cfg = {"task": "causal_lm", "model": {"name": str(write_tiny_model(base / "model")), "max_length": 64},
+           "data": {"train": str(write_jsonl(base / "alpaca.jsonl", alpaca_records(16)))},
+           "method": {"name": "full"}, "generate": {"samples_in_eval": 0}, "output_dir": str(base / "run"),
+           "train": {"max_steps": 2, "batch_size": 4, "device": "cpu", "precision": "fp32",
+                     "early_stopping": {"metric": "loss"}}}
+    return helpers.train_quietly(config_from_dict(cfg))
