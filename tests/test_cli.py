@@ -348,9 +348,9 @@ def test_predict_to_a_closed_stdout_exits_quietly(run_dir, monkeypatch, capsys):
 def test_every_command_has_help_with_an_example(capsys):
     commands = [path for path, _ in _subparsers(build_parser())]
     # 15 with examples in EXAMPLES; index, index build / add / query (cli/index.py), ask (cli/ask.py),
-    # compress (cli/compress.py), export (cli/export.py) and explain (cli/explain.py) give theirs as the
-    # parser's epilog
-    assert len(commands) == 23 and len(set(commands) & set(EXAMPLES)) == 15
+    # compress (cli/compress.py), export (cli/export.py), explain (cli/explain.py) and serve (cli/serve.py)
+    # give theirs as the parser's epilog
+    assert len(commands) == 24 and len(set(commands) & set(EXAMPLES)) == 15
     for path in [(), *commands]:
         with pytest.raises(SystemExit) as e:
             main([*path, "--help"])
@@ -363,7 +363,7 @@ def test_help_imports_nothing_heavy():
     # `tunelab --help` must answer at once: torch, transformers, numpy and peft load only inside commands
     code = ("import sys\nfrom tunelab import cli\np = cli.build_parser()\n"
             "[s.format_help() for _, s in cli._subparsers(p)]\n"
-            "print(sorted({'torch', 'transformers', 'numpy', 'peft', 'yaml'} & set(sys.modules)))")
+            "print(sorted({'torch', 'transformers', 'numpy', 'peft', 'yaml', 'fastapi', 'uvicorn'} & set(sys.modules)))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.stdout.strip() == "[]", proc.stderr
 
