@@ -242,11 +242,13 @@ def answer_questions(generator: Generator, index, questions: list[str], k: int, 
     """Retrieve the top `k` passages of `index` (tunelab.retrieval.index.Index) for each question, fit
     them into the prompt, and generate the answers (the run's or the model's generate settings)."""
     from tunelab.generation import generate_texts, settings_kwargs
+    from tunelab.models.device import model_device
 
     hits = index.query(list(questions), k)
     fitted = [fit_question(generator, q, passages_of_hits(h)) for q, h in zip(questions, hits)]
     kwargs = settings_kwargs(generator.tokenizer, generator.model, generator.gen)
-    texts = generate_texts(generator.model, generator.tokenizer, [f.ids for f in fitted], kwargs, batch_size)
+    texts = generate_texts(generator.model, generator.tokenizer, [f.ids for f in fitted], kwargs, batch_size,
+                           model_device(generator.model))
     return [Answer(q, t, f.passages, f.dropped) for q, t, f in zip(questions, texts, fitted)]
 
 

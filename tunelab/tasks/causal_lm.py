@@ -467,6 +467,7 @@ def predict(run, records: list[dict], source: str, log, batch_size: int = 8) -> 
     many were cut.
     """
     from tunelab.generation import generate_texts, model_context, settings_kwargs
+    from tunelab.models.device import model_device
 
     cfg, model, tokenizer = run.cfg, run.model, run.tokenizer
     context = model_context(model, tokenizer)
@@ -477,7 +478,7 @@ def predict(run, records: list[dict], source: str, log, batch_size: int = 8) -> 
         log(f"{cut} of {len(prompts)} prompts cut from the left to fit the model's context of {context} tokens "
             f"with generate.max_new_tokens {cfg.generate.max_new_tokens}")
     kwargs = settings_kwargs(tokenizer, model, cfg.generate)
-    generated = generate_texts(model, tokenizer, prompts, kwargs, batch_size)
+    generated = generate_texts(model, tokenizer, prompts, kwargs, batch_size, model_device(model))
     out = []
     for rec, text in zip(records, generated):
         clean = {k: v for k, v in rec.items() if not k.startswith("_")}

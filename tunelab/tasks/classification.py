@@ -421,10 +421,12 @@ def evaluate(run, records: list[dict] | None, source: str, log) -> dict:
 
 def predict(run, records: list[dict], source: str, log) -> list[dict]:
     """Each record plus `prediction` (a label) and `scores` (label -> probability)."""
+    from tunelab.models.device import model_device
+
     cfg, labels = run.cfg, run.meta["labels"]
     ex = make_examples(run.tokenizer, records, text_field=cfg.data.text_field, label_field=None, label2id=None,
                        max_length=cfg.model.max_length, source=source)
-    probs = predict_proba(run.model, ex, 32, pad_id_of(run.tokenizer), torch.device("cpu"))
+    probs = predict_proba(run.model, ex, 32, pad_id_of(run.tokenizer), model_device(run.model))
     out = []
     for rec, p in zip(records, probs.tolist()):
         clean = {k: v for k, v in rec.items() if not k.startswith("_")}

@@ -597,10 +597,11 @@ def run_threshold(run) -> float | None:
 
 def _run_answers(run, records: list[dict], source: str) -> tuple[list[Answer], float]:
     from tunelab.data.tokens import pad_id_of
+    from tunelab.models.device import model_device
 
     split = build_windows(records, source, run.tokenizer, run.cfg.model.max_length, run.cfg.data.doc_stride,
                           run.meta.get("token_type_ids", uses_token_types(run.model)))
-    return split_answers(run.model, split, run.cfg, 32, pad_id_of(run.tokenizer), torch.device("cpu"))
+    return split_answers(run.model, split, run.cfg, 32, pad_id_of(run.tokenizer), model_device(run.model))
 
 
 def evaluate(run, records: list[dict] | None, source: str, log) -> dict:

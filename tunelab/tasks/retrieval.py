@@ -536,10 +536,11 @@ def evaluate(run, records: list[dict] | None, source: str, log) -> dict:
 
 def embed(run, texts: list[str]) -> np.ndarray:
     """(N, H) unit vectors of `texts` with a loaded run (tunelab.runs.load_run), as its training embedded them."""
+    from tunelab.models.device import model_device
     from tunelab.retrieval.embed import embed_texts
 
     return embed_texts(run.model, run.tokenizer, texts, max_length=run.meta["max_length"],
-                       pooling=run.meta["pooling"], desc=None)
+                       pooling=run.meta["pooling"], device=model_device(run.model), desc=None)
 
 
 def predict(run, records: list[dict], source: str, log) -> list[dict]:

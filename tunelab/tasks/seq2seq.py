@@ -557,9 +557,11 @@ def load_model(run_dir: Path, cfg) -> tuple:
 
 def generate_for(run, sources: list[str], batch_size: int = 8) -> list[str]:
     """The run's outputs for `sources`, with its `generate:` settings."""
+    from tunelab.models.device import model_device
+
     family = FAMILIES[run.meta["family"]]()
     return family.generate(run.model, run.tokenizer, sources, run.cfg.generate, run.cfg.model.max_length,
-                           batch_size, torch.device("cpu"))
+                           batch_size, model_device(run.model))
 
 
 def _sources(records: list[dict], field: str, source: str) -> list[str]:

@@ -623,10 +623,11 @@ def load_model(run_dir: Path, cfg) -> tuple:
 
 def _run_tagged(run, records: list[dict], tag_ids, source: str) -> tuple[TagSplit, Tagged]:
     from tunelab.data.tokens import pad_id_of
+    from tunelab.models.device import model_device
 
     split = build_windows(records, tag_ids, source, run.tokenizer, run.cfg.model.max_length, run.cfg.data.doc_stride)
     return split, tag_split(run.model, split, run.meta["labels"], run.cfg.predict.constrained, 32,
-                            pad_id_of(run.tokenizer), torch.device("cpu"))
+                            pad_id_of(run.tokenizer), model_device(run.model))
 
 
 def evaluate(run, records: list[dict] | None, source: str, log) -> dict:
