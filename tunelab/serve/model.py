@@ -59,14 +59,14 @@ def load_served(ref: str, overrides: list[str] | None = None, *, device: str = "
     overrides = list(overrides or [])
     device = pick_device(device)
     if is_run(ref):
-        from tunelab.runs import load_run
+        from tunelab.runs import load_run, run_task
 
-        run = load_run(ref, overrides)
-        task = run.task
+        task = run_task(ref)  # before the weights load: a run that cannot be served fails at once
         if not task.api:
             raise TunelabError(f"serve: {ref} is a {task.name} run, which has no HTTP endpoints; serve a run of a "
                                "task that predicts (classification, causal_lm, seq2seq, extractive_qa, "
                                "token_classification, retrieval)")
+        run = load_run(ref, overrides)
         served = Served(ref, Path(ref).resolve().name, task.name, tuple(task.api), run.model, run.tokenizer, run=run,
                         gen=getattr(run.cfg, "generate", None))
     else:
