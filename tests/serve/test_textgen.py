@@ -33,6 +33,7 @@ def test_characters_split_across_tokens_are_held_until_whole(tok):
     stream = TextStream(tok)
     out = [stream.push(i) for i in ids]
     assert out == ["Hi", " there", "!", "", " 😀", "", "", " 日", "本", "", "", "語", " ok", "."]
+    assert [d for d in out if d] == DELTAS
     assert stream.finish() == ""
     assert "".join(out) == tok.decode(ids, skip_special_tokens=True) == TEXT
 
