@@ -66,13 +66,14 @@ def input_texts(value: Any, param: str = "input") -> list[str]:
             raise ApiError(400, f"{where}: expected a string, got {type(item).__name__} (token ids are not "
                                 "accepted; send the text)", where)
         if not item.strip():
-            raise ApiError(400, f"{where}: the text is empty; send text to {param} the model reads", where)
+            raise ApiError(400, f"{where}: the text is empty; send a text with words in it", where)
     return list(items)
 
 
 def non_empty(text: str, param: str) -> str:
+    """`text`, or a 400 naming `param` when it holds nothing but white space."""
     if not text.strip():
-        raise ApiError(400, f"{param}: the text is empty", param)
+        raise ApiError(400, f"{param}: the text is empty; send a text with words in it", param)
     return text
 
 
@@ -160,8 +161,7 @@ def router(state) -> APIRouter:
             if context is None and served.index is None:
                 raise ApiError(400, "'context' is a required property: this server has no index to retrieve "
                                     "passages from (start it with --index INDEX to answer without one)", "context")
-            found = (await run_limited(state, extractive_answers(state), (question, context),
-                                       batch_key="answer"))
+            found = await run_limited(state, extractive_answers(state), (question, context), batch_key="answer")
         return {"object": "answer", "model": served.id, **found}
 
     return api
