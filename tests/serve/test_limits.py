@@ -193,7 +193,7 @@ def test_a_request_whose_time_limit_passes_in_the_queue_is_503_and_never_runs(cl
             late = waiting.result()
             assert running.result().status_code == 200
         rejected = metric(state, "tunelab_rejected_total", reason="deadline")
-    assert late.status_code == 503 and late.json()["error"]["code"] == "timeout"
+    assert late.status_code == 503 and late.json()["error"]["code"] == "queue_timeout"
     assert "waited in the queue past its time limit" in late.json()["error"]["message"]
     assert "too late" not in [r["text"] for r in seen] and rejected == 1
 
@@ -382,3 +382,28 @@ def test_a_run_without_endpoints_or_a_missing_folder_is_one_line_and_exit_2(tmp_
     assert main(["serve", str(tmp_path / "nowhere"), "--port", "0"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no such folder" in err and str(tmp_path / "nowhere") in err
+
+
+def test_queue_size_0_means_no_waiting_room_but_an_idle_worker_still_takes_a_request():
+    release = threading.Event()
+
+    async def scenario():
+        scheduler = Scheduler(workers=1, queue_size=0)
+        scheduler.start()
+        try:
+            def slow(payload, job):
+                release.wait(10)
+                return payload
+
+            running = asyncio.ensure_future(scheduler.run(slow, "first", timeout=30))
+            while scheduler.running == 0:  # the idle worker took it at once
+                await asyncio.sleep(0.01)
+            with pytest.raises(QueueFull):  # busy worker, no waiting room
+                await scheduler.run(slow, "second", timeout=30)
+            release.set()
+            return await running
+        finally:
+            release.set()
+            scheduler.stop()
+
+    assert asyncio.run(scenario()) == "first"

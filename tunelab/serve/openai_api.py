@@ -32,7 +32,8 @@ from pydantic_core import PydanticCustomError
 
 from tunelab.serve import textgen
 from tunelab.serve.errors import ApiError, error_body
-from tunelab.serve.scheduler import DeadlineExceeded, QueueFull, TimeLimitExceeded
+from tunelab.serve.limits import refusal
+from tunelab.serve.scheduler import TimeLimitExceeded
 
 log = logging.getLogger("tunelab.serve")
 
@@ -218,27 +219,6 @@ def make_work(state) -> Callable:
         return g
 
     return work
-
-
-def refusal(state, e: BaseException) -> ApiError | None:
-    """The HTTP error for a scheduler refusal or a request error (counted by reason); None for a crash."""
-    settings, rejected = state.settings, state.metrics.rejected
-    if isinstance(e, ApiError):
-        return e
-    if isinstance(e, QueueFull):
-        rejected.labels("queue_full").inc()
-        return ApiError(503, f"the server is busy: {settings.workers} generation(s) running and "
-                             f"{settings.queue_size} waiting; retry after {e.retry_after} s", None,
-                        "server_overloaded", {"Retry-After": str(e.retry_after)})
-    if isinstance(e, DeadlineExceeded):
-        rejected.labels("deadline").inc()
-        return ApiError(503, f"{e} ({settings.timeout_s:g} s, queueing included) and was not started; retry "
-                             "later", None, "queue_timeout", {"Retry-After": str(state.scheduler.retry_after())})
-    if isinstance(e, TimeLimitExceeded):
-        rejected.labels("time_limit").inc()
-        return ApiError(504, f"{e}; ask for fewer tokens (max_tokens) or start the server with a longer "
-                             "--timeout", None, "timeout")
-    return None
 
 
 async def until_done(request: Request, waiting: asyncio.Future, cancel: threading.Event, state) -> bool:

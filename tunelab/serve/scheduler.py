@@ -125,7 +125,8 @@ class Scheduler:
     def submit(self, job: Job) -> Job:
         """Queue `job` (its future and loop already set), or raise QueueFull."""
         with self._cond:
-            if len(self._queue) >= self.queue_size or self._closing:
+            idle = max(0, len(self._threads) - self._running)  # a job an idle worker takes at once never waits
+            if len(self._queue) >= self.queue_size + idle or self._closing:
                 raise QueueFull(self.retry_after())
             self._queue.append(job)
             self._cond.notify()
