@@ -42,7 +42,9 @@ def test_a_tiny_bert_learns_the_synthetic_task(learned, helpers):
     # the threshold sits halfway between two validation margins; on test it separates every question
     assert test["exact_match"] == 1.0 and test["has_answer_exact_match"] == 1.0 and test["no_answer_f1"] == 1.0
     qa = json.loads((run_dir / "qa.json").read_text())
-    assert qa["no_answer_threshold"] == pytest.approx(3.0706, abs=1e-3) and qa["how"].startswith("chosen on validation")
+    # Not pinned: 400 steps amplify the CPU's float rounding (3.0706 on an Intel Xeon, 2.4097 on an AMD EPYC, both
+    # AVX-512); what holds everywhere is that it was chosen on validation, separating it perfectly, and on test too.
+    assert qa["how"] == "chosen on validation (F1 1.0000 there)" and 0 < qa["no_answer_threshold"] < 100
     assert test["no_answer_threshold"] == qa["no_answer_threshold"]
     report = (run_dir / "report.html").read_text()
     assert "Has answer / no answer (test)" in report and "which colour is there ?" in report
