@@ -179,7 +179,12 @@ def predict_records(run_dir: str | Path, records: list[dict] | None, source: str
     log = log or (lambda line: print(line, file=sys.stderr))
     run = load_run(run_dir, overrides)
     if texts:
-        field = run.cfg.data.text_field
-        records = (run.task.text_records(texts, run) if run.task.text_records
-                   else [{field: t} for t in texts])
+        records = records_of_texts(run, texts)
     return run.task.predict(run, records, source, log)
+
+
+def records_of_texts(run: Run, texts: list[str]) -> list[dict]:
+    """One record per text, the way the run's task reads a bare text (`predict --text`, `tunelab serve`)."""
+    if run.task.text_records:
+        return run.task.text_records(texts, run)
+    return [{run.cfg.data.text_field: t} for t in texts]

@@ -237,16 +237,21 @@ def fit_question(generator: Generator, question: str, passages: list[Passage]) -
             "generate.max_new_tokens or raise --max-length") from None
 
 
-def answer_questions(generator: Generator, index, questions: list[str], k: int, batch_size: int = 8
-                     ) -> list[Answer]:
+def answer_questions(generator: Generator, index, questions: list[str], k: int, batch_size: int = 8,
+                     stopping_criteria=None) -> list[Answer]:
     """Retrieve the top `k` passages of `index` (tunelab.retrieval.index.Index) for each question, fit
-    them into the prompt, and generate the answers (the run's or the model's generate settings)."""
+    them into the prompt, and generate the answers (the run's or the model's generate settings).
+
+    `stopping_criteria` (a transformers StoppingCriteriaList) is handed to `generate` as well: `tunelab
+    serve` ends a generation with it when the client goes away or the time limit passes."""
     from tunelab.generation import generate_texts, settings_kwargs
     from tunelab.models.device import model_device
 
     hits = index.query(list(questions), k)
     fitted = [fit_question(generator, q, passages_of_hits(h)) for q, h in zip(questions, hits)]
     kwargs = settings_kwargs(generator.tokenizer, generator.model, generator.gen)
+    if stopping_criteria is not None:
+        kwargs["stopping_criteria"] = stopping_criteria
     texts = generate_texts(generator.model, generator.tokenizer, [f.ids for f in fitted], kwargs, batch_size,
                            model_device(generator.model))
     return [Answer(q, t, f.passages, f.dropped) for q, t, f in zip(questions, texts, fitted)]
