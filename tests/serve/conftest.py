@@ -1,8 +1,8 @@
 """Serving tests: `serve(ref_or_served, **settings)` starts the real app under uvicorn on 127.0.0.1 (a free
-port) in a thread and yields its base URL."""
+port) in a thread and yields (its base URL, the app's State); the helpers the tests share are in
+serve_helpers.py."""
 from __future__ import annotations
 
-import contextlib
 import sys
 from pathlib import Path
 
@@ -12,20 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 for _sub in ("seq2seq", "retrieval_task"):  # their tiny-model builders, for the runs below
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / _sub))
 
-
-@contextlib.contextmanager
-def running(ref, overrides=(), **settings):
-    """The app serving `ref` (a run folder, a model reference, or an already loaded Served) with
-    ServeSettings(**settings); yields (base URL, the app's State)."""
-    from tunelab.serve import ServeSettings
-    from tunelab.serve.app import create_app
-    from tunelab.serve.model import Served, load_served
-    from tunelab.serve.server import ServerThread
-
-    served = ref if isinstance(ref, Served) else load_served(str(ref), list(overrides))
-    gate = create_app(served, ServeSettings(**settings))
-    with ServerThread(gate) as url:
-        yield url, gate.state
+from serve_helpers import running  # noqa: E402
 
 
 @pytest.fixture

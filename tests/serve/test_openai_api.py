@@ -10,37 +10,22 @@ what `tunelab predict` generates.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import re
-import socket
-import time
+import threading
 from pathlib import Path
 
 import httpx2
 import openai
 import pytest
 from scripted import smollm2_tokenizer, write_scripted
+from serve_helpers import idle, metric, raw_request, read_reply, running, wait_for
 
 TEXT = "Hi there! 😀 日本語 ok."
 DELTAS = ["Hi", " there", "!", " 😀", " 日", "本", "語", " ok", "."]  # how SmolLM2's tokens complete characters
 TEXT_TOKENS = 14  # five of them hold part of a character; the answer is these and EOS
 MSG = [{"role": "user", "content": "Say hi."}]
 LOOP_MAX = 200_000  # the looping server's max_tokens: far more than any test waits for
-
-
-@contextlib.contextmanager
-def server(ref, **settings):
-    """The app serving `ref` on 127.0.0.1 (a free port): (url, state). Module-scoped fixtures use it, as one
-    server answers many tests (the conftest's `serve` fixture starts one per test)."""
-    from tunelab.serve import ServeSettings
-    from tunelab.serve.app import create_app
-    from tunelab.serve.model import load_served
-    from tunelab.serve.server import ServerThread
-
-    gate = create_app(load_served(str(ref)), ServeSettings(**settings))
-    with ServerThread(gate) as url:
-        yield url, gate.state
 
 
 def client(url: str) -> openai.OpenAI:
@@ -57,21 +42,31 @@ def models(tmp_path_factory, tok) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("scripted")
     return {"say": write_scripted(root / "say", TEXT, tokenizer=tok),
             "loop": write_scripted(root / "loop", "Tra la", loop=True, context=LOOP_MAX * 2, tokenizer=tok),
-            "short": write_scripted(root / "short", "Tra la", loop=True, context=64, tokenizer=tok)}
+            "short": write_scripted(root / "short", "Tra la", loop=True, context=64, tokenizer=tok),
+            "no_system": write_scripted(root / "no_system", TEXT, tokenizer=no_system_tokenizer())}
+
+
+def no_system_tokenizer():
+    """SmolLM2's tokenizer whose chat template raises for a system message, as Gemma's does."""
+    tok = smollm2_tokenizer()
+    tok.chat_template = ("{% for m in messages %}{% if m['role'] == 'system' %}"
+                         "{{ raise_exception('System role not supported') }}{% endif %}{% endfor %}"
+                         + tok.chat_template)
+    return tok
 
 
 @pytest.fixture(scope="module")
 def say(models):
     """(url, state) of the model that answers TEXT then EOS."""
-    with server(models["say"]) as running:
-        yield running
+    with running(models["say"]) as url_state:
+        yield url_state
 
 
 @pytest.fixture(scope="module")
 def loop(models):
     """(url, state) of the model that loops for ever; one request may wait in the queue."""
-    with server(models["loop"], max_tokens=LOOP_MAX, queue_size=1) as running:
-        yield running
+    with running(models["loop"], max_tokens=LOOP_MAX, queue_size=1) as url_state:
+        yield url_state
 
 
 def chat_ids(tok, messages=MSG) -> list[int]:
@@ -86,51 +81,6 @@ def events(response) -> list[str]:
     parts = body[:-2].split("\n\n")
     assert all(p.startswith("data: ") for p in parts), parts
     return [p.removeprefix("data: ") for p in parts]
-
-
-def metric(url: str, name: str, labels: str = "") -> float:
-    """One sample of /metrics (0 when the series does not exist yet)."""
-    text = httpx2.get(url + "/metrics").text
-    found = re.search(rf"^{name}{re.escape('{' + labels + '}' if labels else '')} (\S+)$", text, re.M)
-    return float(found.group(1)) if found else 0.0
-
-
-def wait_for(url: str, **expected) -> dict:
-    """Poll /health until its fields equal `expected` (a generous bound: a failure, not a timing claim)."""
-    deadline = time.monotonic() + 60
-    while True:
-        health = httpx2.get(url + "/health").json()
-        if all(health[k] == v for k, v in expected.items()):
-            return health
-        assert time.monotonic() < deadline, f"/health never showed {expected}: {health}"
-        time.sleep(0.02)
-
-
-def raw_request(url: str, path: str, body: dict) -> socket.socket:
-    """A POST sent on a plain socket (not read): closing the socket is a client that goes away."""
-    host, port = url.removeprefix("http://").split(":")
-    data = json.dumps(body).encode()
-    sock = socket.create_connection((host, int(port)))
-    sock.sendall(f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
-                 f"Content-Length: {len(data)}\r\n\r\n".encode() + data)
-    return sock
-
-
-def read_reply(sock: socket.socket) -> tuple[int, dict]:
-    """(status, JSON body) of the answer to a `raw_request`; closes the socket."""
-    data = b""
-    while b"\r\n\r\n" not in data or len(data.partition(b"\r\n\r\n")[2]) < _length(data):
-        more = sock.recv(65536)
-        assert more, f"the server closed the connection after {data!r}"
-        data += more
-    sock.close()
-    head, _, body = data.partition(b"\r\n\r\n")
-    return int(head.split()[1]), json.loads(body)
-
-
-def _length(data: bytes) -> int:
-    found = re.search(rb"content-length: (\d+)", data.partition(b"\r\n\r\n")[0], re.I)
-    return int(found.group(1)) if found else 0
 
 
 # ------------------------------------------------------------------------------------------------- answers
@@ -252,8 +202,8 @@ def test_max_tokens_is_capped_by_the_server_and_by_the_context_left(serve, model
 
 @pytest.fixture(scope="module")
 def llama(llama_run_dir):
-    with server(llama_run_dir) as running:
-        yield running
+    with running(llama_run_dir) as url_state:
+        yield url_state
 
 
 def test_the_same_seed_gives_the_same_text(llama):
@@ -287,45 +237,45 @@ def test_a_served_run_answers_what_tunelab_predict_generates(llama, llama_run_di
 
 
 def test_a_client_that_closes_a_stream_stops_the_generation(loop):
-    url, _ = loop
-    wait_for(url, running=0, queue=0)
-    generated, gone = metric(url, "tunelab_generated_tokens_total"), \
-        metric(url, "tunelab_rejected_total", 'reason="disconnected"')
+    url, state = loop
+    wait_for(lambda: idle(state), "the server is idle")
+    generated, gone = metric(state, "tunelab_generated_tokens_total"), \
+        metric(state, "tunelab_rejected_total", reason="disconnected")
     with httpx2.stream("POST", url + "/v1/chat/completions",
                        json={"messages": MSG, "stream": True, "max_tokens": LOOP_MAX}) as r:
         lines = r.iter_lines()
         seen = [line for line, _ in zip(lines, range(6)) if line.startswith("data: ")]
         assert json.loads(seen[1].removeprefix("data: "))["choices"][0]["delta"] == {"content": "Tra"}
-    wait_for(url, running=0, queue=0)
-    assert metric(url, "tunelab_rejected_total", 'reason="disconnected"') == gone + 1
-    assert metric(url, "tunelab_generated_tokens_total") - generated < LOOP_MAX / 20
+    wait_for(lambda: idle(state), "the server is idle")
+    assert metric(state, "tunelab_rejected_total", reason="disconnected") == gone + 1
+    assert metric(state, "tunelab_generated_tokens_total") - generated < LOOP_MAX / 20
 
 
 def test_a_client_that_leaves_a_plain_request_stops_the_generation(loop):
     url, state = loop
-    wait_for(url, running=0, queue=0)
-    generated, gone = metric(url, "tunelab_generated_tokens_total"), \
-        metric(url, "tunelab_rejected_total", 'reason="disconnected"')
+    wait_for(lambda: idle(state), "the server is idle")
+    generated, gone = metric(state, "tunelab_generated_tokens_total"), \
+        metric(state, "tunelab_rejected_total", reason="disconnected")
     sock = raw_request(url, "/v1/chat/completions", {"messages": MSG, "max_tokens": LOOP_MAX})
-    wait_for(url, running=1)
+    wait_for(lambda: state.scheduler.running == 1, "the request runs")
     sock.close()
-    wait_for(url, running=0, queue=0)
-    assert metric(url, "tunelab_rejected_total", 'reason="disconnected"') == gone + 1
-    assert metric(url, "tunelab_generated_tokens_total") - generated < LOOP_MAX / 20
+    wait_for(lambda: idle(state), "the server is idle")
+    assert metric(state, "tunelab_rejected_total", reason="disconnected") == gone + 1
+    assert metric(state, "tunelab_generated_tokens_total") - generated < LOOP_MAX / 20
     r = client(url).completions.create(model=state.served.id, prompt="Q\n", max_tokens=2)
     assert r.choices[0].text == "Tra la"  # the worker is free for the next request
 
 
 def test_a_full_queue_answers_503_with_retry_after_even_for_a_stream(loop):
     url, state = loop
-    wait_for(url, running=0, queue=0)
-    full = metric(url, "tunelab_rejected_total", 'reason="queue_full"')
+    wait_for(lambda: idle(state), "the server is idle")
+    full = metric(state, "tunelab_rejected_total", reason="queue_full")
     with httpx2.stream("POST", url + "/v1/chat/completions",
-                       json={"messages": MSG, "stream": True, "max_tokens": LOOP_MAX}) as running:
-        lines = running.iter_lines()  # kept: a dropped line iterator closes the response
+                       json={"messages": MSG, "stream": True, "max_tokens": LOOP_MAX}) as busy:
+        lines = busy.iter_lines()  # kept: a dropped line iterator closes the response
         next(lines)  # the worker is busy with it
         waiting = raw_request(url, "/v1/completions", {"prompt": "Q\n", "max_tokens": 2})
-        wait_for(url, running=1, queue=1)
+        wait_for(lambda: (state.scheduler.running, state.scheduler.queued) == (1, 1), "one request runs, one waits")
         for stream in (False, True):
             r = httpx2.post(url + "/v1/chat/completions", json={"messages": MSG, "stream": stream})
             assert r.status_code == 503 and int(r.headers["retry-after"]) >= 1
@@ -335,22 +285,61 @@ def test_a_full_queue_answers_503_with_retry_after_even_for_a_stream(loop):
         assert (e.value.status_code, e.value.code) == (503, "server_overloaded")
     status, reply = read_reply(waiting)  # the queued request runs once the stream is closed
     assert (status, reply["choices"][0]["text"]) == (200, "Tra la")
-    assert metric(url, "tunelab_rejected_total", 'reason="queue_full"') == full + 3
-    wait_for(url, running=0, queue=0)
+    assert metric(state, "tunelab_rejected_total", reason="queue_full") == full + 3
+    wait_for(lambda: idle(state), "the server is idle")
+
+
+class HeldAfterFirstToken:
+    """Wraps a served model's forward: the prompt's pass (the first token) runs, each later pass waits for
+    `release()`. A generation held so stays past its time limit by construction, whatever the machine's
+    speed; `rearm()` holds the next one."""
+
+    def __init__(self, served):
+        self.real, self.gate = served.model.forward, threading.Event()
+        served.model.forward = self.forward
+
+    def forward(self, *args, **kwargs):
+        if kwargs["input_ids"].shape[1] == 1:  # a step after the prompt's (the KV cache holds the rest)
+            assert self.gate.wait(60), "the test never released the generation"
+        return self.real(*args, **kwargs)
+
+    def release(self) -> None:
+        self.gate.set()
+
+    def rearm(self) -> None:
+        self.gate = threading.Event()
 
 
 def test_an_error_after_the_stream_started_is_an_error_event(serve, models):
-    """Past the time limit mid-stream the status is long sent: the error comes as an event, then [DONE]."""
-    with serve(models["loop"], timeout_s=2.0, max_tokens=LOOP_MAX) as (url, state):
-        with httpx2.stream("POST", url + "/v1/chat/completions", json={"messages": MSG, "stream": True}) as r:
-            assert r.status_code == 200
-            data = events(r)
+    """Past the time limit mid-stream the status is long sent: the error comes as an event, then [DONE].
+
+    The generation is held after its first token until the error came; the one timing assumption is that the
+    idle worker takes the request within its 1 s limit."""
+    from tunelab.serve.model import load_served
+
+    served = load_served(str(models["loop"]))
+    held = HeldAfterFirstToken(served)
+    with serve(served, timeout_s=1.0, max_tokens=LOOP_MAX) as (url, state):
+        try:
+            with httpx2.stream("POST", url + "/v1/chat/completions", json={"messages": MSG, "stream": True}) as r:
+                assert r.status_code == 200
+                data = events(r)
+        finally:
+            held.release()
         assert data[-1] == "[DONE]"
-        assert json.loads(data[-2])["error"]["code"] == "timeout"
-        assert all("choices" in json.loads(d) for d in data[:-2])
-        with pytest.raises(openai.APIError, match="time limit"):
-            list(client(url).chat.completions.create(model=state.served.id, messages=MSG, stream=True))
-        assert metric(url, "tunelab_rejected_total", 'reason="time_limit"') == 2
+        assert [json.loads(d)["choices"][0]["delta"] for d in data[:2]] == [{"role": "assistant", "content": ""},
+                                                                            {"content": "Tra"}]
+        error = json.loads(data[2])["error"]
+        assert (error["code"], error["type"]) == ("timeout", "server_error") and len(data) == 4
+        assert "time limit of 1 s" in error["message"]
+        wait_for(lambda: idle(state), "the released generation ends")
+        held.rearm()
+        try:
+            with pytest.raises(openai.APIError, match="time limit"):
+                list(client(url).chat.completions.create(model=state.served.id, messages=MSG, stream=True))
+        finally:
+            held.release()
+        assert metric(state, "tunelab_rejected_total", reason="time_limit") == 2
 
 
 # ------------------------------------------------------------------------------------------------- bad requests
@@ -378,6 +367,8 @@ TOO_LONG = [{"role": "user", "content": "x " * 3000}]  # ~3000 tokens, the conte
     ("/v1/chat/completions", {"messages": MSG, "stop": 3}, 400, "stop"),
     ("/v1/chat/completions", {"messages": MSG, "stop": ["a", "b", "c", "d", "e"]}, 400, "stop"),
     ("/v1/chat/completions", {"messages": MSG, "seed": 1.5}, 400, "seed"),
+    ("/v1/chat/completions", {"messages": MSG, "temperature": 1, "seed": 2**64}, 400, "seed"),  # int64, as OpenAI
+    ("/v1/completions", {"prompt": "Q\n", "temperature": 1, "seed": -2**63 - 1}, 400, "seed"),
     ("/v1/chat/completions", {"messages": MSG, "n": 2}, 400, "n"),
     ("/v1/chat/completions", {"messages": MSG, "presence_penalty": 0.5}, 400, "presence_penalty"),
     ("/v1/chat/completions", {"messages": MSG, "frequency_penalty": -1}, 400, "frequency_penalty"),
@@ -406,6 +397,40 @@ def test_bad_requests_name_the_field_and_the_server_goes_on(say, path, body, sta
     assert error["type"] == "invalid_request_error"
     ok = httpx2.post(url + "/v1/chat/completions", json={"messages": MSG, "max_tokens": 1})
     assert ok.json()["choices"][0]["message"]["content"] == "Hi"
+
+
+@pytest.mark.parametrize("body", [
+    {"temperature": 1e-300},  # below 1e-5: greedy (dividing the logits by it would overflow to inf)
+    {"temperature": 1e-6, "stream": True},
+    {"temperature": 1, "seed": 2**63 - 1},  # the ends of OpenAI's int64 seed
+    {"temperature": 1, "seed": -2**63, "stream": True},
+])
+def test_extreme_temperatures_and_seeds_are_answered(say, body):
+    url, _ = say
+    r = httpx2.post(url + "/v1/chat/completions", json={"messages": MSG, **body}, timeout=120)
+    assert r.status_code == 200, r.text
+    if body.get("stream"):
+        chunks = [json.loads(d) for d in events(r)[:-1]]
+        text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks)
+    else:
+        text = r.json()["choices"][0]["message"]["content"]
+    assert text == TEXT  # the scripted token's logit is 50 above the rest: sampling picks it too
+
+
+def test_a_chat_template_that_refuses_the_messages_is_a_400_with_its_words(serve, models):
+    """The template's raise_exception (e.g. "roles must alternate") is the client's mistake, not a crash."""
+    with serve(models["no_system"]) as (url, _):
+        refused = httpx2.post(url + "/v1/chat/completions", timeout=120, json={
+            "messages": [{"role": "system", "content": "Be brief."}, *MSG]})
+        streamed = httpx2.post(url + "/v1/chat/completions", timeout=120, json={
+            "messages": [{"role": "developer", "content": "Be brief."}, *MSG], "stream": True})
+        ok = httpx2.post(url + "/v1/chat/completions", json={"messages": MSG}, timeout=120)
+    for r in (refused, streamed):
+        assert r.status_code == 400, r.text
+        assert r.json()["error"] == {"message": "messages: the model's chat template refused them: System role not "
+                                                "supported", "type": "invalid_request_error", "param": "messages",
+                                     "code": "invalid_messages"}
+    assert ok.json()["choices"][0]["message"]["content"] == TEXT
 
 
 def test_malformed_json_and_the_context_message(say):
@@ -446,7 +471,7 @@ def test_a_classification_server_has_no_chat(serve, cls_run_dir):
 
 @pytest.mark.integration
 def test_smollm2_streams_a_greedy_answer():
-    with server("builtin:smollm2-135m-instruct") as (url, state):
+    with running("builtin:smollm2-135m-instruct") as (url, state):
         c = client(url)
         messages = [{"role": "user", "content": "What is the capital of France?"}]
         chunks = list(c.chat.completions.create(model="builtin:smollm2-135m-instruct", messages=messages,

@@ -42,7 +42,7 @@ def same(gpu, cpu, where: str = "") -> None:
 ])
 def test_a_run_served_on_the_gpu_predicts_what_tunelab_predict_gives_on_the_cpu(fixture, texts, request):
     from tunelab.models.device import model_device
-    from tunelab.runs import predict_records
+    from tunelab.runs import predict_records, records_of_texts
     from tunelab.serve.model import load_served
 
     run_dir = request.getfixturevalue(fixture)
@@ -57,8 +57,7 @@ def test_a_run_served_on_the_gpu_predicts_what_tunelab_predict_gives_on_the_cpu(
         records = [{"question": q, "context": QA_CONTEXT} for q in texts]
         cpu = predict_records(str(run_dir), records, "cpu", log=QUIET)
     else:
-        records = (run.task.text_records(texts, run) if run.task.text_records
-                   else [{run.cfg.data.text_field: t} for t in texts])
+        records = records_of_texts(run, texts)
         cpu = predict_records(str(run_dir), None, "cpu", texts=texts, log=QUIET)
     gpu = run.task.predict(run, records, "gpu", QUIET)
     same(gpu, cpu)

@@ -2,7 +2,9 @@
 predict_records) gives for the same text, /v1/embeddings works with the openai client (base64 included),
 /v1/answer answers from a context, from retrieved passages (extractive) and generatively (`tunelab ask
 --index`), an endpoint the task lacks is 404, bad inputs are 400s naming the field, and concurrent requests are
-batched into one predict call with the results of single requests."""
+batched into one predict call with the results of single requests. The model work stays in the worker threads
+(the tokenizer included), progress displays stay off while workers overlap, and a generated answer stops when
+its client goes away or its time limit passes."""
 from __future__ import annotations
 
 import base64
@@ -10,13 +12,12 @@ import dataclasses
 import json
 import re
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import httpx2
 import numpy as np
 import pytest
+from serve_helpers import idle, metric, post, raw_request, wait_for, with_predict
 
 from tunelab.runs import predict_records
 from tunelab.serve.model import load_served
@@ -30,22 +31,9 @@ def cls_served(cls_run_dir):
     return load_served(str(cls_run_dir))
 
 
-def post(url: str, path: str, body, **kwargs) -> httpx2.Response:
-    return httpx2.post(url + path, json=body, timeout=60, **kwargs)
-
-
 def predicted(run_dir, texts: list[str]) -> list[dict]:
     """What `tunelab predict RUN --text ...` writes for `texts`."""
     return predict_records(str(run_dir), None, "--text", texts=texts, log=QUIET)
-
-
-def metric(text: str, name: str, **labels) -> float:
-    """One sample of Prometheus text, e.g. metric(t, "tunelab_batch_size_count", endpoint="classify")."""
-    want = ",".join(f'{k}="{v}"' for k, v in labels.items())
-    for line in text.splitlines():
-        if line.startswith(name + ("{" + want + "}" if want else " ")):
-            return float(line.rsplit(" ", 1)[1])
-    raise AssertionError(f"{name}{{{want}}} not in /metrics")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -271,19 +259,12 @@ def blocking(served, gate: threading.Event, entered: threading.Event, marker: st
     return dataclasses.replace(served, run=dataclasses.replace(served.run, task=task))
 
 
-def wait_for(condition, what: str, seconds: float = 30) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting until {what}"
-        time.sleep(0.005)
-
-
 def test_concurrent_requests_run_as_one_batch_with_the_results_of_single_requests(cls_served, serve, helpers):
     texts = [r["text"] for r in helpers.synthetic_records(2, seed=11)]  # 6 texts
     gate, entered = threading.Event(), threading.Event()
     with serve(blocking(cls_served, gate, entered), batch_size=8, workers=1) as (url, state):
         singles = [post(url, "/v1/classify", {"input": t}).json()["data"][0] for t in texts]
-        before = state.metrics.text().decode()
+        before = [metric(state, f"tunelab_batch_size_{part}", endpoint="classify") for part in ("count", "sum")]
         with ThreadPoolExecutor(len(texts) + 1) as pool:
             first = pool.submit(post, url, "/v1/classify", {"input": "block"})
             assert entered.wait(30)  # the only worker is inside predict; what comes now waits in the queue
@@ -292,15 +273,12 @@ def test_concurrent_requests_run_as_one_batch_with_the_results_of_single_request
             gate.set()
             batched = [f.result().json()["data"][0] for f in rest]
             assert first.result().status_code == 200
-        after = state.metrics.text().decode()
-    for single, together in zip(singles, batched):
+        after = [metric(state, f"tunelab_batch_size_{part}", endpoint="classify") for part in ("count", "sum")]
+    for single, together in zip(singles, batched):  # padded to the others' lengths: the same up to ~1e-5
         assert together["label"] == single["label"]
         assert together["scores"] == pytest.approx(single["scores"], abs=1e-5)
-    runs = metric(after, "tunelab_batch_size_count", endpoint="classify") - \
-        metric(before, "tunelab_batch_size_count", endpoint="classify")
-    requests = metric(after, "tunelab_batch_size_sum", endpoint="classify") - \
-        metric(before, "tunelab_batch_size_sum", endpoint="classify")
-    assert (runs, requests) == (2, 1 + len(texts))  # the blocker alone, then the six together
+    runs, requests = after[0] - before[0], after[1] - before[1]
+    assert before[0] == len(texts) and (runs, requests) == (2, 1 + len(texts))  # the blocker, then the six
 
 
 def test_one_bad_request_in_a_batch_fails_alone(cls_served, serve, helpers):
@@ -330,3 +308,97 @@ def test_one_bad_request_in_a_batch_fails_alone(cls_served, serve, helpers):
     assert [a.status_code for a in answers] == [200, 400, 200]
     assert answers[1].json()["error"]["message"] == "request: record 1: this text is poison"
     assert re.fullmatch(r"\w+", answers[0].json()["data"][0]["label"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Model work stays in the worker threads and stops when it should
+
+
+class ThreadNoting:
+    """A tokenizer that notes the thread of every use (a call or an attribute) and forwards it."""
+
+    def __init__(self, tokenizer, threads: set):
+        self._tokenizer, self._threads = tokenizer, threads
+
+    def __call__(self, *args, **kwargs):
+        self._threads.add(threading.current_thread().name)
+        return self._tokenizer(*args, **kwargs)
+
+    def __getattr__(self, name):
+        self._threads.add(threading.current_thread().name)
+        return getattr(self._tokenizer, name)
+
+
+def test_embeddings_use_the_tokenizer_only_in_worker_threads(retrieval_run_dir, serve):
+    """Counting the usage tokens on the event loop would share the tokenizer with a worker using it."""
+    served, threads = load_served(str(retrieval_run_dir)), set()
+    noted = ThreadNoting(served.run.tokenizer, threads)
+    served = dataclasses.replace(served, tokenizer=noted, run=dataclasses.replace(served.run, tokenizer=noted))
+    texts = ["bread cheese soup", "the match team goal win"]
+    tokens = sum(len(served.run.tokenizer._tokenizer(t)["input_ids"]) for t in texts)
+    with serve(served) as (url, _):
+        r = post(url, "/v1/embeddings", {"input": texts})
+    assert r.status_code == 200, r.text
+    assert r.json()["usage"] == {"prompt_tokens": tokens, "total_tokens": tokens}
+    assert threads and all(name.startswith("tunelab-serve-") for name in threads), threads
+
+
+def test_progress_displays_stay_off_while_two_workers_predict(cls_served, serve):
+    """The switch is process-wide: one worker ending its batch must not turn displays on under another."""
+    from tunelab.train import logging as tl_logging
+
+    gates = {"first": threading.Event(), "second": threading.Event()}
+    entered = {name: threading.Event() for name in gates}
+    shown_in_second = []
+
+    def predict(real, run, records, source, log):
+        name = records[0]["text"]
+        if name in gates:
+            entered[name].set()
+            assert gates[name].wait(60), "the test never released the worker"
+            if name == "second":
+                shown_in_second.append(tl_logging._enabled)
+        return real(run, records, source, log)
+
+    with serve(with_predict(cls_served, predict), workers=2, batch_size=1) as (url, _):
+        with ThreadPoolExecutor(2) as pool:
+            first = pool.submit(post, url, "/v1/classify", {"input": "first"})
+            assert entered["first"].wait(60)
+            second = pool.submit(post, url, "/v1/classify", {"input": "second"})
+            assert entered["second"].wait(60)
+            gates["first"].set()
+            assert first.result().status_code == 200  # the first batch is over, the second still inside
+            gates["second"].set()
+            assert second.result().status_code == 200
+    assert shown_in_second == [False]
+
+
+@pytest.fixture(scope="module")
+def rag_loop(tmp_path_factory, tiny_bert):
+    """A causal LM that never stops by itself (a scripted loop, 200k new tokens allowed) with a tiny index:
+    /v1/answer generates until the job is stopped."""
+    from scripted import write_scripted
+
+    root = tmp_path_factory.mktemp("rag-loop")
+    model = write_scripted(root / "loop", "Tra la", loop=True, context=400_000)
+    index = write_index([{"id": "sport", "text": "the team player will score a goal this match"}], str(tiny_bert),
+                        root / "docs")
+    return load_served(str(model), ["generate.max_new_tokens=200000"], index=str(index))
+
+
+def test_a_generated_answer_stops_when_its_client_goes_away(rag_loop, serve):
+    with serve(rag_loop, k=1) as (url, state):
+        sock = raw_request(url, "/v1/answer", {"question": "which team will score"})
+        wait_for(lambda: state.scheduler.running == 1, "the answer is being generated")
+        sock.close()
+        wait_for(lambda: idle(state), "the generation stops (200k tokens would take minutes)")
+        gone = metric(state, "tunelab_rejected_total", reason="disconnected")
+    assert gone == 1
+
+
+def test_a_generated_answer_past_the_time_limit_is_504_and_stops(rag_loop, serve):
+    """The one timing assumption: the idle worker takes the request within its 1 s limit."""
+    with serve(rag_loop, k=1, timeout_s=1.0) as (url, state):
+        r = post(url, "/v1/answer", {"question": "which team will score"})
+        wait_for(lambda: idle(state), "the generation stops (200k tokens would take minutes)")
+    assert r.status_code == 504 and r.json()["error"]["code"] == "timeout", r.text

@@ -165,3 +165,24 @@ def test_generation_stops_within_one_token_once_stopped(tiny):
     g = generate(model, tokenizer, prompt_of(tokenizer), Params(max_tokens=50, temperature=1.0, seed=0),
                  stopped=stopped)
     assert (g.finish_reason, g.completion_tokens, len(asked)) == ("cancelled", 3, 3)
+
+
+def test_a_temperature_below_1e_5_decodes_greedily(tiny):
+    """Dividing the logits by 1e-300 overflows them to inf (sampling from nan); such a temperature is greedy."""
+    model, tokenizer = tiny
+    greedy = generate(model, tokenizer, prompt_of(tokenizer), Params(max_tokens=16)).text
+    for temperature in (1e-300, 9e-6):
+        tiny_t = Params(max_tokens=16, temperature=temperature, seed=3)
+        assert generate(model, tokenizer, prompt_of(tokenizer), tiny_t).text == greedy
+
+
+def test_a_seed_maps_into_torchs_range_modulo_2_to_the_64():
+    """OpenAI's seed is an int64; torch's generator takes 0 .. 2**64 - 1: -1 is 2**64 - 1."""
+    scores = torch.randn(1, 50, generator=torch.Generator().manual_seed(0))
+
+    def draws(seed: int) -> list[int]:
+        sampler = SeededSampler(1.0, seed=seed)
+        return [int(sampler(None, scores.clone()).argmax()) for _ in range(8)]
+
+    assert SeededSampler(1.0, seed=-1).seed == 2**64 - 1 and SeededSampler(1.0, seed=-2**63).seed == 2**63
+    assert draws(-1) == draws(2**64 - 1) and draws(-1) != draws(1)

@@ -25,9 +25,12 @@ def cmd_serve(args) -> int:
                              ("--max-body-kb", args.max_body_kb, 1), ("--k", args.k, 1)):
         if value < low:
             raise TunelabError(f"serve {name}: got {value}; it must be at least {low}")
-    for name, value in (("--timeout", args.timeout), ("--batch-wait-ms", args.batch_wait_ms)):
-        if not value >= 0:
-            raise TunelabError(f"serve {name}: got {value}; it must be 0 or more")
+    if not 0 <= args.port <= 65535:
+        raise TunelabError(f"serve --port: got {args.port}; it must be 0 to 65535 (0: any free port)")
+    if not args.timeout > 0:  # also refuses nan; 0 would refuse every request with 503
+        raise TunelabError(f"serve --timeout: got {args.timeout:g}; it must be more than 0 seconds")
+    if not args.batch_wait_ms >= 0:
+        raise TunelabError(f"serve --batch-wait-ms: got {args.batch_wait_ms:g}; it must be 0 or more")
     settings = ServeSettings(host=args.host, port=args.port, api_key=api_key, max_tokens=args.max_tokens,
                              workers=args.workers, queue_size=args.queue_size, batch_size=args.batch_size,
                              batch_wait_ms=args.batch_wait_ms, timeout_s=args.timeout,

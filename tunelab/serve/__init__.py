@@ -10,8 +10,9 @@ What a request goes through, one module each:
   scheduler.py    Scheduler: a bounded queue run by `workers` threads; a full queue raises QueueFull (503 +
                   Retry-After); a job past its deadline is dropped (503) or told to stop (504); jobs that share
                   a `batch_key` are run together as one batch (task endpoints)
-  limits.py       run_limited(state, fn, payload): model work within the time limit, the scheduler's refusals
-                  as HTTP errors (refusal(): 503 server_overloaded / queue_timeout + Retry-After, 504 timeout)
+  limits.py       run_limited(state, request, fn, payload): model work within the time limit while the client
+                  is there (until_done), the scheduler's refusals as HTTP errors (refusal(): 503
+                  server_overloaded / queue_timeout + Retry-After, 504 timeout)
   metrics.py      Metrics: prometheus_client counters / histograms / gauges in a registry of the app's own
   model.py        Served: what is served, loaded once (a run via tunelab.runs.load_run, or a model reference as
                   `tunelab chat` loads it), its model id and the endpoints its task offers (Task.api)

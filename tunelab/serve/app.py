@@ -64,14 +64,19 @@ def create_app(served: Served, settings: ServeSettings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app):
-        scheduler.start()
-        try:
-            yield
-        finally:
-            scheduler.stop()
+        from tunelab.train.logging import progress_shown
 
-    app = FastAPI(title="tunelab serve", version=_version(), lifespan=lifespan, docs_url="/docs",
-                  redoc_url=None)
+        # A server's log is no place for progress bars of the tasks' predict. The switch is process-wide, so it
+        # is turned off once for the server's life: workers flipping it around each batch would race.
+        with progress_shown(False):
+            scheduler.start()
+            try:
+                yield
+            finally:
+                scheduler.stop()
+
+    # no /docs: Swagger UI loads its CSS and JS from a CDN; /openapi.json (behind the API key) describes the API
+    app = FastAPI(title="tunelab serve", version=_version(), lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.tunelab = state
     install(app)
 

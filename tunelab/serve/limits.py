@@ -9,6 +9,11 @@ scheduler's refusals turned into OpenAI-style errors, each counted in tunelab_re
   a TunelabError of the model code 400 with its message (e.g. a DataError naming the record)
 
 The openai client retries 503 / 504 by itself (with backoff); a 400 it shows as is.
+
+FastAPI does not cancel a handler whose client went away (it finds out only when it writes the answer), so a
+waiting handler asks `request.is_disconnected()` every POLL_S (`until_done`): a client that goes away takes
+its request out of the queue, or tells its running job to stop, and is counted as disconnected; the answer
+nobody receives is logged with status 499.
 """
 from __future__ import annotations
 
@@ -16,9 +21,14 @@ import asyncio
 import threading
 from typing import Any, Callable
 
+from starlette.requests import Request
+
 from tunelab.errors import TunelabError
 from tunelab.serve.errors import ApiError
 from tunelab.serve.scheduler import DeadlineExceeded, QueueFull, TimeLimitExceeded
+
+POLL_S = 0.1  # how often a waiting handler checks that its client is still there
+CLIENT_GONE = 499  # nginx's "client closed request": the status logged for an answer nobody receives
 
 
 def refusal(state, e: BaseException) -> ApiError | None:
@@ -44,20 +54,41 @@ def refusal(state, e: BaseException) -> ApiError | None:
     return None
 
 
-async def run_limited(state, fn: Callable, payload: Any, *, batch_key: str | None = None,
-                      cancel: threading.Event | None = None, param: str | None = None) -> Any:
-    """`state.scheduler.run(fn, payload)` within `state.settings.timeout_s`; refusals raise ApiError.
+async def until_done(request: Request, waiting: asyncio.Future, cancel: threading.Event, state) -> bool:
+    """Wait for `waiting`, checking that the client is still there. False when it went away first (counted
+    as disconnected). Unless `waiting` finished, it is cancelled and the job told to stop (`cancel`) on the
+    way out, also when this handler itself is cancelled."""
+    try:
+        while True:
+            done, _ = await asyncio.wait({waiting}, timeout=POLL_S)
+            if done:
+                return True
+            if await request.is_disconnected():
+                state.metrics.rejected.labels("disconnected").inc()
+                return False
+    finally:
+        if not waiting.done():
+            cancel.set()
+            waiting.cancel()
+
+
+async def run_limited(state, request: Request, fn: Callable, payload: Any, *, batch_key: str | None = None,
+                      param: str | None = None) -> Any:
+    """`state.scheduler.run(fn, payload)` within `state.settings.timeout_s`, while the client is there;
+    refusals raise ApiError.
 
     `param` names the request field a TunelabError of the model code is about (None: the request as a whole).
-    A client that goes away cancels the job (the scheduler tells it to stop) and is counted as disconnected.
+    A client that goes away takes its job out of the queue or stops it (`until_done`); the handler then
+    answers CLIENT_GONE to nobody.
     """
+    cancel = threading.Event()
+    task = asyncio.ensure_future(state.scheduler.run(fn, payload, timeout=state.settings.timeout_s,
+                                                     batch_key=batch_key, cancel=cancel))
+    if not await until_done(request, task, cancel, state):
+        raise ApiError(CLIENT_GONE, "the client went away before the answer was ready", None, "client_gone")
     try:
-        return await state.scheduler.run(fn, payload, timeout=state.settings.timeout_s, batch_key=batch_key,
-                                         cancel=cancel)
+        return task.result()
     except (QueueFull, DeadlineExceeded, TimeLimitExceeded) as e:
         raise refusal(state, e) from None
-    except asyncio.CancelledError:
-        state.metrics.rejected.labels("disconnected").inc()
-        raise
     except TunelabError as e:
         raise ApiError(400, str(e), param, "invalid_input") from None

@@ -32,14 +32,12 @@ from pydantic_core import PydanticCustomError
 
 from tunelab.serve import textgen
 from tunelab.serve.errors import ApiError, error_body
-from tunelab.serve.limits import refusal
+from tunelab.serve.limits import CLIENT_GONE, refusal, run_limited, until_done
 from tunelab.serve.scheduler import TimeLimitExceeded
 
 log = logging.getLogger("tunelab.serve")
 
 MAX_STOP = 4  # as OpenAI: up to 4 stop strings
-POLL_S = 0.1  # how often a waiting handler checks that its client is still there
-CLIENT_GONE = 499  # nginx's "client closed request": the status logged for an answer nobody receives
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 """Roles a message may have, and the role the chat template sees ("developer" is OpenAI's newer "system")."""
 
@@ -108,7 +106,7 @@ class Common(Strict):
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
     stop: Stop = ()
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-2**63, le=2**63 - 1)  # OpenAI's int64
     n: int | None = None
     stream: bool | None = False
     stream_options: StreamOptions | None = None
@@ -221,20 +219,6 @@ def make_work(state) -> Callable:
     return work
 
 
-async def until_done(request: Request, waiting: asyncio.Future, cancel: threading.Event, state) -> bool:
-    """Wait for `waiting`, checking that the client is still there. False (and the job cancelled, counted
-    as disconnected) when it went away first."""
-    while True:
-        done, _ = await asyncio.wait({waiting}, timeout=POLL_S)
-        if done:
-            return True
-        if await request.is_disconnected():
-            cancel.set()
-            waiting.cancel()
-            state.metrics.rejected.labels("disconnected").inc()
-            return False
-
-
 # ------------------------------------------------------------------------------------------------- answers
 
 
@@ -289,19 +273,10 @@ def router(state) -> APIRouter:
     work = make_work(state)
 
     async def complete(request: Request, req: Common, shape: Shape, payload: Payload) -> Response:
-        cancel = threading.Event()
-        stream_opts = req.stream_options or StreamOptions()
         if req.stream:
-            return await streamed(request, shape, payload, cancel, stream_opts.include_usage)
-        task = asyncio.ensure_future(state.scheduler.run(work, payload, timeout=state.settings.timeout_s,
-                                                         cancel=cancel))
-        if not await until_done(request, task, cancel, state):
-            return Response(status_code=CLIENT_GONE)
-        try:
-            g = task.result()
-        except Exception as e:  # noqa: BLE001 - a refusal becomes its HTTP error, anything else a 500
-            raise refusal(state, e) or e
-        return JSONResponse(shape.answer(g))
+            stream_opts = req.stream_options or StreamOptions()
+            return await streamed(request, shape, payload, threading.Event(), stream_opts.include_usage)
+        return JSONResponse(shape.answer(await run_limited(state, request, work, payload, param=payload.param)))
 
     async def streamed(request: Request, shape: Shape, payload: Payload, cancel: threading.Event,
                        include_usage: bool) -> Response:
@@ -321,6 +296,7 @@ def router(state) -> APIRouter:
         runner = asyncio.ensure_future(run())
         first = asyncio.ensure_future(events.get())
         if not await until_done(request, first, cancel, state):
+            runner.cancel()  # a job still queued leaves the queue
             return Response(status_code=CLIENT_GONE)
         kind, value = first.result()
         if kind == "error":  # before the 200: an HTTP status as for a plain request

@@ -10,9 +10,10 @@ without a bound and cannot batch, drop stale jobs, or tell a running job to stop
 - Jobs with the same `batch_key` are taken together, up to `batch_size`, and run as one call
   `fn([payload, ...]) -> [result, ...]`: concurrent classification requests become one forward pass. A
   batch that fails is re-run one job at a time, so one bad request cannot fail its neighbours.
-- Every job has a deadline. A job still queued at its deadline is dropped (DeadlineExceeded, never started);
-  a running one sees `job.stopped()` turn true (generation checks it after each token), as it does when its
-  client disconnects (`job.cancel`).
+- Every job has a deadline. A job still queued at its deadline leaves the queue then (DeadlineExceeded, never
+  started); a running one sees `job.stopped()` turn true (generation checks it after each token), as it does
+  when its client disconnects (`job.cancel`), and its waiter gives up a second later (TimeLimitExceeded).
+  A job whose client went away while it was queued leaves the queue at once, so it holds no place there.
 """
 from __future__ import annotations
 
@@ -134,22 +135,51 @@ class Scheduler:
 
     async def run(self, fn: Callable, payload: Any, *, timeout: float, batch_key: str | None = None,
                   cancel: threading.Event | None = None) -> Any:
-        """Queue fn's work and wait for its result. Raises QueueFull, DeadlineExceeded, or fn's own error.
+        """Queue fn's work and wait for its result. Raises QueueFull, DeadlineExceeded (the deadline passed
+        before the job started), TimeLimitExceeded (it started and was still running a second after the
+        deadline), or fn's own error.
 
-        If the awaiting task is cancelled (the client went away), the job is told to stop.
+        If the awaiting task is cancelled (the client went away), a job still queued leaves the queue, and a
+        running one is told to stop. Either way its result is dropped unread.
         """
         loop = asyncio.get_running_loop()
         job = Job(fn, payload, time.monotonic() + timeout, batch_key, cancel or threading.Event(),
                   loop.create_future(), loop)
         self.submit(job)
-        try:  # a second of grace: a job that checks job.stopped() ends by itself at its deadline
-            return await asyncio.wait_for(asyncio.shield(job.future), timeout + 1.0)
-        except asyncio.TimeoutError:
-            job.cancel.set()
-            raise TimeLimitExceeded(f"the request ran past the server's time limit of {timeout:g} s") from None
+        try:
+            try:
+                return await asyncio.wait_for(asyncio.shield(job.future), max(0.0, job.deadline - time.monotonic()))
+            except asyncio.TimeoutError:
+                pass
+            if self._withdraw(job):
+                raise DeadlineExceeded("the request waited in the queue past its time limit")
+            try:  # a second of grace: a job that checks job.stopped() ends by itself at its deadline
+                return await asyncio.wait_for(asyncio.shield(job.future), 1.0)
+            except asyncio.TimeoutError:
+                self._abandon(job)
+                raise TimeLimitExceeded(f"the request ran past the server's time limit of {timeout:g} s") from None
         except asyncio.CancelledError:
-            job.cancel.set()
+            self._withdraw(job)
+            self._abandon(job)
             raise
+
+    def _withdraw(self, job: Job) -> bool:
+        """Take `job` out of the queue if no worker has taken it yet (True), so it never starts."""
+        with self._cond:
+            if job not in self._queue:
+                return False
+            self._queue.remove(job)
+        self._abandon(job)
+        return True
+
+    @staticmethod
+    def _abandon(job: Job) -> None:
+        """Nobody waits for `job` any more: tell it to stop, and cancel its future so that a result or error
+        it ends with later is dropped (Job.resolve settles only a pending future) rather than reported by
+        asyncio as never retrieved."""
+        job.cancel.set()
+        if job.future is not None:
+            job.future.cancel()
 
     # ------------------------------------------------------------------ workers
     def _take(self) -> list[Job] | None:

@@ -2,6 +2,7 @@
 gives a free port whose number we know), in the foreground (`tunelab serve`) or in a thread (tests, bench)."""
 from __future__ import annotations
 
+import errno
 import socket
 import threading
 import time
@@ -12,15 +13,22 @@ LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
 def bind(host: str, port: int) -> socket.socket:
-    """A listening TCP socket on host:port, or one line saying why not."""
+    """A listening TCP socket on host:port, or one line saying why not: the address when it is not one of
+    this machine's (or no address at all), the port otherwise."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
+    except OverflowError:  # the port is out of range
+        sock.close()
+        raise TunelabError(f"serve: --port {port}: a port is 0 to 65535 (0: any free one)") from None
     except OSError as e:
         sock.close()
-        why = "is in use by another program" if e.errno == 98 else f"cannot be bound ({e.strerror})"
+        if isinstance(e, socket.gaierror) or e.errno == errno.EADDRNOTAVAIL:
+            raise TunelabError(f"serve: --host {host}: no such address on this machine ({e.strerror}); pass one "
+                               "of its addresses, 127.0.0.1 (this machine only) or 0.0.0.0 (all of them)") from None
+        why = "is in use by another program" if e.errno == errno.EADDRINUSE else f"cannot be bound ({e.strerror})"
         raise TunelabError(f"serve: {host}:{port} {why}; pass another --port (or --port 0 for any free one)") from None
     sock.listen(2048)
     sock.set_inheritable(True)

@@ -2,11 +2,18 @@
 /v1/answer, one request shape per task (the shapes: README, section 'Serving').
 
 The model work is the run's own task `predict`, the code behind `tunelab predict`: texts become records as
-tunelab.runs.predict_records makes them, so an answer here equals the command's line for the same text.
-Requests to the same endpoint are batched across clients: the scheduler hands a worker up to `batch_size`
-waiting requests at once, their records are concatenated, `predict` runs once, and its rows are split back
-per request in order. /v1/answer with a causal LM answers from retrieved passages as `tunelab ask --index`
-does (tunelab.retrieval.rag), one question per job.
+`tunelab predict --text` makes them (tunelab.runs.records_of_texts). Requests to the same endpoint are batched
+across clients: the scheduler hands a worker up to `batch_size` waiting requests at once, their records are
+concatenated, `predict` runs once, and its rows are split back per request in order. So a request served
+alone equals the command's line for the same text; batched with others, its labels (and texts, entities)
+are the same and its scores agree to about 1e-5, as its texts are padded to the other requests' lengths.
+/v1/answer with a causal LM answers from retrieved passages as `tunelab ask --index` does
+(tunelab.retrieval.rag), one question per job, and stops within a token when its client goes away or its
+time limit passes.
+
+All model and tokenizer work runs in the scheduler's worker threads (the usage tokens of /v1/embeddings are
+counted there too); progress displays are off for the whole server (tunelab.serve.app), not per batch, as
+that switch is process-wide.
 
 Inputs are checked here rather than by pydantic types: `input` is a string or a list of 1..64 non-empty
 strings, and a bad element is named as `input[2]` (a union type would name pydantic's branches instead).
@@ -17,11 +24,12 @@ import base64
 import logging
 from typing import Any, Callable, Literal
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from tunelab.serve.errors import ApiError
 from tunelab.serve.limits import run_limited
+from tunelab.serve.scheduler import TimeLimitExceeded
 
 MAX_INPUTS = 64
 SOURCE = "request"  # what a DataError of `predict` names as the file
@@ -77,31 +85,33 @@ def non_empty(text: str, param: str) -> str:
     return text
 
 
-def text_records(run, texts: list[str]) -> list[dict]:
-    """Records of `texts` exactly as tunelab.runs.predict_records makes them for `predict --text`."""
-    if run.task.text_records:
-        return run.task.text_records(texts, run)
-    return [{run.cfg.data.text_field: t} for t in texts]
-
-
 def predict_rows(run, records: list[dict]) -> list[dict]:
-    """The task's predict on `records` (progress displays off: a server's log is not a terminal bar)."""
-    from tunelab.train.logging import progress_shown
-
-    with progress_shown(False):
-        return run.task.predict(run, records, SOURCE, log.info)
+    """The task's predict on `records` (progress displays are off for the whole server: tunelab.serve.app)."""
+    return run.task.predict(run, records, SOURCE, log.info)
 
 
-def batched_predict(run) -> Callable[[list[list[dict]]], list[list[dict]]]:
-    """The batch function of a task endpoint: each request's records in, each request's rows out, one
+def batched_predict(run) -> Callable[[list[list[str]]], list[list[dict]]]:
+    """The batch function of a task endpoint: each request's texts in, each request's rows out, one
     `predict` call over all of them."""
-    def run_batch(batch: list[list[dict]]) -> list[list[dict]]:
-        rows = predict_rows(run, [record for records in batch for record in records])
+    from tunelab.runs import records_of_texts
+
+    def run_batch(batch: list[list[str]]) -> list[list[dict]]:
+        rows = predict_rows(run, records_of_texts(run, [text for texts in batch for text in texts]))
         out, at = [], 0
-        for records in batch:
-            out.append(rows[at:at + len(records)])
-            at += len(records)
+        for texts in batch:
+            out.append(rows[at:at + len(texts)])
+            at += len(texts)
         return out
+
+    return run_batch
+
+
+def batched_embeddings(run) -> Callable[[list[list[str]]], list[tuple[list[dict], int]]]:
+    """`batched_predict` for /v1/embeddings: each request's rows and the tokens its texts took (its usage)."""
+    predict = batched_predict(run)
+
+    def run_batch(batch: list[list[str]]) -> list[tuple[list[dict], int]]:
+        return [(rows, embedded_tokens(run, texts)) for rows, texts in zip(predict(batch), batch)]
 
     return run_batch
 
@@ -115,40 +125,40 @@ def router(state) -> APIRouter:
             state.require(endpoint)
         return [Depends(check)]
 
-    async def predict_texts(endpoint: str, req: TaskRequest) -> list[dict]:
+    async def predict_texts(endpoint: str, req: TaskRequest, request: Request,
+                            batch_fn: Callable = batched_predict) -> Any:
+        """The request's texts through `batch_fn(run)`, batched with other requests to `endpoint`."""
         state.check_model(req.model)
-        records = text_records(served.run, input_texts(req.input))
-        return await run_limited(state, batched_predict(served.run), records, batch_key=endpoint)
+        return await run_limited(state, request, batch_fn(served.run), input_texts(req.input), batch_key=endpoint)
 
     def listing(data: list[dict]) -> dict:
         return {"object": "list", "model": served.id, "data": data}
 
     @api.post("/v1/classify", dependencies=requires("classify"))
-    async def classify(req: TaskRequest) -> dict:
-        rows = await predict_texts("classify", req)
+    async def classify(req: TaskRequest, request: Request) -> dict:
+        rows = await predict_texts("classify", req, request)
         return listing([{"index": i, "label": r["prediction"], "scores": r["scores"]} for i, r in enumerate(rows)])
 
     @api.post("/v1/translate", dependencies=requires("translate"))
-    async def translate(req: TaskRequest) -> dict:
-        rows = await predict_texts("translate", req)
+    async def translate(req: TaskRequest, request: Request) -> dict:
+        rows = await predict_texts("translate", req, request)
         return listing([{"index": i, "text": r["generated"]} for i, r in enumerate(rows)])
 
     @api.post("/v1/entities", dependencies=requires("entities"))
-    async def entities(req: TaskRequest) -> dict:
-        rows = await predict_texts("entities", req)
+    async def entities(req: TaskRequest, request: Request) -> dict:
+        rows = await predict_texts("entities", req, request)
         return listing([{"index": i, "entities": r["entities"]} for i, r in enumerate(rows)])
 
     @api.post("/v1/embeddings", dependencies=requires("embeddings"))
-    async def embeddings(req: EmbeddingsRequest) -> dict:
-        rows = await predict_texts("embeddings", req)
+    async def embeddings(req: EmbeddingsRequest, request: Request) -> dict:
+        rows, tokens = await predict_texts("embeddings", req, request, batched_embeddings)
         data = [{"object": "embedding", "index": i, "embedding": encode_vector(r["embedding"], req.encoding_format)}
                 for i, r in enumerate(rows)]
-        tokens = embedded_tokens(served.run, input_texts(req.input))
         return {"object": "list", "data": data, "model": served.id,
                 "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
 
     @api.post("/v1/answer", dependencies=requires("answer"))
-    async def answer(req: AnswerRequest) -> dict:
+    async def answer(req: AnswerRequest, request: Request) -> dict:
         state.check_model(req.model)
         question = non_empty(req.question, "question")
         context = None if req.context is None else non_empty(req.context, "context")
@@ -156,12 +166,13 @@ def router(state) -> APIRouter:
             if context is not None:
                 raise ApiError(400, f"context: '{served.id}' is a causal LM that answers from the passages its "
                                     "index retrieves; leave out context", "context")
-            found = await run_limited(state, generative_answer(state), question)
+            found = await run_limited(state, request, generative_answer(state), question)
         else:
             if context is None and served.index is None:
                 raise ApiError(400, "'context' is a required property: this server has no index to retrieve "
                                     "passages from (start it with --index INDEX to answer without one)", "context")
-            found = await run_limited(state, extractive_answers(state), (question, context), batch_key="answer")
+            found = await run_limited(state, request, extractive_answers(state), (question, context),
+                                      batch_key="answer")
         return {"object": "answer", "model": served.id, **found}
 
     return api
@@ -239,11 +250,20 @@ def best_span(rows: list[dict], hits) -> dict:
 
 
 def generative_answer(state) -> Callable:
-    """The job of /v1/answer on a causal LM with an index: `tunelab ask --index` for one question."""
+    """The job of /v1/answer on a causal LM with an index: `tunelab ask --index` for one question, ended
+    within a token once the job is stopped (client gone, deadline)."""
     def run_one(question: str, job) -> dict:
-        from tunelab.retrieval.rag import answer_questions
+        from transformers import StoppingCriteriaList
 
-        found = answer_questions(generator(state.served), state.served.index, [question], state.settings.k)[0]
+        from tunelab.retrieval.rag import answer_questions
+        from tunelab.serve.textgen import UntilStopped
+
+        stop = UntilStopped(job.stopped)
+        found = answer_questions(generator(state.served), state.served.index, [question], state.settings.k,
+                                 stopping_criteria=StoppingCriteriaList([stop]))[0]
+        if stop.fired and not job.cancel.is_set():  # cut short by the deadline (a client gone reads nothing)
+            raise TimeLimitExceeded(f"the answer's generation ran past the server's time limit of "
+                                    f"{state.settings.timeout_s:g} s")
         passages = [{"id": p.id, "doc_id": p.doc_id, "score": p.score, "text": p.text} for p in found.passages]
         return {"answer": found.text, "score": None, "start": None, "end": None, "passages": passages}
 

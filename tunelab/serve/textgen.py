@@ -1,10 +1,12 @@
 """One generation as a stream of text deltas, for /v1/chat/completions and /v1/completions.
 
 It runs inside a scheduler worker thread (tunelab.serve.scheduler): the prompt is built and tokenized there
-too, so the tokenizer is only ever used by the thread that generates. The pieces, each small:
+too, so the model and its tokenizer are only ever used by worker threads, never by the event loop (which
+keeps answering while they work). The pieces, each small:
 
 - `chat_prompt` / `completion_prompt`: prompt token ids, the chat template applied server-side exactly as
-  `tunelab predict` / `tunelab chat` apply it (generation prompt added, no special tokens added again).
+  `tunelab predict` / `tunelab chat` apply it (generation prompt added, no special tokens added again); a
+  template that refuses the messages (raise_exception: "roles must alternate", no system role) is a 400.
 - `token_budget`: max_tokens capped by the server's setting and by the context left after the prompt; a
   prompt that leaves no room is a 400 in OpenAI's words.
 - `TextStream`: token ids in, text out. It decodes all ids so far and releases only what is final: text that
@@ -22,7 +24,9 @@ too, so the tokenizer is only ever used by the thread that generates. The pieces
 - Seeded sampling draws from a torch.Generator of the request's own (`SeededSampler`): generate's sampling
   draws from torch's global RNG, which every worker thread shares, so a seed set around `generate` would
   need a lock that serialises all sampling requests, and would still be disturbed by other torch users.
-  The sampler picks the token and masks the others, and generate runs greedily on that.
+  The sampler picks the token and masks the others, and generate runs greedily on that. A temperature below
+  GREEDY_BELOW is decoded greedily, as vLLM does.
+- `UntilStopped`: the same "stop within a token" for generations that are not streamed (/v1/answer).
 """
 from __future__ import annotations
 
@@ -32,12 +36,17 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import torch
+from jinja2 import TemplateError
 from transformers import (LogitsProcessor, LogitsProcessorList, StoppingCriteria, TemperatureLogitsWarper,
                           TopKLogitsWarper, TopPLogitsWarper)
 
 from tunelab.serve.errors import ApiError
 
 REPLACEMENT = "\ufffd"  # what decode writes for bytes that do not (yet) form a character
+GREEDY_BELOW = 1e-5
+"""A temperature below this is greedy decoding: the logits divided by it overflow float32 to inf (1e-300 makes
+softmax nan), and long before that sampling is greedy in all but name (a logit gap of 0.001 becomes e^-100)."""
+SEED_RANGE = 2 ** 64  # torch.Generator.manual_seed takes 0 .. 2**64 - 1; a request's seed is an int64
 
 
 @dataclass(frozen=True)
@@ -46,7 +55,7 @@ class Params:
 
     max_tokens: int
     temperature: float = 0.0
-    """0: greedy."""
+    """Below GREEDY_BELOW (0 included): greedy."""
     top_p: float = 1.0
     top_k: int = 0
     repetition_penalty: float = 1.0
@@ -80,7 +89,11 @@ def chat_prompt(tokenizer, messages: list[dict]) -> list[int]:
     if not getattr(tokenizer, "chat_template", None):
         raise ApiError(400, "this model's tokenizer has no chat template, so it cannot read messages; send a "
                             "plain prompt to /v1/completions instead", "messages", "no_chat_template")
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    try:
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    except TemplateError as e:  # the template's own raise_exception: what these messages break of its rules
+        raise ApiError(400, f"messages: the model's chat template refused them: {e}", "messages",
+                       "invalid_messages") from None
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
@@ -193,7 +206,7 @@ class SeededSampler(LogitsProcessor):
         if top_p < 1.0:
             warpers.append(TopPLogitsWarper(top_p))
         self.warpers = LogitsProcessorList(warpers)
-        self.seed = seed if seed is not None else secrets.randbits(63)
+        self.seed = (seed if seed is not None else secrets.randbits(63)) % SEED_RANGE  # -1 -> 2**64 - 1
         self.generator: torch.Generator | None = None
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
@@ -252,7 +265,7 @@ def generate(model, tokenizer, prompt: list[int], params: Params, *, stopped: Ca
     stream = TextStream(tokenizer, params.stop)
     watch = _Watch(stream, frozenset(kwargs["eos_token_id"] or ()), stopped, on_text)
     processors = LogitsProcessorList()
-    if params.temperature > 0:
+    if params.temperature >= GREEDY_BELOW:
         processors.append(SeededSampler(params.temperature, params.top_p, params.top_k, params.seed))
     ids = torch.tensor([prompt], dtype=torch.long, device=device)
     model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), logits_processor=processors,
@@ -267,3 +280,15 @@ def generate(model, tokenizer, prompt: list[int], params: Params, *, stopped: Ca
     else:
         reason = "length"
     return Generation(stream.sent, reason, len(prompt), watch.tokens, watch.first_token_at)
+
+
+class UntilStopped(StoppingCriteria):
+    """Ends every row of `model.generate` within one token once `stopped()` (the scheduler's `job.stopped`)
+    is true; `fired` says whether it did."""
+
+    def __init__(self, stopped: Callable[[], bool]):
+        self.stopped, self.fired = stopped, False
+
+    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
+        self.fired = self.fired or self.stopped()
+        return torch.full((input_ids.shape[0],), self.fired, dtype=torch.bool, device=input_ids.device)
