@@ -60,6 +60,21 @@ def test_a_partial_character_at_the_end_is_written_as_decode_writes_it(tok):
     assert stream.finish() == " \ufffd" and stream.sent == tok.decode(ids)
 
 
+def test_a_wordpiece_tokenizer_that_cleans_up_spaces_loses_no_text():
+    # decode's clean-up (" ' s" -> "'s") rewrote text already sent; the stream held everything after it, then
+    # dropped it at the end
+    from transformers import AutoTokenizer
+
+    from tunelab.models.registry import resolve_model
+
+    wordpiece = AutoTokenizer.from_pretrained(str(resolve_model("builtin:minilm-l6")))
+    wordpiece.clean_up_tokenization_spaces = True
+    ids = wordpiece("it ' s a dog , i do n ' t know", add_special_tokens=False)["input_ids"]
+    stream = TextStream(wordpiece)
+    text = "".join([stream.push(i) for i in ids] + [stream.finish()])
+    assert text == wordpiece.decode(ids, clean_up_tokenization_spaces=False) == "it ' s a dog, i do n ' t know"
+
+
 def test_stop_string_split_across_deltas_is_held_back_then_cut(tok):
     """'語 o' starts in the token '語' and ends in ' ok': '語' is held back, then nothing of it is sent."""
     deltas, stream = stream_text(tok, TEXT, stop=["語 o"])

@@ -152,7 +152,8 @@ class TextStream:
         return self._release(final=True)
 
     def _decode(self) -> str:
-        return self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        # no clean-up of spaces: WordPiece's ("it ' s" -> "it's") rewrites text already sent when later ids come
+        return self.tokenizer.decode(self.ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
 
     def _release(self, final: bool) -> str:
         if not self.text.startswith(self.sent):
