@@ -62,3 +62,30 @@ def test_a_run_served_on_the_gpu_predicts_what_tunelab_predict_gives_on_the_cpu(
     gpu = run.task.predict(run, records, "gpu", QUIET)
     same(gpu, cpu)
     assert model_device(served.model).type == "cuda"  # predict left the model where serve put it
+
+
+def test_the_http_api_on_the_gpu_streams_what_the_cpu_server_answers(llama_run_dir, cls_run_dir):
+    # the whole path on CUDA: uvicorn, the scheduler's worker thread, textgen's token loop, the task endpoint
+    from openai import OpenAI
+    from serve_helpers import post, running
+
+    from tunelab.serve.model import load_served
+
+    messages = [{"role": "user", "content": "Say hi"}]
+    answers = {}
+    for device in ("cpu", "cuda"):
+        with running(load_served(str(llama_run_dir), device=device)) as (url, state):
+            assert state.served.device == device
+            client = OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
+            stream = client.chat.completions.create(model=state.served.id, messages=messages, max_tokens=12,
+                                                    temperature=0, stream=True,
+                                                    stream_options={"include_usage": True})
+            chunks = list(stream)
+            text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+            answers[device] = (text, chunks[-1].usage.completion_tokens)
+        with running(load_served(str(cls_run_dir), device=device)) as (url, _):
+            answers[device + "-classify"] = post(url, "/v1/classify", {"input": ["goal match team today"]}).json()
+    assert answers["cuda"] == answers["cpu"] and answers["cpu"][1] > 0
+    gpu, cpu = answers["cuda-classify"]["data"][0], answers["cpu-classify"]["data"][0]
+    assert gpu["label"] == cpu["label"]
+    same(gpu["scores"], cpu["scores"])
