@@ -25,7 +25,7 @@ test: venv
 	$(PY) -m pytest -q
 
 # make bench: every part; make bench PART=lm: one (classification, lm, scratch, peak, checkpoint, distributed, seq2seq,
-# qa, retrieval, ner, compress, explain)
+# qa, retrieval, ner, compress, explain, serve)
 bench: venv
 	$(PY) bench/run.py $(if $(PART),--part $(PART))
 

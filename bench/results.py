@@ -266,6 +266,7 @@ def render(smoke: bool, old: dict[str, str]) -> str:
     import distributed
     import explain_bench
     import scratch
+    import serve_bench
     import tagging_bench
     import tradeoff
     import translation as seq2seq
@@ -278,9 +279,9 @@ def render(smoke: bool, old: dict[str, str]) -> str:
                  "scratch": lambda rec: [scratch.markdown(rec)], "checkpoint": checkpoint.markdown,
                  "distributed": distributed.markdown, "seq2seq": seq2seq.markdown, "qa": answering.qa_markdown,
                  "retrieval": answering.retrieval_markdown, "ner": tagging_bench.ner_markdown,
-                 "compress": tradeoff.markdown, "explain": explain_bench.markdown}
+                 "compress": tradeoff.markdown, "explain": explain_bench.markdown, "serve": serve_bench.markdown}
     for part in ("peak", "classification", "lm", "scratch", "classification_seeds", "lm_seeds", "checkpoint",
-                 "distributed", "seq2seq", "qa", "retrieval", "ner", "compress", "explain"):
+                 "distributed", "seq2seq", "qa", "retrieval", "ner", "compress", "explain", "serve"):
         rec = record.latest(part, smoke) if part in renderers else None
         if rec is not None:
             lines += renderers[part](rec)
