@@ -147,6 +147,17 @@ def test_a_body_that_is_not_a_json_object_is_400(cls_served, serve, content, wor
     assert words in r.json()["error"]["message"] and r.json()["error"]["param"] is None
 
 
+@pytest.mark.parametrize("content_type", [None, "application/x-www-form-urlencoded", "text/plain"])
+def test_a_json_body_not_sent_as_json_is_415_saying_which_header_to_send(cls_served, serve, content_type):
+    # `curl -d '{...}'` sends a form type; so can any web page, cross-site and unasked: never run as JSON
+    headers = {"Content-Type": content_type} if content_type else {}
+    with serve(cls_served) as (url, state):
+        r = httpx2.post(url + "/v1/classify", content=b'{"input": "goal"}', headers=headers)
+        ran = metric(state, "tunelab_batch_size_count", endpoint="classify")
+    assert r.status_code == 415 and r.json()["error"]["code"] == "unsupported_media_type", r.text
+    assert "Content-Type: application/json" in r.json()["error"]["message"] and ran == 0
+
+
 # ---------------------------------------------------------------------------------------------
 # The scheduler's limits, over HTTP
 

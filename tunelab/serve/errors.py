@@ -80,6 +80,13 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):
+        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if request.method == "POST" and kind != "application/json":
+            # FastAPI reads only JSON-typed bodies; kept that way on purpose: a web page can send a form or
+            # text/plain to 127.0.0.1 from any site without asking, but not application/json
+            return ApiError(415, f"the body was sent as {kind or 'no content type'}; send JSON with the header "
+                                 "'Content-Type: application/json' (curl: -H 'Content-Type: application/json')",
+                            None, "unsupported_media_type").response()
         return validation_error(exc).response()
 
     @app.exception_handler(StarletteHTTPException)
