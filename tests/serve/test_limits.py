@@ -555,6 +555,7 @@ def test_a_run_without_endpoints_or_a_missing_folder_is_one_line_and_exit_2(tmp_
     assert main(["serve", str(tmp_path / "nowhere"), "--port", "0"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no such folder" in err and str(tmp_path / "nowhere") in err
+    assert "is not a finished run" in err and "model.name" not in err
 
 
 def test_queue_size_0_means_no_waiting_room_but_an_idle_worker_still_takes_a_request():

@@ -72,7 +72,11 @@ def load_served(ref: str, overrides: list[str] | None = None, *, device: str = "
     else:
         from tunelab.tasks.causal_lm import chat_model
 
-        model, tokenizer, gen, _ = chat_model(ref, overrides)
+        try:
+            model, tokenizer, gen, _ = chat_model(ref, overrides)
+        except TunelabError as e:  # worded for `model.name` in a config; here the user gave a command argument
+            raise TunelabError(f"serve: {ref} is not a finished run (config.yaml and model/) and does not load as a "
+                               f"causal LM: {str(e).removeprefix('model.name: ')}") from None
         served = Served(ref, ref, "causal_lm", CHAT_ENDPOINTS + ("answer",), model, tokenizer, gen=gen)
     if "chat.completions" in served.endpoints:
         served.context = model_context(served.model, served.tokenizer)

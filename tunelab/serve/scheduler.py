@@ -53,8 +53,6 @@ class Job:
     cancel: threading.Event = field(default_factory=threading.Event)
     future: asyncio.Future | None = None
     loop: asyncio.AbstractEventLoop | None = None
-    enqueued: float = field(default_factory=time.monotonic)
-    started: float | None = None
 
     def stopped(self) -> bool:
         """True once the client is gone or the deadline has passed: a running job should stop."""
@@ -159,8 +157,8 @@ class Scheduler:
                 self._abandon(job)
                 raise TimeLimitExceeded(f"the request ran past the server's time limit of {timeout:g} s") from None
         except asyncio.CancelledError:
-            self._withdraw(job)
-            self._abandon(job)
+            if not self._withdraw(job):  # already running: told to stop, its result dropped
+                self._abandon(job)
             raise
 
     def _withdraw(self, job: Job) -> bool:
@@ -218,7 +216,6 @@ class Scheduler:
                     elif time.monotonic() > job.deadline:
                         job.resolve(error=DeadlineExceeded("the request waited in the queue past its time limit"))
                     else:
-                        job.started = time.monotonic()
                         live.append(job)
                 if live:
                     started = time.monotonic()

@@ -201,9 +201,9 @@ def embedded_tokens(run, texts: list[str]) -> int:
 # Answers
 
 
-def passage_of(hit) -> dict:
-    """A retrieved passage as /v1/answer lists it."""
-    return {"id": str(hit.passage_id), "doc_id": str(hit.doc_id), "score": float(hit.score), "text": hit.text}
+def passage_dicts(passages) -> list[dict]:
+    """Prompt passages (tunelab.retrieval.rag.Passage) as /v1/answer lists them."""
+    return [{"id": p.id, "doc_id": p.doc_id, "score": p.score, "text": p.text} for p in passages]
 
 
 def extractive_answers(state) -> Callable[[list[tuple[str, str | None]]], list[dict]]:
@@ -246,7 +246,9 @@ def best_span(rows: list[dict], hits) -> dict:
         found = {"answer": "", "score": None, "start": None, "end": None}
     else:
         found = {k: rows[best][k] for k in fields}
-    return {**found, "passage": best if answered else None, "passages": [passage_of(h) for h in hits]}
+    from tunelab.retrieval.rag import passages_of_hits
+
+    return {**found, "passage": best if answered else None, "passages": passage_dicts(passages_of_hits(hits))}
 
 
 def generative_answer(state) -> Callable:
@@ -264,8 +266,8 @@ def generative_answer(state) -> Callable:
         if stop.fired and not job.cancel.is_set():  # cut short by the deadline (a client gone reads nothing)
             raise TimeLimitExceeded(f"the answer's generation ran past the server's time limit of "
                                     f"{state.settings.timeout_s:g} s")
-        passages = [{"id": p.id, "doc_id": p.doc_id, "score": p.score, "text": p.text} for p in found.passages]
-        return {"answer": found.text, "score": None, "start": None, "end": None, "passages": passages}
+        return {"answer": found.text, "score": None, "start": None, "end": None,
+                "passages": passage_dicts(found.passages)}
 
     return run_one
 
