@@ -66,6 +66,19 @@ def synthetic_records(per_class: int, seed: int = 0, counts: dict[str, int] | No
     return records
 
 
+def keyword_records(n: int, seed: int, keyword: str, filler: list[str], labels: tuple[str, str]) -> list[dict]:
+    """Six words of `filler`; every other record has `keyword` in place of one of them: labels[0], else
+    labels[1]. A task whose one cue is a single word, for explanation tests."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        words = rng.sample(filler, 6)
+        if i % 2 == 0:
+            words[rng.randrange(6)] = keyword
+        out.append({"text": " ".join(words), "label": labels[i % 2]})
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 # Writers for every source format tunelab reads
 
@@ -246,6 +259,7 @@ def helpers() -> types.SimpleNamespace:
     """The helper functions and constants of this file, for test modules."""
     return types.SimpleNamespace(
         KEYWORDS=KEYWORDS, LABELS=LABELS, FILLER=FILLER, synthetic_records=synthetic_records,
+        keyword_records=keyword_records,
         write_records=write_records, write_jsonl=write_jsonl, tiny_config=tiny_config,
         train_quietly=train_quietly, read_metrics=read_metrics, quiet=quiet,
         spy_on_training=spy_on_training, train_and_capture=train_and_capture)

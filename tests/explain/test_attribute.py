@@ -4,7 +4,6 @@ entities."""
 from __future__ import annotations
 
 import dataclasses
-import random
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -24,18 +23,6 @@ PIECES = ["un", "##bel", "##ie", "##va", "##bly"]  # "unbelievably" = un ##bel #
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + sorted(FILLER + [KEYWORD, ",", "."] + PIECES)
 
 
-def keyword_records(n: int, seed: int) -> list[dict]:
-    """Six filler words; every other record has the keyword in a random place: label "a", else "b"."""
-    rng = random.Random(seed)
-    out = []
-    for i in range(n):
-        words = rng.sample(FILLER, 6)
-        if i % 2 == 0:
-            words[rng.randrange(6)] = KEYWORD
-        out.append({"text": " ".join(words), "label": "a" if i % 2 == 0 else "b"})
-    return out
-
-
 @pytest.fixture(scope="module")
 def keyword_run(tmp_path_factory, helpers):
     """A tiny BERT classifier trained (150 steps, seed 0) to say "a" exactly when the keyword is there."""
@@ -50,7 +37,7 @@ def keyword_run(tmp_path_factory, helpers):
     torch.manual_seed(0)
     BertModel(config).save_pretrained(str(folder))
     tokenizer.save_pretrained(str(folder))
-    data = helpers.write_jsonl(folder / "train.jsonl", keyword_records(160, seed=0))
+    data = helpers.write_jsonl(folder / "train.jsonl", helpers.keyword_records(160, 0, KEYWORD, FILLER, ("a", "b")))
     cfg = helpers.tiny_config(folder, data, tmp_path_factory.mktemp("keyword-run") / "run",
                               {"train.max_steps": 150, "train.lr": 5e-3, "train.precision": "fp32",
                                "train.eval_every": None})

@@ -4,7 +4,6 @@ random deletion, and an explanation that ranks the keyword last scores lower tha
 (the measure can fail a method)."""
 from __future__ import annotations
 
-import random
 from types import SimpleNamespace
 
 import pytest
@@ -23,18 +22,6 @@ TEXTS = ["the goal today news report about",  # the keyword in three places
          "today news a very this goal"]
 
 
-def keyword_records(n: int, seed: int) -> list[dict]:
-    """Six filler words; every other record has the keyword in place of one of them: label "yes", else "no"."""
-    rng = random.Random(seed)
-    out = []
-    for i in range(n):
-        words = rng.sample(FILLER, 6)
-        if i % 2 == 0:
-            words[rng.randrange(6)] = KEYWORD
-        out.append({"text": " ".join(words), "label": "yes" if i % 2 == 0 else "no"})
-    return out
-
-
 @pytest.fixture(scope="module")
 def run(tiny_bert, tmp_path_factory, helpers):
     """The tiny BERT trained (100 steps, seed 0) to say "yes" exactly when the keyword is there (the lowest
@@ -42,7 +29,7 @@ def run(tiny_bert, tmp_path_factory, helpers):
     from tunelab.runs import load_run
 
     folder = tmp_path_factory.mktemp("faithful")
-    data = helpers.write_jsonl(folder / "train.jsonl", keyword_records(120, seed=0))
+    data = helpers.write_jsonl(folder / "train.jsonl", helpers.keyword_records(120, 0, KEYWORD, FILLER, ("yes", "no")))
     cfg = helpers.tiny_config(tiny_bert, data, folder / "run", {
         "train.max_steps": 100, "train.lr": 5e-3, "train.precision": "fp32", "train.eval_every": None,
         "train.early_stopping.metric": "loss"})
