@@ -88,6 +88,10 @@ def load_served(ref: str, overrides: list[str] | None = None, *, device: str = "
                                "retrieved passages with a causal_lm run, an extractive_qa run or a model reference")
         from tunelab.retrieval.index import load_index
 
+        if "chat.completions" in served.endpoints:  # a generated answer needs the rag prompt: refused at start
+            from tunelab.data.chat_template import require_chat_template
+
+            require_chat_template(served.tokenizer, "rag")
         served.index = load_index(index)
         served.index.encoder()  # loaded now, not on the first question
     if device != "cpu":
