@@ -10,7 +10,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Literal, Optional, Union
+from typing import Any, Dict, List, Literal, Optional, Union
 
 import yaml
 
@@ -45,6 +45,24 @@ class ModelConfig:
     """seq2seq: auto = what model.name is (an encoder-decoder folder, or a causal LM trained on source -> target
     prompts); encoder-decoder = warm-start an encoder-decoder from the encoder model.name names (e.g.
     builtin:minilm-l6: its uncased tokenizer only writes English)."""
+
+
+@dataclass
+class AugmentConfig:
+    copies: int = 0
+    """EDA-style edited copies added per training record (0 = none); the training split only, never validation
+    or test."""
+    edits: List[Literal["synonym", "insert", "swap", "delete"]] = field(
+        default_factory=lambda: ["synonym", "insert", "swap", "delete"])
+    """The edits a copy draws from: synonym (replace words by synonyms from tunelab's bundled list), insert (a
+    synonym of a word at a random place), swap (two words), delete (words)."""
+    rate: float = 0.1
+    """Share of a text's words one edit changes (at least one word); in (0, 1)."""
+    back_translation: List[str] = field(default_factory=list)
+    """seq2seq runs a training text is translated through in turn (e.g. [runs/en-de, runs/de-en]); each
+    training record then also gets its round-trip copy. [] = none."""
+    seed: Optional[int] = None
+    """Seeds the edits; null = train.seed."""
 
 
 # A data reference: a path or builtin:NAME, or (seq2seq) a mapping {source: PATH, target: PATH} of two aligned
@@ -125,6 +143,21 @@ class DataConfig:
     skip_bad_spans: bool = False
     """token_classification: drop (and count) entities that do not fall on word boundaries or overlap another,
     instead of stopping with an error."""
+    check: bool = True
+    """Check the data when training starts (duplicates, train/validation/test leakage, labels, lengths, charset,
+    conversation turns, PII) and log a short summary; `tunelab data check CONFIG` prints the whole report."""
+    dedup: bool = False
+    """Drop from the training split every record that repeats an earlier training record exactly or nearly
+    (data.near_duplicate_threshold), or (nearly) equals a validation or test record; validation and test stay
+    as they are, so scores with and without dedup compare."""
+    near_duplicate_threshold: float = 0.8
+    """Similarity (Jaccard of word 3-gram sets, estimated by MinHash) from which two texts count as near
+    duplicates; in (0, 1]."""
+    redact_pii: bool = False
+    """Replace e-mail addresses, phone numbers, card numbers (Luhn-checked), IP addresses and IBANs in every split
+    with typed placeholders ([EMAIL], [PHONE], [CARD], [IP], [IBAN]) before training; the log and report count
+    them."""
+    augment: AugmentConfig = field(default_factory=lambda: AugmentConfig())
 
 
 def _method_config() -> type:
@@ -424,6 +457,15 @@ def _check_ranges(cfg: RunConfig, problems: list[str]) -> None:
                    "method.dropout": m.dropout}.items():
         if isinstance(v, float) and not 0.0 <= v < 1.0:
             problems.append(f"{key}: got {v}; must be in [0, 1)")
+    if isinstance(d.near_duplicate_threshold, float) and not 0.0 < d.near_duplicate_threshold <= 1.0:
+        problems.append(f"data.near_duplicate_threshold: got {d.near_duplicate_threshold}; must be in (0, 1]")
+    a = d.augment
+    if isinstance(a.copies, int) and a.copies < 0:
+        problems.append(f"data.augment.copies: got {a.copies}; must be >= 0 (0 = no edited copies)")
+    if isinstance(a.rate, float) and not 0.0 < a.rate < 1.0:
+        problems.append(f"data.augment.rate: got {a.rate}; must be in (0, 1)")
+    if isinstance(a.edits, list) and isinstance(a.copies, int) and a.copies > 0 and not a.edits:
+        problems.append("data.augment.edits: empty while data.augment.copies > 0; name at least one edit")
     if isinstance(d.doc_stride, int) and d.doc_stride < 0:
         problems.append(f"data.doc_stride: got {d.doc_stride}; must be >= 0 (0 = windows do not overlap) or null")
     if isinstance(cfg.retrieval.temperature, float) and cfg.retrieval.temperature <= 0:
@@ -646,7 +688,7 @@ def field_docs(cls: type) -> dict[str, str]:
     return docs
 
 
-SECTIONS = (("model", ModelConfig), ("data", DataConfig), ("method", MethodConfig), ("train", TrainConfig),
+SECTIONS = (("model", ModelConfig), ("data", DataConfig), ("data.augment", AugmentConfig), ("method", MethodConfig), ("train", TrainConfig),
             ("train.early_stopping", EarlyStoppingConfig), ("generate", GenerateConfig),
             ("qa", QAConfig), ("retrieval", RetrievalConfig), ("predict", PredictConfig))
 

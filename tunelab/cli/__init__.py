@@ -39,6 +39,8 @@ COMMAND_GROUPS = (
     "export",
     "compress",
     "serve",
+    "tune",
+    "ensemble",
 )
 
 EXAMPLES = {
@@ -77,7 +79,14 @@ overrides: data.text_field, data.label_field, generate.* (the rest is fixed by t
   tunelab predict runs/smollm2-lora-alpaca --input prompts.jsonl generate.max_new_tokens=32
 overrides: data.text_field, generate.* (the rest is fixed by training).""",
     ("data",): """examples:
-  tunelab data preview examples/smollm2-lora-alpaca.yaml -n 2""",
+  tunelab data preview examples/smollm2-lora-alpaca.yaml -n 2
+  tunelab data check examples/bbc-news.yaml""",
+    ("data", "check"): """examples:
+  tunelab data check examples/bbc-news.yaml
+  tunelab data check examples/bbc-news.yaml data.train=my.jsonl --examples 5
+  tunelab data check my-config.yaml --json check.json
+duplicates, train/validation/test leakage, labels, lengths, charset, chat turns and PII, as training will read
+the data; exit code 0 (findings are warnings) unless the data cannot be read (2).""",
     ("data", "preview"): """examples:
   tunelab data preview examples/smollm2-lora-alpaca.yaml -n 2
   tunelab data preview examples/smollm2-lora-alpaca.yaml --split validation data.train_on_prompt=true""",

@@ -16,6 +16,12 @@ def cmd_data_preview(args) -> int:
     return 0
 
 
+def cmd_data_check(args) -> int:
+    from tunelab.data.checks import run_check
+
+    return run_check(args)
+
+
 def cmd_tokenizer_train(args) -> int:
     import json
 
@@ -33,7 +39,7 @@ def cmd_tokenizer_train(args) -> int:
 
 def add_commands(sub) -> None:
     """Register `data preview` and `tokenizer train` on the main parser's subparsers."""
-    d = sub.add_parser("data", help="inspect training data (causal_lm)")
+    d = sub.add_parser("data", help="inspect and check training data")
     dsub = d.add_subparsers(dest="data_command", required=True, metavar="SUBCOMMAND")
     pv = dsub.add_parser("preview", help="show rendered examples, trained vs masked tokens, lengths",
                          description="Render examples the way training sees them: trained tokens in green "
@@ -44,6 +50,16 @@ def add_commands(sub) -> None:
     pv.add_argument("--split", default="train", help="train | validation | test (default train)")
     pv.add_argument("--no-color", action="store_true", help="mark trained tokens with [[ ]] instead of colour")
     pv.set_defaults(func=cmd_data_preview)
+    ck = dsub.add_parser("check", help="check data for duplicates, leakage, label balance, odd records and PII",
+                         description="Read the data as `tunelab train CONFIG` will, then report exact and near "
+                                     "duplicates, train/validation/test leakage, label balance, empty and "
+                                     "extreme-length records, charset oddities, chat turns and PII (what "
+                                     "data.dedup and data.redact_pii would change).")
+    ck.add_argument("config", help="a YAML run config")
+    ck.add_argument("overrides", nargs="*", help="config overrides, e.g. data.train=my.jsonl")
+    ck.add_argument("--examples", type=int, default=3, help="examples shown per finding (default 3)")
+    ck.add_argument("--json", default=None, help="also write the whole report as JSON to this file")
+    ck.set_defaults(func=cmd_data_check)
 
     t = sub.add_parser("tokenizer", help="train a tokenizer for scratch models")
     tsub = t.add_subparsers(dest="tokenizer_command", required=True, metavar="COMMAND")

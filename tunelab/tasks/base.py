@@ -85,6 +85,17 @@ class Task:
     pretraining)."""
     verbs: dict[str, Callable] = field(default_factory=dict)
     """Task-specific commands on a finished run (e.g. chat, merge), name -> function(run_dir, ...)."""
+    splits: Callable[..., dict[str, tuple[list[dict], str]]] | None = None
+    """splits(cfg, log) -> {"train" | "validation" | "test": (records, source)}: the records of each split as this
+    task reads and splits them, before data.dedup / data.redact_pii / data.augment change them (what `tunelab data
+    check` reports on); None = this task's data cannot be checked."""
+    data_view: Callable[[Any], Any] | None = None
+    """data_view(cfg) -> tunelab.data.prepare.DataView: where a record of this task holds its texts, label and
+    conversation turns, and how its texts are rewritten (PII redaction, augmentation)."""
+    probabilities: Callable[..., list] | None = None
+    """probabilities(run, records, source, log) -> one numpy array per record, in the order of run.meta["labels"]:
+    [labels] for a text, [words, labels] for a tagged sentence: what `tunelab ensemble` averages; None = runs of
+    this task cannot be ensembled."""
     api: tuple[str, ...] = ()
     """The `tunelab serve` endpoints (under /v1/) that serve this task's runs, by name: "chat.completions",
     "completions", "classify", "translate", "answer", "entities", "embeddings" (tunelab.serve); () = not
