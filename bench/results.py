@@ -262,6 +262,7 @@ def labelled_old(part: str, text: str) -> str:
 
 def render(smoke: bool, old: dict[str, str]) -> str:
     import answering
+    import augment_bench
     import checkpoint
     import distributed
     import explain_bench
@@ -279,9 +280,10 @@ def render(smoke: bool, old: dict[str, str]) -> str:
                  "scratch": lambda rec: [scratch.markdown(rec)], "checkpoint": checkpoint.markdown,
                  "distributed": distributed.markdown, "seq2seq": seq2seq.markdown, "qa": answering.qa_markdown,
                  "retrieval": answering.retrieval_markdown, "ner": tagging_bench.ner_markdown,
-                 "compress": tradeoff.markdown, "explain": explain_bench.markdown, "serve": serve_bench.markdown}
+                 "compress": tradeoff.markdown, "explain": explain_bench.markdown, "serve": serve_bench.markdown,
+                 "augment": augment_bench.markdown}
     for part in ("peak", "classification", "lm", "scratch", "classification_seeds", "lm_seeds", "checkpoint",
-                 "distributed", "seq2seq", "qa", "retrieval", "ner", "compress", "explain", "serve"):
+                 "distributed", "seq2seq", "qa", "retrieval", "ner", "compress", "explain", "serve", "augment"):
         rec = record.latest(part, smoke) if part in renderers else None
         if rec is not None:
             lines += renderers[part](rec)

@@ -9,10 +9,11 @@ The sides run interleaved, the order reversed every round (A B C D, D C B A, ...
 tables give the median and range. Every run is stored with its time, load and machine in
 bench/out/<part>-<stamp>.json; results.md is rendered from those files alone.
 
-    python bench/run.py                                   # every part (the thirteen below)
+    python bench/run.py                                   # every part (the fourteen below)
     python bench/run.py --part lm                         # one part: classification lm scratch peak
                                                           #           checkpoint distributed seq2seq qa
                                                           #           retrieval ner compress explain serve
+                                                          #           augment
     python bench/run.py --part classification --smoke     # a tiny job, 2 repeats: checks the bench end to end
     python bench/run.py --rewrite                         # results.md again from the stored measurements
     python bench/run.py --only tunelab-fp32               # one side in this process (prints JSON)
@@ -50,6 +51,10 @@ BBC News MiniLM run classifying test articles from 8 clients with server-side ba
 without (1), requests/s, p50/p99 latency and the mean batch size from /metrics; SmolLM2-135M streaming chat
 from 1 and 4 clients, time to first token, tokens/s per stream and latency; and a burst against a queue of 2
 that must be answered 503 with Retry-After. Any status other than 200 and 503 fails the part.
+
+`augment` (bench/augment_bench.py): a learning curve of MiniLM on BBC News at 50 / 100 / 200 / 400 training
+articles, each trained without and with `data.augment` (4 EDA-edited copies per article) for the same number of
+steps, tested on the same 223 articles: test accuracy and macro-F1 per point over 2-3 seeds.
 """
 from __future__ import annotations
 
@@ -262,7 +267,7 @@ PARTS = {"classification": ("tunelab-fp32", "tunelab-bf16", "trainer-fp32", "tra
          "retrieval": ("retrieval-finetune", "retrieval-index"),
          "ner": tuple(s for s in SIDES if s.startswith("ner-"))}
 ALL_PARTS = ("classification", "lm", "scratch", "peak", "checkpoint", "distributed", "seq2seq", "qa", "retrieval",
-             "ner", "compress", "explain", "serve")
+             "ner", "compress", "explain", "serve", "augment")
 # runs per side where 3 would not fit the part's time (default 3; 2 with --smoke)
 REPEATS = {"seq2seq": 2, "qa": 2, "retrieval": 2, "ner": 2}
 HEADINGS = {"peak": "## Machine and matmul peak", "classification": "## Classification",
@@ -270,7 +275,7 @@ HEADINGS = {"peak": "## Machine and matmul peak", "classification": "## Classifi
             "checkpoint": "## Checkpoint cost", "distributed": "## Distributed data parallel",
             "seq2seq": "## Translation", "qa": "## Extractive QA", "retrieval": "## Retrieval",
             "ner": "## Named-entity recognition", "compress": "## Compression trade-off",
-            "explain": "## Explanations", "serve": "## Serving",
+            "explain": "## Explanations", "serve": "## Serving", "augment": "## Augmentation",
             # written by bench/seeds.py
             "classification_seeds": "## Classification: test accuracy over seeds",
             "lm_seeds": "## Instruction tuning: validation loss over seeds"}
@@ -411,6 +416,10 @@ def main() -> None:
                 import serve_bench
 
                 serve_bench.run(smoke=SMOKE)
+            elif part == "augment":
+                import augment_bench
+
+                augment_bench.run(smoke=SMOKE)
             elif part == "peak":
                 record.save(record.new_path("peak", SMOKE), {"part": "peak", **child("peak"), "complete": True})
             else:
