@@ -473,6 +473,9 @@ def _finish_run(stage: Path, run_dir: Path, cfg: RunConfig, job, result, history
                "train_tokens": result.train_tokens, "train_seconds": round(result.train_seconds, 3),
                "train_tokens_per_s": round(tokens_per_s, 1), "wall_seconds": round(time.perf_counter() - t0, 3)}
     summary.update(job.finish(stage))
+    data = getattr(job, "data_summary", None)  # what tunelab.data.prepare found and changed in the data
+    if data is not None:
+        summary["data"] = data.to_dict()
     atomic_write_json(stage / "eval.json", summary)
     _write_report(stage, run_dir.name, cfg, history, job, test_metrics, result)
     log(job.summary(test_metrics))
@@ -509,4 +512,11 @@ def _write_report(run_dir: Path, name: str, cfg: RunConfig, history: list[dict],
              job.summary(test_metrics)]
     write_report(run_dir / "report.html", title=f"tunelab run: {name}", config_text=dump_config(cfg),
                  history=history, metric=cfg.train.early_stopping.metric, test_metrics=test_metrics,
-                 sections=job.report_sections(test_metrics), notes=notes)
+                 sections=[*job.report_sections(test_metrics), *_data_section(job)], notes=notes)
+
+
+def _data_section(job) -> list[tuple[str, str]]:
+    """report.html's "Data": the data check and what data.dedup / redact_pii / augment changed (a job that keeps
+    tunelab.data.prepare's summary as `data_summary`; every task's does)."""
+    data = getattr(job, "data_summary", None)
+    return [("Data", data.html())] if data is not None else []

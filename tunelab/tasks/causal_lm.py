@@ -154,6 +154,110 @@ def split_records(d, seed: int, records: list[dict], log) -> dict[str, tuple[lis
     return splits
 
 
+def read_splits(cfg, log) -> dict[str, tuple[list[dict], str]]:
+    """Task.splits: data.train read and split as a run splits it (`split_records`)."""
+    from tunelab.data.sources import load_records
+
+    return split_records(cfg.data, cfg.train.seed, load_records(cfg.data.train, log), log)
+
+
+# The text fields of each record format (a rag record's passages are strings or {id, text}).
+PLAIN_FIELDS = {"alpaca": ("instruction", "input", "output"), "prompt_completion": ("prompt", "completion"),
+                "rag": ("question", "answer")}
+TURN_FIELDS = {"messages": ("messages", "role", "content"), "sharegpt": ("conversations", "from", "value")}
+
+
+def data_view(cfg, fmt: str | None = None):
+    """Task.data_view: every text content of a record in its format (roles left out), and the turns of chat
+    records. `fmt` is the run's resolved format; without one, data.format, and for auto each record's fields
+    (FORMAT_FIELDS; a record of no known format has no text here, and training names its problem)."""
+    from tunelab.data.formats import FORMAT_FIELDS
+    from tunelab.data.prepare import DataView
+
+    d = cfg.data
+    fixed = fmt or (d.format if d.format != "auto" else None)
+
+    def format_of(record: dict) -> str | None:
+        if fixed:
+            return fixed
+        found = next((f for f, keys in FORMAT_FIELDS if all(k in record for k in keys)), None)
+        return found or ("text" if d.text_field in record else None)
+
+    def texts(record: dict) -> list[str]:
+        return [text for _, text in _contents(record, format_of(record), d.text_field)]
+
+    def turns(record: dict) -> list[tuple[str, str]] | None:
+        return _turns(record, format_of(record))
+
+    def rewrite(record: dict, fn) -> dict:
+        return _rewrite(record, format_of(record), d.text_field, fn)
+
+    return DataView(texts=texts, turns=turns, rewrite=rewrite, chunked=fixed == "text")
+
+
+def _contents(record: dict, fmt: str | None, text_field: str) -> list[tuple[str, str]]:
+    """(where, text) of each text in a record: a field name, or a turn / passage number."""
+    if fmt in TURN_FIELDS:
+        key, _, text_key = TURN_FIELDS[fmt]
+        turns = record.get(key) if isinstance(record.get(key), list) else []
+        return [(str(j), t[text_key]) for j, t in enumerate(turns) if isinstance(t, dict) and
+                isinstance(t.get(text_key), str)]
+    fields = PLAIN_FIELDS.get(fmt, (text_field,) if fmt == "text" else ())
+    out = [(name, record[name]) for name in fields if isinstance(record.get(name), str)]
+    if fmt == "rag" and isinstance(record.get("passages"), list):
+        for j, p in enumerate(record["passages"]):
+            text = p.get("text") if isinstance(p, dict) else p
+            if isinstance(text, str):
+                out.append((f"passage {j}", text))
+    return out
+
+
+def _turns(record: dict, fmt: str | None) -> list[tuple[str, str]] | None:
+    """(role, content) of a chat record's turns as training sees them; None for plain text formats."""
+    from tunelab.data.formats import SHAREGPT_ROLES
+
+    if fmt in TURN_FIELDS:
+        key, role_key, text_key = TURN_FIELDS[fmt]
+        turns = record.get(key) if isinstance(record.get(key), list) else []
+        roles = SHAREGPT_ROLES if fmt == "sharegpt" else {}
+        return [(roles.get(t.get(role_key), t.get(role_key)), t.get(text_key) if isinstance(t.get(text_key), str)
+                 else "") for t in turns if isinstance(t, dict)]
+    if fmt == "alpaca":
+        user = "\n\n".join(record[k] for k in ("instruction", "input") if isinstance(record.get(k), str))
+        answer = record.get("output")
+        return [("user", user)] + ([("assistant", answer)] if isinstance(answer, str) else [])
+    if fmt == "rag":
+        answer = record.get("answer")
+        return [("user", "\n".join(t for w, t in _contents(record, fmt, "") if w != "answer"))] + \
+            ([("assistant", answer)] if isinstance(answer, str) else [])
+    return None
+
+
+def _rewrite(record: dict, fmt: str | None, text_field: str, fn) -> dict:
+    """A copy of `record` with fn applied to every text _contents finds (roles, ids and the rest kept)."""
+    out = dict(record)
+    if fmt in TURN_FIELDS:
+        key, _, text_key = TURN_FIELDS[fmt]
+        if isinstance(out.get(key), list):
+            out[key] = [{**t, text_key: fn(t[text_key])} if isinstance(t, dict) and isinstance(t.get(text_key), str)
+                        else t for t in out[key]]
+        return out
+    for name in PLAIN_FIELDS.get(fmt, (text_field,) if fmt == "text" else ()):
+        if isinstance(out.get(name), str):
+            out[name] = fn(out[name])
+    if fmt == "rag" and isinstance(out.get("passages"), list):
+        out["passages"] = [{**p, "text": fn(p["text"])} if isinstance(p, dict) and isinstance(p.get("text"), str)
+                           else fn(p) if isinstance(p, str) else p for p in out["passages"]]
+    return out
+
+
+def check_config(cfg) -> list[str]:
+    """Problems beyond the schema: data.redact_pii / data.augment where the texts cannot be rewritten."""
+    from tunelab.data.prepare import rewrite_problems
+
+    return rewrite_problems(cfg, data_view(cfg))
+
+
 def resolve_format(fmt: str, records: list[dict], source: str, log, text_field: str = "text") -> str:
     if fmt != "auto":
         return fmt
@@ -176,6 +280,7 @@ class CausalLMJob:
         self.samples: list[dict] = []
 
     def prepare(self) -> None:
+        from tunelab.data.prepare import prepare_splits
         from tunelab.data.sources import load_records
         from tunelab.methods import apply_method, options_of
         from tunelab.methods.common import count_parameters
@@ -185,6 +290,9 @@ class CausalLMJob:
         cfg, d = self.cfg, self.cfg.data
         records = load_records(d.train, self.log)
         self.fmt = resolve_format(d.format, records, d.train, self.log, d.text_field)
+        splits = prepare_splits(split_records(d, cfg.train.seed, records, self.log), data_view(cfg, self.fmt), cfg,
+                                self.log)
+        self.data_summary = splits.summary
         model, self.tokenizer = load_causal_lm_and_tokenizer(cfg.model.name, cfg.model.dropout)
         check_max_length(cfg.model.max_length, model, cfg.model.name)
         if cfg.generate.samples_in_eval > 0:  # before training: the test-split generation needs room for a prompt
@@ -192,7 +300,7 @@ class CausalLMJob:
 
             prompt_budget(model_context(model, self.tokenizer), cfg.generate.max_new_tokens)
         self.pad_id = self.tokenizer.pad_token_id
-        self.data = self._encode_splits(records)
+        self.data = self._encode_splits(splits)
         for name, data in self.data.items():
             self.log(f"{name}: {data.describe(cfg.model.max_length)}")
         if not self.data["train"].examples:
@@ -210,11 +318,10 @@ class CausalLMJob:
         self.log(f"method {m.name}: {trainable:,} trainable of {total:,} parameters "
                  f"({100 * trainable / total:.2f}%)")
 
-    def _encode_splits(self, records: list[dict]) -> dict[str, EncodedSet]:
+    def _encode_splits(self, splits: dict[str, tuple[list[dict], str]]) -> dict[str, EncodedSet]:
         from tunelab.data.splits import split_indices
 
         cfg, d = self.cfg, self.cfg.data
-        splits = split_records(d, cfg.train.seed, records, self.log)
 
         def encode(recs: list[dict], source: str) -> EncodedSet:
             return encode_records(self.tokenizer, recs, self.fmt, max_length=cfg.model.max_length,
@@ -489,6 +596,7 @@ def predict(run, records: list[dict], source: str, log, batch_size: int = 8) -> 
 
 def evaluate(run, records: list[dict] | None, source: str, log) -> dict:
     """Loss, perplexity and generation metrics of a causal_lm run on `records` (None: its test split)."""
+    from tunelab.data.prepare import held_out_as_trained
     from tunelab.data.sources import load_records
 
     cfg, model, tokenizer, fmt = run.cfg, run.model, run.tokenizer, run.meta["format"]
@@ -500,6 +608,7 @@ def evaluate(run, records: list[dict] | None, source: str, log) -> dict:
             raise TunelabError(f"{run.dir}: the run has no test split; pass --data FILE")
         if fmt == "auto":
             fmt = detect_format(records, source, cfg.data.text_field)
+        records = held_out_as_trained(records, data_view(cfg, fmt), cfg)
     else:
         fmt = detect_format(records, source, cfg.data.text_field)
     encoded = encode_records(tokenizer, records, fmt, max_length=cfg.model.max_length,
@@ -612,7 +721,8 @@ def _register() -> None:
         settings=("data.text_field", "generate."),
         refused_settings={"data.label_field": "a causal_lm run has no labels (its references come from the "
                                               "records' format); leave out --label-field"},
-        text_records=text_records, check_records=check_records, route=_route,
+        text_records=text_records, check_records=check_records, route=_route, check_config=check_config,
+        splits=read_splits, data_view=data_view,
         verbs={"merge": merge_run, "chat": chat_model}, api=("chat.completions", "completions", "answer")),
         options=("data.format", "data.train_on_prompt", "data.packing",
                  *(f"generate.{f.name}" for f in dataclasses.fields(GenerateConfig))))

@@ -241,6 +241,28 @@ def split_records(cfg, log) -> dict[str, tuple[list[dict], str]]:
     return splits
 
 
+def data_view(cfg):
+    """Task.data_view: a record's one text is data.text_field, its label data.label_field (as raw_labels reads
+    it: 3, 3.0 and "3" are one label)."""
+    from tunelab.data.prepare import DataView, rewrite_fields
+
+    text_field, label_field = cfg.data.text_field, cfg.data.label_field
+
+    def label(record: dict) -> str | None:
+        value = record.get(label_field)
+        return None if value is None else str(int(value)) if isinstance(value, float) else str(value)
+
+    return DataView(texts=lambda r: [r[text_field]] if isinstance(r.get(text_field), str) else [], label=label,
+                    rewrite=lambda r, fn: rewrite_fields(r, (text_field,), fn))
+
+
+def check_config(cfg) -> list[str]:
+    """Problems beyond the schema: data.redact_pii / data.augment where the texts cannot be rewritten."""
+    from tunelab.data.prepare import rewrite_problems
+
+    return rewrite_problems(cfg, data_view(cfg))
+
+
 TINY_CLASS = 5  # fewer training examples than this: the class's metrics rest on a handful of guesses
 
 
@@ -276,6 +298,7 @@ class ClassificationJob:
         self.eval_batch_size = cfg.train.eval_batch_size or 2 * cfg.train.batch_size
 
     def prepare(self) -> None:
+        from tunelab.data.prepare import prepare_splits
         from tunelab.methods import apply_method, options_of
         from tunelab.methods.common import count_parameters
         from tunelab.models.build import load_classifier_and_tokenizer
@@ -283,7 +306,8 @@ class ClassificationJob:
         from tunelab.models.speedups import cls_only_last_layer
 
         cfg = self.cfg
-        splits = split_records(cfg, self.log)
+        splits = prepare_splits(split_records(cfg, self.log), data_view(cfg), cfg, self.log)
+        self.data_summary = splits.summary
         train_records, _ = splits["train"]
         self.labels = label_set(raw_labels(train_records, cfg.data.label_field, cfg.data.train))
         if len(self.labels) < 2:
@@ -508,7 +532,7 @@ def _register() -> None:
         settings=("data.text_field", "data.label_field"),
         refused_settings={"generate.": "generate.* applies to causal_lm runs; {run} is a classification run"},
         text_records=lambda texts, run: [{run.cfg.data.text_field: t} for t in texts],
-        check_records=check_records,
+        check_records=check_records, check_config=check_config, splits=split_records, data_view=data_view,
         scratch_kinds=CLASSIFIER_KINDS, api=("classify",)),
         options=("data.label_field",))
 

@@ -369,6 +369,33 @@ def split_questions(cfg, log) -> dict[str, tuple[list[dict], str]]:
     return splits
 
 
+def data_view(cfg):
+    """Task.data_view: a question's texts are the question and its context; duplicates and leaks compare
+    questions about one context (SQuAD-style data asks many questions of each context, which is no leak), and
+    a rewrite maps the answers' offsets through it."""
+    from tunelab.data.prepare import DataView
+
+    return DataView(texts=lambda r: [r["question"], r["context"]], rewrite=rewrite_question,
+                    duplicate_key=lambda r: (r["context"], r["question"]))
+
+
+def rewrite_question(record: dict, fn) -> dict:
+    """A copy of a QARecord with fn applied to its question and to its context piece by piece between answer
+    boundaries (tunelab.data.prepare.rewrite_segments), so every answer is still the context's text at its
+    start: an answer that was PII becomes its placeholder, and an answer is never rewritten to nothing."""
+    from tunelab.data.prepare import rewrite_segments
+
+    spans = [(start, start + len(text)) for text, start in zip(record["answers"] or [], record["starts"] or [])]
+    cuts = sorted({c for span in spans for c in span})
+    inside = frozenset(c for c in cuts if any(a <= c < b for a, b in spans))
+    context, moved = rewrite_segments(record["context"], cuts, fn, keep=inside)
+    out = {**record, "question": fn(record["question"]), "context": context}
+    if record["answers"] is not None:
+        out["starts"] = [moved[a] for a, _ in spans]
+        out["answers"] = [context[moved[a]:moved[b]] for a, b in spans]
+    return out
+
+
 def _require_answers(records: list[dict], split: str, answers_field: str) -> list[dict]:
     """`records`, or a DataError for the first question without gold answers (training and scoring need them)."""
     unlabelled = next((r for r in records if r["answers"] is None), None)
@@ -403,6 +430,7 @@ class ExtractiveQAJob:
         self.samples: list[dict] = []
 
     def prepare(self) -> None:
+        from tunelab.data.prepare import prepare_splits
         from tunelab.data.tokens import pad_id_of
         from tunelab.methods import apply_method, options_of
         from tunelab.methods.common import count_parameters
@@ -411,7 +439,8 @@ class ExtractiveQAJob:
         from tunelab.models.scratch import span_head_names
 
         cfg = self.cfg
-        splits = split_questions(cfg, self.log)
+        splits = prepare_splits(split_questions(cfg, self.log), data_view(cfg), cfg, self.log)
+        self.data_summary = splits.summary
         model, self.tokenizer, head = load_qa_model_and_tokenizer(cfg.model)
         check_max_length(cfg.model.max_length, model, cfg.model.name)
         self.pad_id = pad_id_of(self.tokenizer)
@@ -606,6 +635,7 @@ def _run_answers(run, records: list[dict], source: str) -> tuple[list[Answer], f
 
 def evaluate(run, records: list[dict] | None, source: str, log) -> dict:
     """EM / F1 of a run on labelled questions (`records` flat; None: the run's own test split)."""
+    from tunelab.data.prepare import held_out_as_trained
     from tunelab.data.squad import check_offsets, flat_records
 
     d = run.cfg.data
@@ -614,7 +644,7 @@ def evaluate(run, records: list[dict] | None, source: str, log) -> dict:
         if "test" not in splits or not splits["test"][0]:
             raise TunelabError(f"{run.dir} has no test split (data.test_fraction is 0 and no data.test file); "
                                "pass --data FILE with questions, contexts and answers")
-        questions = splits["test"][0]
+        questions = held_out_as_trained(splits["test"][0], data_view(run.cfg), run.cfg)
     else:
         questions = flat_records(records, source, d.question_field, d.context_field, d.answers_field)
         missing = next((q for q in questions if q["answers"] is None), None)
@@ -666,8 +696,11 @@ def text_records(texts: list[str], run) -> list[dict]:
 
 
 def check_config(cfg) -> list[str]:
-    """Problems beyond the schema: LoRA on a scratch model, a stride that leaves windows no new tokens."""
-    problems = []
+    """Problems beyond the schema: LoRA on a scratch model, a stride that leaves windows no new tokens;
+    data.redact_pii / data.augment where the texts cannot be rewritten."""
+    from tunelab.data.prepare import rewrite_problems
+
+    problems = rewrite_problems(cfg, data_view(cfg))
     if cfg.method.name == "lora" and str(cfg.model.name).startswith("scratch:"):
         problems.append(f"method.name: lora wraps Hugging Face layers; {cfg.model.name} is a scratch model: use "
                         "full or freeze")
@@ -698,7 +731,8 @@ def _register() -> None:
                                               "data.answers_field",
                           "generate.": "generate.* applies to text generation; {run} is an extractive_qa run"},
         text_records=text_records, check_config=check_config, check_data=check_data,
-        scratch_kinds=("transformer",), verbs={"ask": ask}, api=("answer",)),
+        scratch_kinds=("transformer",), verbs={"ask": ask}, api=("answer",), splits=split_questions,
+        data_view=data_view),
         options=("data.question_field", "data.context_field", "data.answers_field", "data.fix_offsets",
                  "data.doc_stride", "qa.max_answer_length", "qa.n_best", "qa.no_answer_threshold"))
 

@@ -94,6 +94,7 @@ class PretrainJob:
         self.samples: list[dict] = []
 
     def prepare(self) -> None:
+        from tunelab.data.prepare import prepare_splits
         from tunelab.methods import apply_method, options_of
         from tunelab.methods.common import count_parameters
         from tunelab.models.scratch import build_scratch_causal_lm
@@ -102,7 +103,10 @@ class PretrainJob:
         model, self.tokenizer, _ = build_scratch_causal_lm(cfg.model)
         self.eos_id = end_of_document_id(self.tokenizer)
         self.pad_id = pad_id_of(self.tokenizer, fallback=self.eos_id)
-        self.blocks = self._blocks(corpus_splits(cfg.data, cfg.train.seed, self.log))
+        splits = prepare_splits(read_splits(cfg, self.log), data_view(cfg), cfg, self.log)
+        self.data_summary = splits.summary
+        self.blocks = self._blocks({name: ([r["text"] for r in records], source)
+                                    for name, (records, source) in splits.items()})
         m = cfg.method
         self.model = apply_method(m.name, model, set(), **options_of(m)).to(self.device)
         trainable, total = count_parameters(self.model)
@@ -190,8 +194,24 @@ class PretrainJob:
 SCRATCH_KINDS = ("gpt",)
 
 
+def read_splits(cfg, log) -> dict[str, tuple[list[dict], str]]:
+    """Task.splits: the corpus's documents per split (tunelab.data.corpus.corpus_splits) as records
+    {"text": document}."""
+    return {name: ([{"text": text} for text in texts], source)
+            for name, (texts, source) in corpus_splits(cfg.data, cfg.train.seed, log).items()}
+
+
+def data_view(cfg):
+    """Task.data_view: a document is one text, cut into blocks (so its length is no problem)."""
+    from tunelab.data.prepare import DataView, rewrite_fields
+
+    return DataView(texts=lambda r: [r["text"]], rewrite=lambda r, fn: rewrite_fields(r, ("text",), fn),
+                    chunked=True)
+
+
 def config_problems(cfg) -> list[str]:
     """What pretraining needs beyond a valid run config; every problem at once."""
+    from tunelab.data.prepare import rewrite_problems
     from tunelab.models.scratch import is_scratch_dir
 
     problems = []
@@ -210,7 +230,7 @@ def config_problems(cfg) -> list[str]:
         problems.append(f"data.format: got {cfg.data.format!r}; pretraining reads plain text, use auto or text")
     if cfg.model.max_length < 2:
         problems.append(f"model.max_length: got {cfg.model.max_length}; a block needs at least 2 tokens")
-    return problems
+    return problems + rewrite_problems(cfg, data_view(cfg))
 
 
 def check_config(cfg) -> None:
@@ -264,7 +284,7 @@ def _register() -> None:
         name="pretrain", summary="next-token prediction on a text corpus from scratch (a scratch GPT)",
         job=PretrainJob, metrics=METRICS, methods=METHODS,
         load=load_model, evaluate=_refuse, predict=_refuse, check_config=config_problems,
-        check_data=check_data, scratch_kinds=SCRATCH_KINDS),
+        check_data=check_data, scratch_kinds=SCRATCH_KINDS, splits=read_splits, data_view=data_view),
         options=("data.format",))
 
 

@@ -81,33 +81,58 @@ def read_pairs(records: list[dict], source: str, d) -> Pairs:
     return Pairs(queries, positives, negatives, source)
 
 
-def load_splits(d, seed: int, log) -> dict[str, Pairs]:
-    """train / validation / test pairs: given files, or seeded splits carved out of data.train.
+def split_records(d, seed: int, log) -> dict[str, tuple[list[dict], str]]:
+    """train / validation / test records: given files, or seeded splits carved out of data.train (every
+    record's texts checked by `read_pairs`).
 
     Records sharing a positive passage text stay in one split, so a passage trained on is never a test
     passage (BBC News holds some articles twice, under two headlines)."""
     from tunelab.data.sources import load_records
     from tunelab.data.splits import held_out, split_indices, subset_indices
 
-    pairs = read_pairs(load_records(d.train, log), d.train, d)
+    records = load_records(d.train, log)
+    pairs = read_pairs(records, d.train, d)
     groups: dict[str, int] = {}
     group_of = [groups.setdefault(p, len(groups)) for p in pairs.positives]
     parts = split_indices(len(groups), d.val_fraction, d.test_fraction, seed, hold_out=held_out(d))
     splits = {}
     for name, chosen in parts.items():
         chosen = set(chosen)
-        idx = [i for i, g in enumerate(group_of) if g in chosen]
-        splits[name] = pairs.subset(idx, d.train if name == "train" else f"{d.train} ({name} split)")
-    if d.limit is not None and d.limit < len(splits["train"]):
-        splits["train"] = splits["train"].subset(subset_indices(len(splits["train"]), d.limit, seed), d.train)
+        splits[name] = ([records[i] for i, g in enumerate(group_of) if g in chosen],
+                        d.train if name == "train" else f"{d.train} ({name} split)")
+    train = splits["train"][0]
+    if d.limit is not None and d.limit < len(train):
+        splits["train"] = ([train[i] for i in subset_indices(len(train), d.limit, seed)], d.train)
         log(f"data.limit: using {d.limit} training pairs")
     for name, ref in (("validation", d.validation), ("test", d.test)):
         if ref:
-            splits[name] = read_pairs(load_records(ref, log), ref, d)
-    if not len(splits["train"]):
+            given = load_records(ref, log)
+            read_pairs(given, ref, d)
+            splits[name] = (given, ref)
+    if not splits["train"][0]:
         raise DataError(d.train, "no training pairs left after carving validation and test; lower "
                                  "data.val_fraction / data.test_fraction or add records")
     return splits
+
+
+def load_splits(d, seed: int, log) -> dict[str, Pairs]:
+    """train / validation / test pairs (`split_records`)."""
+    return {name: read_pairs(records, source, d) for name, (records, source) in split_records(d, seed, log).items()}
+
+
+def read_splits(cfg, log) -> dict[str, tuple[list[dict], str]]:
+    """Task.splits: the records of each split as a run splits them (`split_records`)."""
+    return split_records(cfg.data, cfg.train.seed, log)
+
+
+def data_view(cfg):
+    """Task.data_view: a record's texts are its query, its positive and (when set) its hard negative."""
+    from tunelab.data.prepare import DataView, rewrite_fields
+
+    d = cfg.data
+    fields = (d.query_field, d.positive_field, *((d.negative_field,) if d.negative_field else ()))
+    return DataView(texts=lambda r: [r[f] for f in fields if isinstance(r.get(f), str)],
+                    rewrite=lambda r, fn: rewrite_fields(r, fields, fn))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -330,13 +355,16 @@ class RetrievalJob:
         self.after_top: list[int] = []
 
     def prepare(self) -> None:
+        from tunelab.data.prepare import prepare_splits
         from tunelab.data.tokens import pad_id_of
         from tunelab.methods import apply_method, options_of
         from tunelab.methods.common import count_parameters
         from tunelab.models.load import check_max_length
 
         cfg = self.cfg
-        splits = load_splits(cfg.data, cfg.train.seed, self.log)
+        prepared = prepare_splits(read_splits(cfg, self.log), data_view(cfg), cfg, self.log)
+        self.data_summary = prepared.summary
+        splits = {name: read_pairs(records, source, cfg.data) for name, (records, source) in prepared.items()}
         model, self.tokenizer = load_pretrained_encoder(cfg.model)
         check_max_length(cfg.model.max_length, model, cfg.model.name)
         self.pad_id = pad_id_of(self.tokenizer)
@@ -514,12 +542,15 @@ def load_model(run_dir: Path, cfg) -> tuple:
 def evaluate(run, records: list[dict] | None, source: str, log) -> dict:
     """Metrics of a run on labelled pairs (None: its own test split), with the untuned model (`base`, when
     model.name still loads) and BM25 (`bm25`) on the same pairs."""
+    from tunelab.data.prepare import held_out_as_trained
+
     cfg = run.cfg
     if records is None:
-        pairs = load_splits(cfg.data, cfg.train.seed, lambda _: None).get("test")
-        if pairs is None or not len(pairs):
+        test, source = split_records(cfg.data, cfg.train.seed, lambda _: None).get("test", ([], ""))
+        if not test:
             raise TunelabError(f"{run.dir} has no test split (data.test_fraction is 0 and no data.test file); "
                                "pass --data FILE with query/positive records to evaluate on")
+        pairs = read_pairs(held_out_as_trained(test, data_view(cfg), cfg), source, cfg.data)
     else:
         pairs = read_pairs(records, source, cfg.data)
     kw = dict(max_length=run.meta["max_length"], pooling=run.meta["pooling"])
@@ -561,14 +592,16 @@ def text_records(texts: list[str], run) -> list[dict]:
 
 
 def check_config(cfg) -> list[str]:
-    """Problems beyond the schema: the model must be a Hugging Face encoder folder or builtin model."""
+    """Problems beyond the schema: the model must be a Hugging Face encoder folder or builtin model;
+    data.redact_pii / data.augment where the texts cannot be rewritten."""
+    from tunelab.data.prepare import rewrite_problems
     from tunelab.models.scratch import is_scratch_dir
 
-    name = cfg.model.name
+    name, problems = cfg.model.name, rewrite_problems(cfg, data_view(cfg))
     if name.startswith(("scratch:", "gguf:")) or is_scratch_dir(name):
-        return [f"model.name: {name!r}: retrieval fine-tunes a pretrained Hugging Face encoder (transformers "
-                "AutoModel); use builtin:minilm-l6 or a model folder"]
-    return []
+        problems.insert(0, f"model.name: {name!r}: retrieval fine-tunes a pretrained Hugging Face encoder "
+                           "(transformers AutoModel); use builtin:minilm-l6 or a model folder")
+    return problems
 
 
 def check_records(records: list[dict], source: str, data_cfg) -> None:
@@ -590,7 +623,7 @@ def _register() -> None:
                           "data.text_field": "a retrieval run reads data.query_field (predict embeds it)",
                           "generate.": "generate.* applies to causal_lm runs; {run} is a retrieval run"},
         text_records=text_records, check_config=check_config, check_records=check_records,
-        api=("embeddings",)),
+        api=("embeddings",), splits=read_splits, data_view=data_view),
         options=("data.query_field", "data.positive_field", "data.negative_field", "retrieval.temperature",
                  "retrieval.pooling"))
 

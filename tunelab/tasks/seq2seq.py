@@ -109,6 +109,19 @@ def load_split_pairs(d, seed: int, log) -> dict[str, tuple[list[dict], str]]:
     return splits
 
 
+def read_splits(cfg, log) -> dict[str, tuple[list[dict], str]]:
+    """Task.splits: the pairs of each split as a run reads them (`load_split_pairs`)."""
+    return load_split_pairs(cfg.data, cfg.train.seed, log)
+
+
+def data_view(cfg):
+    """Task.data_view: a pair's texts are its source and its target (the reader names them so)."""
+    from tunelab.data.prepare import DataView, rewrite_fields
+
+    return DataView(texts=lambda r: [r["source"], r["target"]],
+                    rewrite=lambda r, fn: rewrite_fields(r, ("source", "target"), fn))
+
+
 def read_pairs(ref, d, log) -> list[dict]:
     """Pairs from one data reference with the data.* settings (tunelab.data.parallel.load_pairs)."""
     from tunelab.data.parallel import load_pairs
@@ -383,6 +396,7 @@ class Seq2SeqJob:
         self.samples: list[dict] = []
 
     def prepare(self) -> None:
+        from tunelab.data.prepare import prepare_splits
         from tunelab.data.tokens import pad_id_of
         from tunelab.methods import apply_method, options_of
         from tunelab.methods.common import count_parameters
@@ -392,7 +406,8 @@ class Seq2SeqJob:
         if self.family.name == "decoder" and cfg.data.max_target_length is not None:
             self.log("data.max_target_length: a causal LM reads source and target as one row of "
                      f"model.max_length {cfg.model.max_length} tokens; the setting is not used")
-        splits = load_split_pairs(cfg.data, cfg.train.seed, self.log)
+        splits = prepare_splits(read_splits(cfg, self.log), data_view(cfg), cfg, self.log)
+        self.data_summary = splits.summary
         model, self.tokenizer = self.family.load(cfg.model, self.log)
         if self.family.name == "decoder":
             from tunelab.models.load import check_max_length
@@ -590,13 +605,14 @@ def predict(run, records: list[dict], source: str, log) -> list[dict]:
 def evaluate(run, records: list[dict] | None, source: str, log) -> dict:
     """BLEU / chrF / ROUGE-L of a run on pairs in `records` (None: the run's own test split)."""
     from tunelab.data.parallel import load_pairs
+    from tunelab.data.prepare import held_out_as_trained
 
     cfg = run.cfg
     if records is None:
         splits = load_split_pairs(cfg.data, cfg.train.seed, lambda _: None)
         if "test" not in splits or not splits["test"][0]:
             raise TunelabError(f"{run.dir}: the run has no test split; pass --data FILE")
-        pairs = splits["test"][0]
+        pairs = held_out_as_trained(splits["test"][0], data_view(cfg), cfg)
     else:
         pairs = load_pairs(source, source_field=cfg.data.source_field, target_field=cfg.data.target_field,
                            log=log)
@@ -620,8 +636,11 @@ def text_records(texts: list[str], run) -> list[dict]:
 
 
 def check_config(cfg) -> list[str]:
-    """Problems beyond the schema: methods the model family cannot take."""
-    problems = []
+    """Problems beyond the schema: methods the model family cannot take; data.redact_pii / data.augment where
+    the texts cannot be rewritten."""
+    from tunelab.data.prepare import rewrite_problems
+
+    problems = rewrite_problems(cfg, data_view(cfg))
     name = cfg.model.name
     if cfg.method.name == "lora" and (name.startswith("scratch:")):
         problems.append(f"method.name: lora wraps Hugging Face layers; {name} is a scratch model: use full or "
@@ -653,7 +672,7 @@ def _register() -> None:
                                               "data.target_field"},
         text_records=text_records, check_config=check_config, check_data=check_data,
         scratch_kinds=("transformer-seq2seq",), verbs={"translate": translate},
-        api=("translate",)),
+        api=("translate",), splits=read_splits, data_view=data_view),
         options=("data.source_field", "data.target_field", "data.language", "data.direction",
                  "data.max_placeholder_share", "data.max_chars", "data.max_target_length", "model.architecture",
                  "generate.max_new_tokens", "generate.samples_in_eval", "generate.num_beams",

@@ -341,6 +341,61 @@ def split_sentences(cfg, log) -> dict[str, tuple[list[dict], str]]:
     return splits
 
 
+def data_view(cfg):
+    """Task.data_view: a sentence's text is its raw text, or its words joined by spaces; a rewrite keeps every
+    word's tag (`rewrite_sentence`)."""
+    from tunelab.data.prepare import DataView
+
+    return DataView(texts=lambda r: [r["text"] if r.get("text") is not None else " ".join(r["tokens"])],
+                    rewrite=rewrite_sentence)
+
+
+def rewrite_sentence(record: dict, fn) -> dict:
+    """A copy of a tagged record (IOB2 tags: the job converts before tunelab.data.prepare.prepare_splits) with
+    fn applied to each entity and to each run of words between entities, apart, so tags follow the words:
+    an entity's new words are B-X, I-X ..., the others O. A run's text is its stretch of the raw text (an
+    e-mail address that the word rule cut into pieces is whole again) or its words joined by spaces; its new
+    words are the raw-text word rule's (tunelab.data.tagging.words_of) or the pieces between spaces. An entity
+    rewritten to nothing keeps its words."""
+    from tunelab.data.tagging import spans_of, words_of
+
+    words, tags, text, offsets = record["tokens"], record["tags"], record.get("text"), record.get("offsets")
+    runs, at = [], 0  # (first word, last word + 1, entity type or None)
+    for kind, start, end in (spans_of(tags) if tags is not None else []):
+        if start > at:
+            runs.append((at, start, None))
+        runs.append((start, end, kind))
+        at = end
+    if at < len(words):
+        runs.append((at, len(words), None))
+    new_words, new_tags, new_offsets, pieces = [], [], [], []
+    done = length = 0  # characters of the old text read, of the new text written
+    for start, end, kind in runs:
+        if text is not None:
+            a, b = offsets[start][0], offsets[end - 1][1]
+            pieces.append(text[done:a])
+            length += a - done
+            changed = fn(text[a:b])
+            got, spans = words_of(changed)
+            if kind is not None and not got:
+                changed, (got, spans) = text[a:b], words_of(text[a:b])
+            pieces.append(changed)
+            new_offsets += [(length + x, length + y) for x, y in spans]
+            length += len(changed)
+            done = b
+        else:
+            got = fn(" ".join(words[start:end])).split()
+            if kind is not None and not got:
+                got = words[start:end]
+        new_words += got
+        if tags is not None:
+            new_tags += [("B-" if k == 0 else "I-") + kind if kind else "O" for k in range(len(got))]
+    out = {**record, "tokens": new_words, "tags": new_tags if tags is not None else None}
+    if text is not None:
+        out["text"], out["offsets"] = "".join(pieces) + text[done:], new_offsets
+    return out
+
+
 def choose_scheme(records: list[dict], setting: str) -> tuple[str, str]:
     """(scheme, how it was chosen): data.tag_scheme, or detected from the training tags."""
     from tunelab.data.tagging import detect_scheme
@@ -433,6 +488,7 @@ class TokenClassificationJob:
         self.samples: list[dict] = []
 
     def prepare(self) -> None:
+        from tunelab.data.prepare import prepare_splits
         from tunelab.data.tagging import convert_records
         from tunelab.data.tokens import pad_id_of
         from tunelab.methods import apply_method, options_of
@@ -447,6 +503,8 @@ class TokenClassificationJob:
         self.log(f"tag scheme: {self.scheme} ({self.scheme_how})")
         for name, (recs, src) in splits.items():
             convert_records(recs, self.scheme, src, self.log)
+        splits = prepare_splits(splits, data_view(cfg), cfg, self.log)  # after IOB2: rewrite_sentence needs it
+        self.data_summary = splits.summary
         self.labels = label_set([r["tags"] for r in splits["train"][0]])
         if len(self.labels) < 2:
             raise DataError(d.train, "the training data has no entity tags (every word is 'O'); token "
@@ -667,8 +725,11 @@ def predict(run, records: list[dict], source: str, log) -> list[dict]:
 
 
 def check_config(cfg) -> list[str]:
-    """Problems beyond the schema: LoRA on a scratch model, a stride that leaves windows no new words."""
-    problems = []
+    """Problems beyond the schema: LoRA on a scratch model, a stride that leaves windows no new words;
+    data.redact_pii / data.augment where the texts cannot be rewritten."""
+    from tunelab.data.prepare import rewrite_problems
+
+    problems = rewrite_problems(cfg, data_view(cfg))
     if cfg.method.name == "lora" and str(cfg.model.name).startswith("scratch:"):
         problems.append(f"method.name: lora wraps Hugging Face layers; {cfg.model.name} is a scratch model: use "
                         "full or freeze")
@@ -716,6 +777,7 @@ def _register() -> None:
                           "generate.": "generate.* applies to text generation; {run} is a token_classification "
                                        "run"},
         check_config=check_config, check_data=check_data, read_data=read_data, scratch_kinds=TAGGER_KINDS,
+        splits=split_sentences, data_view=data_view,
         api=("entities",)),
         options=("data.tokens_field", "data.tags_field", "data.entities_field", "data.tag_column",
                  "data.tag_scheme", "data.skip_bad_spans", "data.doc_stride", "predict.constrained"))
