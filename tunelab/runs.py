@@ -61,15 +61,34 @@ def load_run(run_dir: str | Path, overrides: list[str] | None = None) -> Run:
     """Load a finished run of any task; its task (tunelab.tasks) loads the model.
 
     `overrides` are `a.b=value` settings for this use, applied to a fresh copy of the config: nothing is
-    written back to the run.
+    written back to the run. An ensemble (`tunelab ensemble`: RUN_DIR/model/ensemble.json) loads its members
+    instead, and its model is a tunelab.ensemble.Ensemble, whose probabilities `run_probabilities` averages.
     """
+    from tunelab.ensemble import is_ensemble, load_ensemble
     from tunelab.tasks import task_for
 
     run_dir = Path(run_dir)
     cfg = run_config(run_dir, overrides)
     task = task_for(cfg)
-    model, tokenizer, meta = task.load(run_dir, cfg)
+    if is_ensemble(run_dir):
+        model, tokenizer, meta = load_ensemble(run_dir, cfg, task)
+    else:
+        model, tokenizer, meta = task.load(run_dir, cfg)
     return Run(run_dir, cfg, task, model, tokenizer, meta)
+
+
+def run_probabilities(run: Run, records: list[dict] | None, source: str, log) -> list:
+    """The label probabilities of a loaded run on `records` (None: its own test split), one array per record in
+    the order of run.meta["labels"]: its task's `Task.probabilities`, or for an ensemble the weighted mean of its
+    members' own. A task's evaluate / predict get their probabilities here, so an ensemble is scored and used
+    by the same code as a single run."""
+    from tunelab.ensemble import Ensemble
+
+    if isinstance(run.model, Ensemble):
+        return run.model.probabilities(records, source, log)
+    if run.task.probabilities is None:
+        raise TunelabError(f"{run.dir} is a {run.task.name} run, which gives no label probabilities")
+    return run.task.probabilities(run, records, source, log)
 
 
 def task_verb(run_dir: str | Path, verb: str):

@@ -24,6 +24,8 @@ def add_commands(sub) -> None:
                        epilog=EPILOG)
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="finished runs (two or more)")
     p.add_argument("--output", required=True, help="folder to write the ensemble run to")
-    p.add_argument("--weights", type=float, nargs="+", default=None, help="one weight per run (default: equal)")
+    p.add_argument("--weights", type=float, nargs="+", default=None,
+                   help="one weight per run, 0 or more, in the order of the runs (default: equal); a run of weight "
+                        "0 is scored beside the ensemble but left out of its mean")
     p.add_argument("--overwrite", action="store_true", help="replace an ensemble already at --output")
     p.set_defaults(func=cmd_ensemble)

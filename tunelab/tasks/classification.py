@@ -423,36 +423,54 @@ def load_model(run_dir: Path, cfg) -> tuple:
     return model, tokenizer, {"labels": labels}
 
 
-def evaluate(run, records: list[dict] | None, source: str, log) -> dict:
-    """Metrics of a run's model on labelled `records` (None: the run's own test split)."""
+def own_test_split(run) -> tuple[list[dict], str]:
+    """(records, source) of a finished run's own test split, or one clear error when it has none."""
     from tunelab.errors import TunelabError
+
+    splits = split_records(run.cfg, lambda _: None)
+    if "test" not in splits:
+        raise TunelabError(f"{run.dir} has no test split (data.test_fraction is 0 and no data.test file); "
+                           "pass --data FILE with labelled records to evaluate on")
+    return splits["test"]
+
+
+def probabilities(run, records: list[dict] | None, source: str, log) -> list[np.ndarray]:
+    """Task.probabilities: the class probabilities (labels,) of each record's text, in the order of
+    run.meta["labels"] (records None: the run's own test split)."""
+    from tunelab.models.device import model_device
+
+    if records is None:
+        records, source = own_test_split(run)
+    cfg = run.cfg
+    ex = make_examples(run.tokenizer, records, text_field=cfg.data.text_field, label_field=None, label2id=None,
+                       max_length=cfg.model.max_length, source=source)
+    return list(predict_proba(run.model, ex, 32, pad_id_of(run.tokenizer), model_device(run.model)).numpy())
+
+
+def evaluate(run, records: list[dict] | None, source: str, log) -> dict:
+    """Metrics of a run's model on labelled `records` (None: the run's own test split), from the probabilities
+    of tunelab.runs.run_probabilities (an ensemble's are its members' weighted mean)."""
+    from tunelab.runs import run_probabilities
 
     cfg, labels = run.cfg, run.meta["labels"]
     if records is None:
-        splits = split_records(cfg, lambda _: None)
-        if "test" not in splits:
-            raise TunelabError(f"{run.dir} has no test split (data.test_fraction is 0 and no data.test file); "
-                               "pass --data FILE with labelled records to evaluate on")
-        records, source = splits["test"]
-    ex = make_examples(run.tokenizer, records, text_field=cfg.data.text_field, label_field=cfg.data.label_field,
-                       label2id={lab: i for i, lab in enumerate(labels)}, max_length=cfg.model.max_length,
-                       source=source)
-    probs = predict_proba(run.model, ex, 32, pad_id_of(run.tokenizer), torch.device("cpu")).numpy()
-    metrics = classification_metrics(ex.labels, probs, labels)
-    metrics["loss"] = float(-np.log(np.clip(probs[np.arange(len(ex)), ex.labels], 1e-12, None)).mean())
+        records, source = own_test_split(run)
+    texts_of(records, cfg.data.text_field, source)  # a missing text is named before a missing label
+    y = label_ids(records, raw_labels(records, cfg.data.label_field, source),
+                  {lab: i for i, lab in enumerate(labels)}, source)
+    probs = np.stack(run_probabilities(run, records, source, log))  # (N, C)
+    metrics = classification_metrics(y, probs, labels)
+    metrics["loss"] = float(-np.log(np.clip(probs[np.arange(len(y)), y], 1e-12, None)).mean())
     return metrics
 
 
 def predict(run, records: list[dict], source: str, log) -> list[dict]:
     """Each record plus `prediction` (a label) and `scores` (label -> probability)."""
-    from tunelab.models.device import model_device
+    from tunelab.runs import run_probabilities
 
-    cfg, labels = run.cfg, run.meta["labels"]
-    ex = make_examples(run.tokenizer, records, text_field=cfg.data.text_field, label_field=None, label2id=None,
-                       max_length=cfg.model.max_length, source=source)
-    probs = predict_proba(run.model, ex, 32, pad_id_of(run.tokenizer), model_device(run.model))
+    labels = run.meta["labels"]
     out = []
-    for rec, p in zip(records, probs.tolist()):
+    for rec, p in zip(records, np.stack(run_probabilities(run, records, source, log)).tolist()):
         clean = {k: v for k, v in rec.items() if not k.startswith("_")}
         clean["prediction"] = labels[max(range(len(p)), key=p.__getitem__)]
         clean["scores"] = {lab: round(v, 6) for lab, v in zip(labels, p)}
@@ -529,6 +547,7 @@ def _register() -> None:
         name="classification", summary="a label per text (sequence classification)",
         job=ClassificationJob, metrics=METRICS, methods=("full", "head", "freeze", "lora", "distill"),
         load=load_model, evaluate=evaluate, predict=predict, metrics_line=metrics_line,
+        probabilities=probabilities,
         settings=("data.text_field", "data.label_field"),
         refused_settings={"generate.": "generate.* applies to causal_lm runs; {run} is a classification run"},
         text_records=lambda texts, run: [{run.cfg.data.text_field: t} for t in texts],

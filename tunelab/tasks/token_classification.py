@@ -22,7 +22,9 @@ its shorter side), so no word and no entity is lost to truncation.
 
 Decoding. The best tag per word (argmax), or with predict.constrained: true the best valid IOB2 sequence
 (Viterbi over the word log-probabilities with I-X allowed only after B-X or I-X, never first). Entity
-metrics are seqeval's strict IOB2 mode (tunelab.evaluate.ner_metrics); early stopping uses entity F1.
+metrics are seqeval's strict IOB2 mode (tunelab.evaluate.ner_metrics); early stopping uses entity F1. Decoding
+and scores start from the words' tag probabilities (Task.probabilities, which `tunelab ensemble` averages over
+runs), and the loss is the mean negative log-likelihood of each word's gold tag, each word counted once.
 """
 from __future__ import annotations
 
@@ -448,16 +450,42 @@ class Tagged:
     loss: float
 
 
+def word_probabilities(model, split: TagSplit, batch_size: int, pad_id: int, device) -> list[np.ndarray]:
+    """Per sentence of `split`: its words' tag probabilities (n_words, L) as float64, so that a probability
+    near 1 keeps its log-probability's precision (the loss and decoding take its log again)."""
+    log_probs, _ = word_log_probs(model, split, batch_size, pad_id, device)
+    return [np.exp(lp.astype(np.float64)) for lp in log_probs]
+
+
+def tag_probabilities(word_probs: list[np.ndarray], labels: list[str], constrained: bool,
+                      tag_ids: list[list[int]] | None = None) -> Tagged:
+    """Decode each sentence's word probabilities (n_words, L) (argmax, or constrained Viterbi over their logs);
+    the loss is the mean negative log-likelihood of each word's gold tag (`tag_ids`; nan without them), each
+    word once, read where decoding reads it."""
+    tags, probs = [], []
+    with np.errstate(divide="ignore"):  # a probability of exactly 0 is a log of -inf, which decoding handles
+        for p in word_probs:
+            ids = decode(np.log(p), labels, constrained)
+            tags.append([labels[i] for i in ids])
+            probs.append(p[np.arange(len(ids)), ids] if ids else np.zeros(0))
+    return Tagged(tags, probs, word_loss(word_probs, tag_ids))
+
+
+def word_loss(word_probs: list[np.ndarray], tag_ids: list[list[int]] | None) -> float:
+    """Mean -log p(gold tag) over the words of all sentences; nan when unlabelled or without words."""
+    if tag_ids is None:
+        return math.nan
+    gold = [p[np.arange(len(ids)), ids] for p, ids in zip(word_probs, tag_ids) if len(ids)]
+    if not gold:
+        return math.nan
+    return float(-np.log(np.clip(np.concatenate(gold), np.finfo(np.float64).tiny, None)).mean())
+
+
 def tag_split(model, split: TagSplit, labels: list[str], constrained: bool, batch_size: int, pad_id: int,
               device) -> Tagged:
-    """Decode every sentence of `split` (argmax or constrained Viterbi over the merged word log-probs)."""
-    log_probs, loss = word_log_probs(model, split, batch_size, pad_id, device)
-    tags, probs = [], []
-    for lp in log_probs:
-        ids = decode(lp, labels, constrained)
-        tags.append([labels[i] for i in ids])
-        probs.append(np.exp(lp[np.arange(len(ids)), ids]) if ids else np.zeros(0))
-    return Tagged(tags, probs, loss)
+    """Decode every sentence of `split` from its merged word probabilities (see `tag_probabilities`)."""
+    return tag_probabilities(word_probabilities(model, split, batch_size, pad_id, device), labels, constrained,
+                             split.tag_ids)
 
 
 def scores(split: TagSplit, tagged: Tagged) -> dict:
@@ -679,31 +707,51 @@ def load_model(run_dir: Path, cfg) -> tuple:
     return model, tokenizer, json.loads(path.read_text())
 
 
-def _run_tagged(run, records: list[dict], tag_ids, source: str) -> tuple[TagSplit, Tagged]:
+def own_test_split(run) -> tuple[list[dict], str]:
+    """(tagged sentences, source) of a finished run's own test split, or one clear error when it has none."""
+    splits = split_sentences(run.cfg, lambda _: None)
+    if "test" not in splits or not splits["test"][0]:
+        raise TunelabError(f"{run.dir} has no test split (data.test_fraction is 0 and no data.test file); "
+                           "pass --data FILE with tagged sentences")
+    return splits["test"]
+
+
+def probabilities(run, records: list[dict] | None, source: str, log) -> list[np.ndarray]:
+    """Task.probabilities: for each sentence of `records` (loaded dicts; None: the run's own test split) the
+    tag probabilities of its words (n_words, labels), read at each word's first sub-token in the window where
+    it is most central, in the order of run.meta["labels"]."""
+    from tunelab.data.tagging import records_to_tagged
     from tunelab.data.tokens import pad_id_of
     from tunelab.models.device import model_device
 
-    split = build_windows(records, tag_ids, source, run.tokenizer, run.cfg.model.max_length, run.cfg.data.doc_stride)
-    return split, tag_split(run.model, split, run.meta["labels"], run.cfg.predict.constrained, 32,
-                            pad_id_of(run.tokenizer), model_device(run.model))
+    if records is None:
+        sentences, source = own_test_split(run)
+    else:
+        sentences = records_to_tagged(records, source, run.cfg.data, log, labelled=False)
+    split = build_windows(sentences, None, source, run.tokenizer, run.cfg.model.max_length, run.cfg.data.doc_stride)
+    return word_probabilities(run.model, split, 32, pad_id_of(run.tokenizer), model_device(run.model))
+
+
+def quiet(_line: str) -> None:
+    """The log of a second reading of records whose notes were already logged."""
 
 
 def evaluate(run, records: list[dict] | None, source: str, log) -> dict:
-    """Entity metrics of a run on tagged sentences (`records` loaded dicts; None: the run's own test split)."""
+    """Entity metrics of a run on tagged sentences (`records` loaded dicts; None: the run's own test split),
+    decoded from the word probabilities of tunelab.runs.run_probabilities (an ensemble's: its members' mean)."""
     from tunelab.data.tagging import convert_records, records_to_tagged
+    from tunelab.runs import run_probabilities
 
     if records is None:
-        splits = split_sentences(run.cfg, lambda _: None)
-        if "test" not in splits or not splits["test"][0]:
-            raise TunelabError(f"{run.dir} has no test split (data.test_fraction is 0 and no data.test file); "
-                               "pass --data FILE with tagged sentences")
-        sentences, source = splits["test"]
+        sentences, source = own_test_split(run)
     else:
         sentences = records_to_tagged(records, source, run.cfg.data, log, labelled=True)
     convert_records(require_tags(sentences, "evaluation", run.cfg.data), run.meta["scheme"], source, log)
-    label2id = {t: i for i, t in enumerate(run.meta["labels"])}
-    split, tagged = _run_tagged(run, sentences, tag_ids_of(sentences, label2id), source)
-    return scores(split, tagged)
+    labels = run.meta["labels"]
+    tag_ids = tag_ids_of(sentences, {t: i for i, t in enumerate(labels)})
+    word_probs = run_probabilities(run, records, source, quiet)
+    tagged = tag_probabilities(word_probs, labels, run.cfg.predict.constrained, tag_ids)
+    return scores(TagSplit(sentences, source, tag_ids), tagged)
 
 
 def predict(run, records: list[dict], source: str, log) -> list[dict]:
@@ -711,9 +759,11 @@ def predict(run, records: list[dict], source: str, log) -> list[dict]:
     raw-text records, word indices [start, end) for word records, where `tags` (IOB2, one per word) is added
     too). `score` is the mean probability of the entity's tags."""
     from tunelab.data.tagging import records_to_tagged
+    from tunelab.runs import run_probabilities
 
     sentences = records_to_tagged(records, source, run.cfg.data, log, labelled=False)
-    _, tagged = _run_tagged(run, sentences, None, source)
+    word_probs = run_probabilities(run, records, source, quiet)
+    tagged = tag_probabilities(word_probs, run.meta["labels"], run.cfg.predict.constrained)
     out = []
     for sent, tags, probs in zip(sentences, tagged.tags, tagged.probs):
         clean = {k: v for k, v in (sent["_record"] or {}).items() if not k.startswith("_")}
@@ -770,6 +820,7 @@ def _register() -> None:
         name="token_classification", summary="a tag per word: named entities or any per-word labels (NER)",
         job=TokenClassificationJob, metrics=METRICS, methods=("full", "freeze", "lora", "distill"),
         load=load_model, evaluate=evaluate, predict=predict, metrics_line=metrics_line, outputs="entities",
+        probabilities=probabilities,
         settings=("data.text_field", "data.tokens_field", "data.tags_field", "data.entities_field",
                   "data.tag_column", "data.skip_bad_spans", "predict."),
         refused_settings={"data.label_field": "a token_classification run tags words; its tags are "
