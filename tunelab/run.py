@@ -223,7 +223,7 @@ class _Progress:
 
 
 def train(cfg: RunConfig, *, overwrite: bool = False, resume: bool = False, show_progress: bool = True,
-          log=print, job_factory=None) -> Path:
+          log=print, job_factory=None, on_evaluation=None) -> Path:
     """Run one training job end to end (or go on with one: `resume`); returns RUN_DIR.
 
     A new run is written in RUN_DIR, marked "training" until it finished; a run that replaces an old one is
@@ -233,9 +233,13 @@ def train(cfg: RunConfig, *, overwrite: bool = False, resume: bool = False, show
     nothing behind before its first checkpoint, its checkpoints for `tunelab resume` after that, and a model
     that trained with no checkpoint to go back to is rescued (`rescue_model`).
     `job_factory(cfg, device, log)` builds the TaskJob; default: `make_job`, the registered task's.
+    `on_evaluation(step, metrics)` sees every validation result; a reason it returns stops the run there
+    (tunelab.train.loop.StopRun, raised to the caller): the run keeps its config and logs, its marker saying the
+    reason instead of "finished", and no checkpoints (`tunelab tune` stops pruned trials so).
     """
     from tunelab.train.distributed import setup
     from tunelab.train.interrupt import Interrupted, stop_on_signals
+    from tunelab.train.loop import StopRun
 
     run_dir = Path(cfg.output_dir)
     place = run_dir.resolve()  # a symlinked RUN_DIR: its target is replaced, never the link
@@ -254,12 +258,17 @@ def train(cfg: RunConfig, *, overwrite: bool = False, resume: bool = False, show
                 write_marker(home, cfg, "training")
             with progress_shown(show_progress and engine.is_main), stop_on_signals(say) as stop:
                 _train_into(home, run_dir, cfg, progress, show_progress, log, job_factory, device, engine,
-                            saved, stop)
+                            saved, stop, on_evaluation)
             if engine.is_main:
                 _put_in_place(home, place, cfg, overwrite)
         except Interrupted as e:
             say(f"{e.signal_name}: stopped after step {e.step}; checkpoint {e.folder}\n"
                 f"resume with: {resume_command(run_dir, engine)}")
+            raise
+        except StopRun as e:
+            say(f"{e}; {run_dir} keeps its config and logs")
+            if engine.is_main:
+                _keep_stopped(home, place, made, cfg, e.reason)
             raise
         except BaseException as e:  # an error, or a second Ctrl-C (KeyboardInterrupt)
             if engine.is_main:
@@ -362,6 +371,17 @@ def _after_failure(e: BaseException, home: Path, place: Path, run_dir: Path, mad
                        "into place or train again") from e
 
 
+def _keep_stopped(home: Path, place: Path, made: list[Path], cfg: RunConfig, reason: str) -> None:
+    """A run its caller stopped (StopRun) keeps its config.yaml, metrics.jsonl and TensorBoard events, marked with
+    the reason, without checkpoints (nothing goes on from it); one that was to replace a run is dropped instead,
+    so the old run stays whole."""
+    if home != place:
+        discard_home(home, place, made)
+        return
+    shutil.rmtree(home / "checkpoints", ignore_errors=True)
+    write_marker(home, cfg, reason)
+
+
 def _checkpointed_since(home: Path, step: int | None) -> bool:
     """Whether `home` holds a checkpoint of its own: any (step None), or one later than `step` (the checkpoint
     a finished run trained further was seeded with)."""
@@ -372,7 +392,7 @@ def _checkpointed_since(home: Path, step: int | None) -> bool:
 
 
 def _train_into(stage: Path, run_dir: Path, cfg: RunConfig, progress: _Progress, show_progress: bool, log,
-                job_factory, device: torch.device, engine, saved, stop) -> None:
+                job_factory, device: torch.device, engine, saved, stop, on_evaluation=None) -> None:
     """Everything `train` does, written into `stage` (RUN_DIR itself, or the folder swapped in for it)."""
     from tunelab.models.fastdropout import undo_fast_dropout, use_fast_dropout
     from tunelab.train.checkpoint import Checkpoints
@@ -417,7 +437,7 @@ def _train_into(stage: Path, run_dir: Path, cfg: RunConfig, progress: _Progress,
     try:
         result = train_loop(job.model, epoch_batches=job.epoch_batches, micro_batches_per_epoch=steps,
                             loss_fn=job.loss, evaluate=job.validate, cfg=cfg.train, device=device, logger=logger,
-                            autocast_dtype=amp, saving=saving, engine=engine)
+                            autocast_dtype=amp, saving=saving, engine=engine, on_evaluation=on_evaluation)
     except RuntimeError as e:
         if engine.world == 1 or not _is_exchange_failure(e):
             raise

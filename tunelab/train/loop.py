@@ -60,16 +60,32 @@ class Saving:
     """Set by a signal handler: finish the step, write a checkpoint, raise Interrupted."""
 
 
+class StopRun(Exception):
+    """The caller's `on_evaluation` hook stopped the run after the evaluation at `step`, for `reason` (a trial of
+    `tunelab tune` that the pruner gave up on: "pruned")."""
+
+    def __init__(self, reason: str, step: int):
+        super().__init__(f"stopped after the evaluation at step {step}: {reason}")
+        self.reason, self.step = reason, step
+
+
+OnEvaluation = Callable[[int, dict], "str | None"]
+
+
 def train_loop(model: nn.Module, *, epoch_batches: Callable[[int], Iterable[Batch]], micro_batches_per_epoch: int,
                loss_fn: LossFn, evaluate: Callable[[nn.Module], dict] | None, cfg, device: torch.device,
                logger: RunLogger, autocast_dtype: torch.dtype | None = None, saving: Saving | None = None,
-               engine: Engine | None = None) -> LoopResult:
+               engine: Engine | None = None, on_evaluation: OnEvaluation | None = None) -> LoopResult:
     """Train `model` in place; on return it holds the best checkpoint's weights (by validation metric).
 
     `cfg` is a TrainConfig. `evaluate(model)` returns validation metrics (None: no validation data).
     Forward passes run under autocast to `autocast_dtype` (None: fp32); backward and the update do not.
     `saving` writes checkpoints and goes on from one; `engine` spreads the work over processes (default:
     one process). With several processes each batch of `epoch_batches` is a global batch.
+    `on_evaluation(step, metrics)` sees each validation result after the keeper judged it; a reason (a string) it
+    returns stops the run at once with `StopRun` (no checkpoint: nothing goes on from it). Every process calls it
+    with the same metrics and must get the same answer (a hook that decides in one process sends its answer to
+    the others itself: tunelab.tune.trial.Reporter does, through the run's store).
     """
     saving, engine = saving or Saving(), engine or Single()
     plan = plan_for(cfg, micro_batches_per_epoch)
@@ -86,7 +102,7 @@ def train_loop(model: nn.Module, *, epoch_batches: Callable[[int], Iterable[Batc
         logger.progress(state.step)
 
     def validate() -> bool:  # True when early stopping says stop
-        return _validate(model, evaluate, state, keeper, logger, engine)
+        return _validate(model, evaluate, state, keeper, logger, engine, on_evaluation)
 
     written: dict[int, Path | None] = {}  # step -> folder: a step is checkpointed once
 
@@ -204,8 +220,9 @@ def _log_train(logger: RunLogger, state: LoopState, lr: float, grad_norm: torch.
 
 
 def _validate(model: nn.Module, evaluate: Callable[[nn.Module], dict] | None, state: LoopState,
-              keeper: BestKeeper, logger: RunLogger, engine: Engine) -> bool:
-    """Evaluate (at most once per step), log the metrics and let the keeper judge; True to stop early.
+              keeper: BestKeeper, logger: RunLogger, engine: Engine, on_evaluation: OnEvaluation | None) -> bool:
+    """Evaluate (at most once per step), log the metrics and let the keeper judge; True to stop early. Then
+    the caller's `on_evaluation` may stop the run (StopRun).
 
     Every process gets the same metrics (the engine's job), so every process takes the same decision.
     """
@@ -218,6 +235,11 @@ def _validate(model: nn.Module, evaluate: Callable[[nn.Module], dict] | None, st
         return False
     logger.log("eval", state.step, {k: v for k, v in metrics.items() if isinstance(v, (int, float))})
     state.stopped_early = keeper.judge(metrics, model)  # saved with the state: a resume stops too
+    # no collective here: one right before the run's process group is closed can deadlock gloo's worker thread
+    # (it needs the GIL to free the exchanged tensors while the closing thread holds it)
+    verdict = on_evaluation(state.step, metrics) if on_evaluation is not None else None
+    if verdict:
+        raise StopRun(verdict, state.step)
     return state.stopped_early
 
 
