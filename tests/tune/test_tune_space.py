@@ -1,0 +1,185 @@
+"""The search space and what `tunelab tune` refuses before any trial runs: each mistake is one line naming the
+space file and the key (or the option), exit code 2, and nothing written. Sampled values stay in their ranges,
+on their steps and among their choices. No training here."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from tunelab.cli import main
+from tunelab.errors import ConfigError
+
+from .tune_helpers import tune_args, write_search_config
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def config(helpers, tiny_bert, data_dir, tmp_path_factory) -> Path:
+    return write_search_config(helpers, tiny_bert, data_dir, tmp_path_factory.mktemp("space"))
+
+
+@pytest.fixture(scope="module")
+def base(config) -> dict:
+    from tunelab.config import load_config
+
+    data = json.loads(json.dumps(load_config(config).to_dict()))
+    data.pop("output_dir")
+    return data
+
+
+def refusal(capsys, config: Path, run_dir: Path, *more: str, space: str | None = None) -> str:
+    """Run tune with `space` (text) and return its one stderr line; the exit code must be 2."""
+    if space is not None:
+        (config.parent / "space.yaml").write_text(space, encoding="utf-8")
+    code = main(tune_args(config, run_dir, 2, *more))
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.splitlines()) == 1, err
+    return err.strip()
+
+
+@pytest.mark.parametrize("space, message", [
+    ("train.lrr: {type: float, low: 1.0e-3, high: 1.0e-2}",
+     "train.lrr: not a config key (did you mean train.lr?)"),
+    ("train.batch_size: {type: float, low: 1, high: 8}",
+     "train.batch_size: a float range does not fit this key (an integer); use type: int"),
+    ("train.optimizer: {type: float, low: 1, high: 8}",
+     "train.optimizer: a float range does not fit this key (not a number); use type: categorical with its choices"),
+    ("train.lr: {type: float, low: 0.0, high: 1.0e-2}",
+     "train.lr: low 0.0 is refused by the config (train.lr: got 0.0; must be > 0)"),
+    ("train.lr: {type: float, low: 1.0e-2, high: 1.0e-3}",
+     "train.lr: low (0.01) must be below high (0.001); a value that does not vary belongs in the config"),
+    ("train.warmup_ratio: {type: float, low: 0.0, high: 0.2, log: true}",
+     "train.warmup_ratio: log: true needs low > 0 (got 0.0)"),
+    ("train.batch_size: {type: int, low: 8, high: 30, step: 8}",
+     "train.batch_size: step 8 must be > 0 and divide high - low (30 - 8)"),
+    ("train.batch_size: {type: int, low: 0, high: 32, step: 8}",
+     "train.batch_size: low 0 is refused by the config (train.batch_size: got 0; must be >= 1)"),
+    ("train.optimizer: {type: categorical, choices: [adamw, lion]}",
+     "train.optimizer: choice \"lion\" is refused by the config (train.optimizer: got 'lion'; allowed: 'adamw' | "
+     "'adam' | 'sgd')"),
+    ("train.optimizer: {type: categorical, choices: []}", "train.optimizer: choices must be a non-empty list, got []"),
+    ("train.lr: {type: float, low: 1.0e-3, hi: 1}",
+     "train.lr: unknown field(s) hi for type float; allowed: low, high, log, step"),
+    ("train.lr: [1, 2]", "train.lr: expected {type: float | int | categorical, ...}, got [1, 2]"),
+    ("output_dir: {type: categorical, choices: [a, b]}",
+     "output_dir: cannot be searched (each trial is written in RUN_DIR/trials/NNN)"),
+    ("train.early_stopping.metric: {type: categorical, choices: [loss, f1_macro]}",
+     "train.early_stopping.metric: cannot be searched (it is the objective the trials are compared on)"),
+    ("train.early_stopping: {type: int, low: 1, high: 3}",
+     "train.early_stopping: a section, not a value; name one of its keys (train.early_stopping.metric, "
+     "train.early_stopping.patience)"),
+    ("- train.lr", "the space must be a mapping of config keys to entries, e.g. 'train.lr: {type: float, low: "
+                   "1.0e-5, high: 1.0e-3, log: true}'"),
+])
+def test_a_bad_space_is_one_line_naming_the_file_and_key(config, tmp_path, capsys, space, message):
+    line = refusal(capsys, config, tmp_path / "search", space=space)
+    assert line == f"error: {config.parent / 'space.yaml'}: {message}"
+    assert not (tmp_path / "search").exists()  # refused before anything was written
+
+
+def test_every_problem_of_a_space_is_in_its_one_line(config, tmp_path, capsys):
+    line = refusal(capsys, config, tmp_path / "search", space="train.lrr: {type: float, low: 1, high: 2}\n"
+                                                               "train.lr: {type: float, low: 0.0, high: 1.0}\n")
+    assert line.startswith(f"error: {config.parent / 'space.yaml'}: 2 problems: train.lrr: not a config key")
+    assert "; train.lr: low 0.0 is refused by the config" in line
+
+
+def test_a_config_without_validation_data_is_refused(config, tmp_path, capsys):
+    line = refusal(capsys, config, tmp_path / "search", "data.val_fraction=0", space="train.lr: {type: float, "
+                                                                                   "low: 1.0e-3, high: 1.0e-2}")
+    assert line == ("error: tune needs a validation split (trials are compared on validation f1_macro): set "
+                    "data.validation to a file, or data.val_fraction > 0")
+
+
+@pytest.mark.parametrize("more, message", [
+    (("--workers", "0"), "--workers: got 0; must be >= 1"),
+    (("--timeout", "0"), "--timeout: got 0; must be > 0 seconds"),
+    (("--storage", "nowhere"), "--storage 'nowhere': expected a database URL (sqlite:///PATH, postgresql://...) or "
+                               "journal:PATH (Optuna's journal file)"),
+    (("train.early_stopping.metric=bleu",), "train.early_stopping.metric: 'bleu' is not a classification "
+                                            "validation metric; known: accuracy, f1_macro, * (it is the metric the "
+                                            "trials are compared on)"),
+])
+def test_bad_options_are_one_line(config, tmp_path, capsys, more, message):
+    line = refusal(capsys, config, tmp_path / "search", *more, space="train.lr: {type: float, low: 1.0e-3, "
+                                                                      "high: 1.0e-2}")
+    head, _, tail = f"error: {message}".partition("*")  # the task's metric list is the task's to grow
+    assert line.startswith(head) and line.endswith(tail)
+
+
+def test_a_folder_that_is_no_search_is_refused(config, tmp_path, capsys):
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "notes.txt").write_text("mine")
+    line = refusal(capsys, config, tmp_path / "busy", "--overwrite", space="train.lr: {type: float, low: 1.0e-3, "
+                                                                            "high: 1.0e-2}")
+    assert line == (f"error: --output-dir {tmp_path / 'busy'} is not empty and is not a tunelab search (a search "
+                    "folder holds tunelab-tune.json); choose another --output-dir")
+    assert [p.name for p in (tmp_path / "busy").iterdir()] == ["notes.txt"]
+
+
+def test_the_shipped_space_fits_the_shipped_config():
+    from tunelab.config import load_config
+    from tunelab.tune.space import load_space
+
+    base = load_config(ROOT / "examples" / "bbc-news.yaml").to_dict()
+    space = load_space(ROOT / "examples" / "spaces" / "bbc-news.yaml", base)
+    assert [p.key for p in space.params] == ["train.lr", "method.name", "train.batch_size", "train.warmup_ratio"]
+
+
+SAMPLED = """\
+train.lr: {type: float, low: 1.0e-5, high: 1.0e-2, log: true}
+train.warmup_ratio: {type: float, low: 0.0, high: 0.3, step: 0.05}
+train.batch_size: {type: int, low: 4, high: 32, step: 4}
+train.grad_accum: {type: int, low: 1, high: 8, log: true}
+train.epochs: {type: int, low: 1, high: 3}
+method.target_modules: {type: categorical, choices: [[query, value], all, auto]}
+"""
+
+
+def test_sampled_values_stay_in_their_ranges_steps_and_choices(base, tmp_path):
+    import optuna
+
+    from tunelab.tune.space import load_space
+    from tunelab.tune.study import quiet_optuna, sampler
+
+    quiet_optuna()
+    (tmp_path / "space.yaml").write_text(SAMPLED, encoding="utf-8")
+    space = load_space(tmp_path / "space.yaml", base)
+    study = optuna.create_study(direction="maximize")
+    seen = []
+    for i in range(40):  # past TPE's random start (10 trials at most)
+        study.sampler = sampler(seed=0, asked=i, wanted=40)
+        trial = study.ask(space.distributions())
+        values = space.values(trial.params)
+        seen.append(values)
+        study.tell(trial, values["train.lr"] * 100 + values["train.batch_size"])
+    for v in seen:
+        assert 1e-5 <= v["train.lr"] <= 1e-2
+        assert 0.0 <= v["train.warmup_ratio"] <= 0.3 and math.isclose(v["train.warmup_ratio"] / 0.05,
+                                                                      round(v["train.warmup_ratio"] / 0.05))
+        assert isinstance(v["train.batch_size"], int) and v["train.batch_size"] in range(4, 33, 4)
+        assert isinstance(v["train.grad_accum"], int) and 1 <= v["train.grad_accum"] <= 8
+        assert v["train.epochs"] in (1, 2, 3)
+        assert v["method.target_modules"] in (["query", "value"], "all", "auto")
+    assert {json.dumps(v["method.target_modules"]) for v in seen} == {'["query", "value"]', '"all"', '"auto"'}
+    assert len({v["train.lr"] for v in seen}) == 40  # a continuous range: no value drawn twice
+    # a list choice arrives as a list, which the config takes
+    from tunelab.tune.trial import trial_config
+
+    lora = dict(next(v for v in seen if isinstance(v["method.target_modules"], list)), **{"method.name": "lora"})
+    assert trial_config(base, lora, tmp_path / "t").method.target_modules == ["query", "value"]
+
+
+def test_a_sampled_combination_the_config_refuses_is_that_trials_error(base, tmp_path):
+    from tunelab.tune.trial import run_trial, trial_config
+
+    with pytest.raises(ConfigError, match="method.r applies to lora; method.name is full"):
+        trial_config(base, {"method.r": 4}, tmp_path / "000")
+    outcome = run_trial(base, {"method.r": 4}, tmp_path / "000", "f1_macro")
+    assert (outcome.state, outcome.message) == (
+        "failed", "the config refuses these values: method.r applies to lora; method.name is full")
+    assert not (tmp_path / "000").exists()

@@ -1,0 +1,46 @@
+"""`tunelab tune` under torchrun (2 CPU processes, gloo): rank 0 alone talks to the study and sends each trial's
+values to rank 1, both ranks train the very same config, a pruned trial stops both at once, and one launch runs
+several trials, each an ordinary distributed run with a process group of its own."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from .tune_helpers import ENV, study_of, tune_args, write_search_config
+
+HERE = Path(__file__).resolve().parent
+
+
+def test_every_rank_trains_the_trial_rank_0_asked_for(helpers, tiny_bert, data_dir, tmp_path):
+    import optuna
+
+    config = write_search_config(helpers, tiny_bert, data_dir, tmp_path, **{"train.early_stopping.metric": "loss"})
+    (tmp_path / "space.yaml").write_text("train.lr: {type: float, low: 1.0e-3, high: 3.0e-2, log: true}\n")
+    storage = f"sqlite:///{tmp_path / 'shared.db'}"
+    # two queued trials, so the second is behind the first at its first evaluation (validation loss 1.19 against
+    # 1.10 with two processes of batch 8): pruned there, on both ranks
+    made = optuna.create_study(study_name="search", storage=storage, direction="minimize")
+    made.enqueue_trial({"train.lr": 0.01})
+    made.enqueue_trial({"train.lr": 0.03})
+    run_dir, noted = tmp_path / "search", tmp_path / "noted"
+    noted.mkdir()
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+              str(HERE / "torchrun_tune.py"), str(noted),
+              *tune_args(config, run_dir, 2, "--storage", storage, "--startup-trials", "1", "--warmup-evals", "0")]
+    proc = subprocess.run(launch, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    ranks = [[json.loads(line) for line in (noted / f"rank-{r}.jsonl").read_text().splitlines()] for r in (0, 1)]
+    assert ranks[0] == ranks[1]  # the same trials, the same whole configs, in the same order
+    good, bad = study_of(run_dir, storage).trials
+    assert [n["trial"] for n in ranks[0]] == ["000", "001"]
+    assert [n["config"]["train"]["lr"] for n in ranks[0]] == [good.params["train.lr"], bad.params["train.lr"]]
+    assert (good.state.name, bad.state.name) == ("COMPLETE", "PRUNED") and list(bad.intermediate_values) == [1]
+    first = run_dir / "trials" / "000"
+    assert good.value == json.loads((first / "eval.json").read_text())["best_validation"]["loss"]
+    assert yaml.safe_load((first / "config.yaml").read_text())["train"]["lr"] == 0.01
+    assert "in 2 processes (ddp)" in proc.stdout  # each trial trained as one distributed run
+    assert json.loads((run_dir / "trials" / "001" / "tunelab-run.json").read_text())["status"] == "pruned"
