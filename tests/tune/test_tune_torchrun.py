@@ -4,10 +4,13 @@ several trials, each an ordinary distributed run with a process group of its own
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from .tune_helpers import ENV, study_of, tune_args, write_search_config
@@ -31,8 +34,15 @@ def test_every_rank_trains_the_trial_rank_0_asked_for(helpers, tiny_bert, data_d
     launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
               str(HERE / "torchrun_tune.py"), str(noted),
               *tune_args(config, run_dir, 2, "--storage", storage, "--startup-trials", "1", "--warmup-evals", "0")]
-    proc = subprocess.run(launch, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-4000:]
+    proc = subprocess.Popen(launch, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=240)
+    except subprocess.TimeoutExpired:  # a hang: take the launcher and both ranks down, not only the launcher
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        pytest.fail(f"the torchrun search did not finish in 240 s:\n{out[-4000:]}")
+    assert proc.returncode == 0, out[-4000:]
     ranks = [[json.loads(line) for line in (noted / f"rank-{r}.jsonl").read_text().splitlines()] for r in (0, 1)]
     assert ranks[0] == ranks[1]  # the same trials, the same whole configs, in the same order
     good, bad = study_of(run_dir, storage).trials
@@ -42,5 +52,5 @@ def test_every_rank_trains_the_trial_rank_0_asked_for(helpers, tiny_bert, data_d
     first = run_dir / "trials" / "000"
     assert good.value == json.loads((first / "eval.json").read_text())["best_validation"]["loss"]
     assert yaml.safe_load((first / "config.yaml").read_text())["train"]["lr"] == 0.01
-    assert "in 2 processes (ddp)" in proc.stdout  # each trial trained as one distributed run
+    assert "in 2 processes (ddp)" in out  # each trial trained as one distributed run
     assert json.loads((run_dir / "trials" / "001" / "tunelab-run.json").read_text())["status"] == "pruned"
