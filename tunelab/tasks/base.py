@@ -93,9 +93,9 @@ class Task:
     """data_view(cfg) -> tunelab.data.prepare.DataView: where a record of this task holds its texts, label and
     conversation turns, and how its texts are rewritten (PII redaction, augmentation)."""
     probabilities: Callable[..., list] | None = None
-    """probabilities(run, records, source, log) -> one numpy array per record, in the order of run.meta["labels"]:
-    [labels] for a text, [words, labels] for a tagged sentence: what `tunelab ensemble` averages; None = runs of
-    this task cannot be ensembled."""
+    """probabilities(run, records, source, log) -> one numpy array per record (records None: the run's own test
+    split), in the order of run.meta["labels"]: [labels] for a text, [words, labels] for a tagged sentence: what
+    `tunelab ensemble` averages (tunelab.runs.run_probabilities); None = runs of this task cannot be ensembled."""
     api: tuple[str, ...] = ()
     """The `tunelab serve` endpoints (under /v1/) that serve this task's runs, by name: "chat.completions",
     "completions", "classify", "translate", "answer", "entities", "embeddings" (tunelab.serve); () = not

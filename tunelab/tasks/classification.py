@@ -424,14 +424,18 @@ def load_model(run_dir: Path, cfg) -> tuple:
 
 
 def own_test_split(run) -> tuple[list[dict], str]:
-    """(records, source) of a finished run's own test split, or one clear error when it has none."""
+    """(records, source) of a finished run's own test split as its training tested on it (redacted with
+    data.redact_pii), or one clear error when it has none."""
     from tunelab.errors import TunelabError
+
+    from tunelab.data.prepare import held_out_as_trained
 
     splits = split_records(run.cfg, lambda _: None)
     if "test" not in splits:
         raise TunelabError(f"{run.dir} has no test split (data.test_fraction is 0 and no data.test file); "
                            "pass --data FILE with labelled records to evaluate on")
-    return splits["test"]
+    records, source = splits["test"]
+    return held_out_as_trained(records, data_view(run.cfg), run.cfg), source
 
 
 def probabilities(run, records: list[dict] | None, source: str, log) -> list[np.ndarray]:

@@ -708,12 +708,18 @@ def load_model(run_dir: Path, cfg) -> tuple:
 
 
 def own_test_split(run) -> tuple[list[dict], str]:
-    """(tagged sentences, source) of a finished run's own test split, or one clear error when it has none."""
+    """(tagged sentences, source) of a finished run's own test split as its training tested on them (tags in
+    IOB2, redacted with data.redact_pii), or one clear error when it has none."""
+    from tunelab.data.prepare import held_out_as_trained
+    from tunelab.data.tagging import convert_records
+
     splits = split_sentences(run.cfg, lambda _: None)
     if "test" not in splits or not splits["test"][0]:
         raise TunelabError(f"{run.dir} has no test split (data.test_fraction is 0 and no data.test file); "
                            "pass --data FILE with tagged sentences")
-    return splits["test"]
+    sentences, source = splits["test"]
+    convert_records(sentences, run.meta["scheme"], source)  # rewrite_sentence reads IOB2 tags
+    return held_out_as_trained(sentences, data_view(run.cfg), run.cfg), source
 
 
 def probabilities(run, records: list[dict] | None, source: str, log) -> list[np.ndarray]:
@@ -743,10 +749,10 @@ def evaluate(run, records: list[dict] | None, source: str, log) -> dict:
     from tunelab.runs import run_probabilities
 
     if records is None:
-        sentences, source = own_test_split(run)
+        sentences, source = own_test_split(run)  # in IOB2 already
     else:
         sentences = records_to_tagged(records, source, run.cfg.data, log, labelled=True)
-    convert_records(require_tags(sentences, "evaluation", run.cfg.data), run.meta["scheme"], source, log)
+        convert_records(require_tags(sentences, "evaluation", run.cfg.data), run.meta["scheme"], source, log)
     labels = run.meta["labels"]
     tag_ids = tag_ids_of(sentences, {t: i for i, t in enumerate(labels)})
     word_probs = run_probabilities(run, records, source, quiet)
