@@ -97,7 +97,11 @@ def test_a_config_without_validation_data_is_refused(config, tmp_path, capsys):
 
 @pytest.mark.parametrize("more, message", [
     (("--workers", "0"), "--workers: got 0; must be >= 1"),
-    (("--timeout", "0"), "--timeout: got 0; must be > 0 seconds"),
+    (("--timeout", "0"), "--timeout: got 0; must be a finite number of seconds > 0 (leave it out for no limit)"),
+    (("--timeout", "nan"), "--timeout: got nan; must be a finite number of seconds > 0 (leave it out for no "
+                           "limit)"),
+    (("--timeout", "inf"), "--timeout: got inf; must be a finite number of seconds > 0 (leave it out for no "
+                           "limit)"),
     (("--storage", "nowhere"), "--storage 'nowhere': expected a database URL (sqlite:///PATH, postgresql://...) or "
                                "journal:PATH (Optuna's journal file)"),
     (("train.early_stopping.metric=bleu",), "train.early_stopping.metric: 'bleu' is not a classification "

@@ -9,6 +9,7 @@ processes of this same command (`--worker I`), each running trials of the one st
 from __future__ import annotations
 
 import json
+import math
 import os
 import shlex
 import signal
@@ -48,12 +49,15 @@ def run_tune(args) -> int:
 
 
 def check_arguments(args) -> None:
+    """Refuse option values no search can use, before the config or the space is read."""
     if args.trials < 1:
         raise TunelabError(f"--trials: got {args.trials}; must be >= 1 (the trials the study holds when done)")
     if args.workers < 1:
         raise TunelabError(f"--workers: got {args.workers}; must be >= 1")
-    if args.timeout is not None and args.timeout <= 0:
-        raise TunelabError(f"--timeout: got {args.timeout:g}; must be > 0 seconds")
+    # NaN compares false with everything, so `timeout <= 0` alone would let it through as "never"
+    if args.timeout is not None and not (math.isfinite(args.timeout) and args.timeout > 0):
+        raise TunelabError(f"--timeout: got {args.timeout:g}; must be a finite number of seconds > 0 (leave it out "
+                           "for no limit)")
     if args.startup_trials < 0 or args.warmup_evals < 0:
         raise TunelabError("--startup-trials and --warmup-evals must be >= 0")
 
