@@ -62,6 +62,10 @@ def refusal(capsys, config: Path, run_dir: Path, *more: str, space: str | None =
      "train.optimizer: choice \"lion\" is refused by the config (train.optimizer: got 'lion'; allowed: 'adamw' | "
      "'adam' | 'sgd')"),
     ("train.optimizer: {type: categorical, choices: []}", "train.optimizer: choices must be a non-empty list, got []"),
+    # a list key's config problems name the item (data.augment.edits[1]), not the key followed by a colon
+    ("data.augment.edits: {type: categorical, choices: [[swap], [swap, nope]]}",
+     "data.augment.edits: choice [\"swap\", \"nope\"] is refused by the config (data.augment.edits[1]: got 'nope'; "
+     "allowed: 'synonym' | 'insert' | 'swap' | 'delete')"),
     ("train.lr: {type: float, low: 1.0e-3, hi: 1}",
      "train.lr: unknown field(s) hi for type float; allowed: low, high, log, step"),
     ("train.lr: [1, 2]", "train.lr: expected {type: float | int | categorical, ...}, got [1, 2]"),

@@ -293,7 +293,8 @@ def refused_by_config(base: dict, key: str, value: Any) -> str | None:
     try:
         config_from_dict(data)
     except ConfigError as e:
-        own = [p for p in e.problems if p.startswith(f"{key}:")]
+        # the key's own problems: the key itself, an item of a list key (key[1]: ...), a field of a mapping key
+        own = [p for p in e.problems if p.startswith((f"{key}:", f"{key}[", f"{key}."))]
         return "; ".join(own) or None
     return None
 
