@@ -182,6 +182,32 @@ def test_sampled_values_stay_in_their_ranges_steps_and_choices(base, tmp_path):
     assert trial_config(base, lora, tmp_path / "t").method.target_modules == ["query", "value"]
 
 
+def test_searches_with_neighbouring_seeds_draw_unrelated_trials():
+    import optuna
+
+    from tunelab.tune.study import quiet_optuna, sampler
+
+    quiet_optuna()
+    lr = {"train.lr": optuna.distributions.FloatDistribution(1e-5, 1e-2, log=True)}
+
+    def first_draws(seed: int, asked: int, n: int = 3) -> list[float]:
+        """The random draws of a study whose first `asked` trials exist, as next_trial asks them."""
+        study = optuna.create_study(direction="maximize")
+        for _ in range(asked):
+            study.add_trial(optuna.trial.create_trial(params={"train.lr": 1e-3}, distributions=lr, value=0.0))
+        out = []
+        for i in range(asked, asked + n):
+            study.sampler = sampler(seed, i, wanted=40)
+            out.append(study.ask(lr).params["train.lr"])
+            study.tell(study.trials[-1].number, 0.0)
+        return out
+
+    assert first_draws(42, 0) == first_draws(42, 0)  # reproducible by seed
+    # seed 43 from its first trial is not seed 42 from its second (it was: both seeded TPE with 43)
+    assert set(first_draws(43, 0)).isdisjoint(first_draws(42, 1))
+    assert first_draws(-1, 0) != first_draws(1, 0)  # a negative train.seed is a seed of its own
+
+
 def test_a_sampled_combination_the_config_refuses_is_that_trials_error(base, tmp_path):
     from tunelab.tune.trial import run_trial, trial_config
 

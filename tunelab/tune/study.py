@@ -332,7 +332,16 @@ def sampler(seed: int, asked: int, wanted: int):
 
     startup = min(10, max(3, wanted // 4))
     # constant_liar: a trial still running counts as a bad one, so parallel workers spread out
-    return optuna.samplers.TPESampler(seed=seed + asked, n_startup_trials=startup, constant_liar=True)
+    return optuna.samplers.TPESampler(seed=trial_seed(seed, asked), n_startup_trials=startup, constant_liar=True)
+
+
+def trial_seed(seed: int, asked: int) -> int:
+    """The sampler's seed once `asked` trials exist: (seed, asked) mixed by NumPy's SeedSequence. A plain
+    seed + asked would make train.seed 43 repeat train.seed 42's draws one trial later."""
+    import numpy as np
+
+    # SeedSequence takes non-negative entropy; torch takes negative seeds, so fold them into 64 bits
+    return int(np.random.SeedSequence([seed % 2**64, asked]).generate_state(1)[0])
 
 
 def pruner(kind: str, startup_trials: int, warmup_evals: int):
