@@ -217,3 +217,42 @@ def test_a_sampled_combination_the_config_refuses_is_that_trials_error(base, tmp
     assert (outcome.state, outcome.message) == (
         "failed", "the config refuses these values: method.r applies to lora; method.name is full")
     assert not (tmp_path / "000").exists()
+
+
+def test_best_yaml_counts_the_trials_that_ended_and_a_dot_run_dir_has_its_name(base, tmp_path, monkeypatch):
+    import optuna
+    from optuna.trial import TrialState, create_trial
+
+    from tunelab.config import load_config
+    from tunelab.tune.report import SearchInfo, write_outputs
+    from tunelab.tune.space import load_space
+
+    (tmp_path / "space.yaml").write_text("train.lr: {type: float, low: 1.0e-3, high: 1.0e-2, log: true}\n")
+    space = load_space(tmp_path / "space.yaml", base)
+    study = optuna.create_study(direction="maximize")
+    # trial 1 was interrupted and retried as trial 2: five trials, four of which ended on their own
+    for lr, state, value, system in ((0.001, TrialState.COMPLETE, 0.5, {}), (0.002, TrialState.FAIL, None, {}),
+                                     (0.002, TrialState.COMPLETE, 0.7, {"failed_trial": 1, "retry_history": [1]}),
+                                     (0.004, TrialState.PRUNED, None, {}), (0.008, TrialState.COMPLETE, 0.6, {})):
+        study.add_trial(create_trial(state=state, value=value, params={"train.lr": lr},
+                                     distributions=space.distributions(), system_attrs=system))
+    run_dir = tmp_path / "my-search"
+    run_dir.mkdir()
+    monkeypatch.chdir(run_dir)
+    write_outputs(study, SearchInfo(Path("."), space, base, "f1_macro", False, 4))
+    best = (run_dir / "best.yaml").read_text()
+    assert best.startswith("# The best of 4 trials of the search in .: trial 2, validation f1_macro 0.7000.\n")
+    assert load_config(run_dir / "best.yaml").output_dir == str(tmp_path / "my-search-best")  # not "-best"
+    assert "<title>tunelab search: my-search</title>" in (run_dir / "report.html").read_text()
+
+
+def test_a_search_in_the_current_folder_names_its_study_after_it(config, tmp_path, monkeypatch, capsys):
+    run_dir = tmp_path / "dot-search"
+    run_dir.mkdir()
+    monkeypatch.chdir(run_dir)
+    # method.r without method.name lora: every trial fails at its config, before any model loads
+    (config.parent / "space.yaml").write_text("method.r: {type: int, low: 2, high: 4}\n", encoding="utf-8")
+    assert main(tune_args(config, Path("."), 1)) == 1
+    assert "trial 0 failed after 0s: the config refuses these values: method.r applies to lora" in \
+        capsys.readouterr().out
+    assert json.loads((run_dir / "tunelab-tune.json").read_text())["study"] == "dot-search"

@@ -131,11 +131,11 @@ def _start_over(args, run_dir: Path, marker: dict, log) -> None:
     """--overwrite on a search folder: drop its study (from a database given by --storage too) and its files."""
     import optuna
 
-    from tunelab.tune.study import clear_folder, parse_storage
+    from tunelab.tune.study import clear_folder, parse_storage, search_name
 
     if args.storage:
         try:
-            optuna.delete_study(study_name=marker.get("study", run_dir.name),
+            optuna.delete_study(study_name=marker.get("study", search_name(run_dir)),
                                 storage=parse_storage(args.storage).open())
         except KeyError:  # no such study there
             pass
@@ -149,9 +149,9 @@ def _open(args, info, marker: dict | None, storage):
     """The study: opened, created or checked against this search's space and config. A new search's folder is
     marked first, so that a search stopped at any moment is recognised as one."""
     from tunelab import __version__
-    from tunelab.tune.study import open_study, pruner, write_marker
+    from tunelab.tune.study import open_study, pruner, search_name, write_marker
 
-    name = marker.get("study", info.run_dir.name) if marker else info.run_dir.name
+    name = marker.get("study", search_name(info.run_dir)) if marker else search_name(info.run_dir)
     if marker is None:
         write_marker(info.run_dir, name, storage)
     recorded = {"space": info.space.spec(), "base_config": info.base, "metric": info.metric,

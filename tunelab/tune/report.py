@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import html
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,7 +40,7 @@ def write_outputs(study, info: SearchInfo) -> None:
     atomic_write_text(info.run_dir / "trials.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
     best = best_row(rows, info.minimise)
     if best is not None:
-        write_best(best, info, len(rows))
+        write_best(best, info, counts.done)
     write_page(study, rows, best, counts, info)
 
 
@@ -75,16 +76,26 @@ def best_row(rows: list[dict], minimise: bool) -> dict | None:
     return min(complete, key=lambda r: (r["value"] if minimise else -r["value"], r["number"]))
 
 
-def write_best(best: dict, info: SearchInfo, total: int) -> None:
+def write_best(best: dict, info: SearchInfo, done: int) -> None:
+    """best.yaml; `done`: the trials that ended on their own (as --trials counts them: no interrupted ones)."""
     from tunelab.config import dump_config
     from tunelab.tune.trial import trial_config
 
-    target = info.run_dir.parent / f"{info.run_dir.name}-best"
-    cfg = trial_config(info.base, best["params"], target)
-    header = (f"# The best of {total} trials of the search in {info.run_dir}: trial {best['number']}, validation "
+    cfg = trial_config(info.base, best["params"], best_folder(info.run_dir))
+    header = (f"# The best of {done} trials of the search in {info.run_dir}: trial {best['number']}, validation "
               f"{info.metric} {best['value']:.4f}.\n# Train it: tunelab train {info.run_dir / 'best.yaml'}   "
               f"(the trial's own run: {info.run_dir / best['folder']})\n")
     atomic_write_text(info.run_dir / "best.yaml", header + dump_config(cfg))
+
+
+def best_folder(run_dir: Path) -> Path:
+    """Where best.yaml trains: RUN_DIR's sibling NAME-best, spelled as RUN_DIR is (relative stays relative)
+    unless RUN_DIR ends in `.` or `..`, which name no sibling."""
+    from tunelab.tune.study import search_name
+
+    name = search_name(run_dir)
+    parent = run_dir.parent if run_dir.name == name else Path(os.path.abspath(run_dir)).parent
+    return parent / f"{name}-best"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -93,6 +104,8 @@ def write_best(best: dict, info: SearchInfo, total: int) -> None:
 
 def write_page(study, rows: list[dict], best: dict | None, counts, info: SearchInfo) -> None:
     import yaml
+
+    from tunelab.tune.study import search_name
 
     direction = "minimised" if info.minimise else "maximised"
     summary = (f"{counts.done} of {info.wanted} trials done ({counts.words()}"
@@ -104,7 +117,8 @@ def write_page(study, rows: list[dict], best: dict | None, counts, info: SearchI
                     f"{best['folder']}.")
     weights, why_not = importances(study, info)
     shown = {key: {k: v for k, v in entry.items() if v is not None} for key, entry in info.space.spec().items()}
-    body = [f"<h1>tunelab search: {html.escape(info.run_dir.name)}</h1>", f"<p>{html.escape(summary)}</p>",
+    title = f"tunelab search: {search_name(info.run_dir)}"
+    body = [f"<h1>{html.escape(title)}</h1>", f"<p>{html.escape(summary)}</p>",
             "<h2>Trials</h2>", trials_table(rows, best, info),
             "<h2>Optimisation history</h2>", history_figure(rows, info.metric, info.minimise),
             "<h2>Parameter importances</h2>",
@@ -118,7 +132,6 @@ def write_page(study, rows: list[dict], best: dict | None, counts, info: SearchI
              "table{border-collapse:collapse;font-size:14px}td,th{border:1px solid #ccc;padding:3px 8px;"
              "text-align:left}tr.best{background:#e8f5e9}td.n{text-align:right}img{max-width:100%}"
              "pre{background:#f5f5f5;padding:1em}summary{cursor:pointer;margin:1em 0;font-weight:bold}")
-    title = f"tunelab search: {info.run_dir.name}"
     atomic_write_text(info.run_dir / "report.html",
                       f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
                       f"<style>{style}</style></head><body>{''.join(body)}</body></html>")

@@ -204,6 +204,12 @@ def write_marker(run_dir: Path, study_name: str, storage: Storage) -> None:
                                          "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
 
 
+def search_name(run_dir: Path) -> str:
+    """RUN_DIR's own name, for `--output-dir .` or `..` too (whose Path.name is '' or '..'): what a new study is
+    named, what the report's title and best.yaml's NAME-best say."""
+    return Path(os.path.abspath(run_dir)).name
+
+
 def trial_folder(run_dir: Path, number: int) -> Path:
     return run_dir / "trials" / f"{number:03d}"
 
