@@ -246,13 +246,74 @@ def test_best_yaml_counts_the_trials_that_ended_and_a_dot_run_dir_has_its_name(b
     assert "<title>tunelab search: my-search</title>" in (run_dir / "report.html").read_text()
 
 
+# method.r without method.name lora: every trial fails at its config, before any model loads, so these searches
+# run through the whole command in a moment
+FAILING_SPACE = "method.r: {type: int, low: 2, high: 4}\n"
+
+
 def test_a_search_in_the_current_folder_names_its_study_after_it(config, tmp_path, monkeypatch, capsys):
     run_dir = tmp_path / "dot-search"
     run_dir.mkdir()
     monkeypatch.chdir(run_dir)
-    # method.r without method.name lora: every trial fails at its config, before any model loads
-    (config.parent / "space.yaml").write_text("method.r: {type: int, low: 2, high: 4}\n", encoding="utf-8")
+    (config.parent / "space.yaml").write_text(FAILING_SPACE, encoding="utf-8")
     assert main(tune_args(config, Path("."), 1)) == 1
     assert "trial 0 failed after 0s: the config refuses these values: method.r applies to lora" in \
         capsys.readouterr().out
     assert json.loads((run_dir / "tunelab-tune.json").read_text())["study"] == "dot-search"
+
+
+def test_a_storage_that_cannot_be_opened_leaves_the_folder_free(config, tmp_path, capsys):
+    run_dir, blocker = tmp_path / "search", tmp_path / "a_file"
+    blocker.write_text("mine")
+    bad = f"sqlite:///{tmp_path / 'missing' / 'study.db'}"
+    line = refusal(capsys, config, run_dir, "--storage", bad, space=FAILING_SPACE)
+    assert line.startswith(f"error: --storage {bad}: cannot open it (")
+    assert list(run_dir.iterdir()) == []  # not tied to that storage: no tunelab-tune.json
+    # so the next command is judged on its own storage, not refused for the one that failed
+    line = refusal(capsys, config, run_dir, "--storage", f"journal:{blocker / 'j'}")
+    assert line.startswith(f"error: --storage journal:{blocker / 'j'}: cannot open the journal file (")
+    assert list(run_dir.iterdir()) == []
+
+
+def _marked_search(run_dir: Path, storage: str) -> None:
+    """A search folder whose study `search` is stored in `storage` (what tunelab-tune.json records)."""
+    run_dir.mkdir()
+    (run_dir / "tunelab-tune.json").write_text(json.dumps({"study": "search", "storage": storage}))
+
+
+def test_overwrite_never_deletes_a_study_the_folder_did_not_use(config, tmp_path, capsys):
+    import optuna
+
+    from tunelab.tune.study import quiet_optuna
+
+    quiet_optuna()
+    other = f"sqlite:///{tmp_path / 'other.db'}"
+    optuna.create_study(study_name="search", storage=other).set_user_attr("owner", "someone else")
+    run_dir = tmp_path / "search"
+    _marked_search(run_dir, "study.db")
+    line = refusal(capsys, config, run_dir, "--overwrite", "--storage", other, space=FAILING_SPACE)
+    assert line == (f"error: --overwrite --storage {other}: that storage holds a study named 'search', which this "
+                    f"folder's search did not use (it was stored in {run_dir / 'study.db'}); it may be another "
+                    "search's, so it stays: choose another --output-dir, or delete that study yourself "
+                    "(optuna delete-study)")
+    assert optuna.load_study(study_name="search", storage=other).user_attrs == {"owner": "someone else"}
+    assert [p.name for p in run_dir.iterdir()] == ["tunelab-tune.json"]
+
+
+def test_overwrite_deletes_the_folders_own_study_in_its_storage(config, tmp_path, capsys):
+    import optuna
+
+    from tunelab.tune.study import quiet_optuna
+
+    quiet_optuna()
+    shared = f"sqlite:///{tmp_path / 'shared.db'}"
+    old = optuna.create_study(study_name="search", storage=shared)
+    old.set_user_attr("space", {"train.lr": {"type": "float"}})
+    run_dir = tmp_path / "search"
+    _marked_search(run_dir, shared)
+    (config.parent / "space.yaml").write_text(FAILING_SPACE, encoding="utf-8")
+    assert main(tune_args(config, run_dir, 1, "--overwrite", "--storage", shared)) == 1  # its one trial failed
+    capsys.readouterr()
+    new = optuna.load_study(study_name="search", storage=shared)
+    assert list(new.user_attrs["space"]) == ["method.r"]  # the old study (another space) was deleted, not joined
+    assert [t.state.name for t in new.trials] == ["FAIL"]

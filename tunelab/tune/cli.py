@@ -128,35 +128,53 @@ def _checked_folder(args, run_dir: Path) -> dict | None:
 
 
 def _start_over(args, run_dir: Path, marker: dict, log) -> None:
-    """--overwrite on a search folder: drop its study (from a database given by --storage too) and its files."""
+    """--overwrite on a search folder: drop its study and its files. A study is deleted from a --storage only
+    when it is the folder's own (tunelab-tune.json names that storage); a study of the new search's name that
+    the folder never used may be anyone's, so it is refused rather than deleted or joined."""
     import optuna
 
     from tunelab.tune.study import clear_folder, parse_storage, search_name
 
-    if args.storage:
+    old_storage, old_name = marker.get("storage"), marker.get("study", search_name(run_dir))
+    given = parse_storage(args.storage) if args.storage else None
+    if given is not None and given.spec == old_storage:
         try:
-            optuna.delete_study(study_name=marker.get("study", search_name(run_dir)),
-                                storage=parse_storage(args.storage).open())
+            optuna.delete_study(study_name=old_name, storage=given.open())
         except KeyError:  # no such study there
             pass
-    elif marker.get("storage") not in ("study.db", "study.journal"):
-        log(f"note: the old study stays in {marker.get('storage')} (pass --storage with that URL and --overwrite "
-            "to delete it too)")
+    else:
+        new_name = search_name(run_dir)
+        if given is not None and new_name in optuna.get_all_study_names(given.open()):
+            where = run_dir / old_storage if old_storage in ("study.db", "study.journal") else old_storage
+            raise TunelabError(f"--overwrite --storage {given.spec}: that storage holds a study named {new_name!r}, "
+                               f"which this folder's search did not use (it was stored in {where}); it may be "
+                               "another search's, so it stays: choose another --output-dir, or delete that study "
+                               "yourself (optuna delete-study)")
+        if old_storage not in ("study.db", "study.journal"):
+            log(f"note: the old study stays in {old_storage} (pass --storage with that URL and --overwrite "
+                "to delete it too)")
     clear_folder(run_dir)
 
 
 def _open(args, info, marker: dict | None, storage):
     """The study: opened, created or checked against this search's space and config. A new search's folder is
-    marked first, so that a search stopped at any moment is recognised as one."""
+    marked first, so that a search stopped at any moment is recognised as one; the mark is taken back when the
+    storage or the study cannot be opened, so that the folder is not tied to a storage that holds no study of
+    it (every later command would be refused for it)."""
     from tunelab import __version__
-    from tunelab.tune.study import open_study, pruner, search_name, write_marker
+    from tunelab.tune.study import MARKER, open_study, pruner, search_name, write_marker
 
     name = marker.get("study", search_name(info.run_dir)) if marker else search_name(info.run_dir)
     if marker is None:
         write_marker(info.run_dir, name, storage)
     recorded = {"space": info.space.spec(), "base_config": info.base, "metric": info.metric,
                 "tunelab_version": __version__}
-    study = open_study(storage.open(), name, info.minimise, recorded, info.run_dir)
+    try:
+        study = open_study(storage.open(), name, info.minimise, recorded, info.run_dir)
+    except Exception:  # not a Ctrl-C: the study may exist by then, and the mark is what finds it again
+        if marker is None:
+            (info.run_dir / MARKER).unlink(missing_ok=True)
+        raise
     study.pruner = pruner(args.pruner, args.startup_trials, args.warmup_evals)
     return study
 
