@@ -16,7 +16,7 @@ from tunelab.data.augment import AUGMENTED, augment_records, back_translation_pr
 from tunelab.data.prepare import DataView  # noqa: E402
 from tunelab.errors import ConfigError  # noqa: E402
 
-VIEW = DataView(texts=lambda r: [r["text"]], rewrite=lambda r, fn: {**r, "text": fn(r["text"])})
+VIEW = DataView(texts=lambda r: [r["text"]], augment=lambda r, fn: {**r, "text": fn(r["text"])})
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from tunelab.errors import ConfigError
 
 # A classification-like view: one text per record, rewritten in a copy (what a task's data_view gives)
 VIEW = DataView(texts=lambda r: [r["text"]], label=lambda r: r["label"],
-                rewrite=lambda r, fn: {**r, "text": fn(r["text"])})
+                augment=lambda r, fn: {**r, "text": fn(r["text"])})
 RECORDS = [
     {"id": 0, "text": "The firm said profits rose sharply after strong sales.", "label": "business"},
     {"id": 1, "text": "Fans praised the team after a quick and brilliant victory.", "label": "sport"},
@@ -96,7 +96,7 @@ def test_copies_equal_to_their_record_or_each_other_are_not_added_but_counted():
 
 def test_records_with_several_texts_get_one_edit_in_all_of_them():
     view = DataView(texts=lambda r: [r["q"], r["a"]],
-                    rewrite=lambda r, fn: {**r, "q": fn(r["q"]), "a": fn(r["a"])})
+                    augment=lambda r, fn: {**r, "q": fn(r["q"]), "a": fn(r["a"])})
     rec = {"q": "Why did profits rise so quickly", "a": "Strong sales helped the firm greatly"}
     added, lines = run(records=[rec], view=view, copies=4, edits=["synonym"], rate=0.3)
     assert all(c["q"] != rec["q"] and c["a"] != rec["a"] for c in added)
@@ -109,8 +109,8 @@ def test_nothing_to_do_adds_nothing_and_logs_nothing():
     assert run(records=[], copies=2) == ([], [])
 
 
-def test_a_task_that_cannot_rewrite_its_texts_is_refused_with_its_reason():
-    view = DataView(texts=lambda r: [r["context"]], no_rewrite="answers are character offsets into the context")
-    with pytest.raises(ConfigError, match=r"data.augment: answers are character offsets into the context; "
-                                          r"remove data.augment"):
+def test_a_task_that_cannot_augment_its_records_is_refused_with_its_reason():
+    view = DataView(texts=lambda r: [r["text"]], rewrite=lambda r, fn: {**r, "text": fn(r["text"])},
+                    no_augment="the text is all target")  # rewritable (redaction), yet not augmented
+    with pytest.raises(ConfigError, match=r"data.augment: the text is all target; remove data.augment"):
         run(view=view, copies=1)

@@ -317,3 +317,12 @@ def test_overwrite_deletes_the_folders_own_study_in_its_storage(config, tmp_path
     new = optuna.load_study(study_name="search", storage=shared)
     assert list(new.user_attrs["space"]) == ["method.r"]  # the old study (another space) was deleted, not joined
     assert [t.state.name for t in new.trials] == ["FAIL"]
+
+
+def test_help_names_both_default_storages(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["tune", "--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps the description
+    assert exit_.value.code == 0
+    assert "The study lives in RUN_DIR/study.db (SQLite), or RUN_DIR/study.journal (Optuna's journal file) with " \
+           "--workers > 1, unless --storage names another" in text

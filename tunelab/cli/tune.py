@@ -28,8 +28,9 @@ def add_commands(sub) -> None:
     p = sub.add_parser("tune", help="search hyper-parameters (Optuna: TPE sampling, pruning, resumable)",
                        description="Search a space of config values: each trial trains a run; trials whose "
                                    "validation metric falls behind are stopped early. The study lives in "
-                                   "RUN_DIR/study.db (SQLite) unless --storage names another, so the same "
-                                   "command continues an interrupted search.",
+                                   "RUN_DIR/study.db (SQLite), or RUN_DIR/study.journal (Optuna's journal file) "
+                                   "with --workers > 1, unless --storage names another, so the same command "
+                                   "continues an interrupted search.",
                        epilog=EPILOG)
     p.add_argument("config", help="a YAML run config (the trials change the keys named in --space)")
     p.add_argument("overrides", nargs="*", help="config overrides for every trial, e.g. train.epochs=2")

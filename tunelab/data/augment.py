@@ -3,8 +3,10 @@ translated there and back through seq2seq runs.
 
 `augment_records(records, view, cfg, log)` is what `tunelab.data.prepare.prepare_splits` calls on the training
 split only (after deduplication and PII redaction); it returns the added records alone, each a copy of one
-training record whose texts were rewritten through the task's `DataView.rewrite`, so every field that is not a
-text (the label, a conversation's roles) stays as it was. Validation and test never come here.
+training record made through the task's `DataView.augment`, which hands over only the input side of a record:
+a label, an entity, an extractive answer, a seq2seq target, a causal LM's assistant turns or completion and a
+retrieval positive are never edited nor back-translated, so a copy teaches what its record teaches. Every field
+that is not a text (the label, a conversation's roles) stays as it was. Validation and test never come here.
 
 Edited copies (data.augment.copies per record) follow "EDA: Easy Data Augmentation Techniques" (Wei & Zou,
 2019); the code is tunelab's own, since the edits must leave alone what a tokenizer-free edit would break:
@@ -23,10 +25,11 @@ index, so the same records and seed give the same copies on every machine and a 
 depend on the other records. A copy equal to its record (e.g. a one-word text and `delete`) or to an earlier
 copy of it is not added, and counted.
 
-Back-translation (data.augment.back_translation: [RUN, RUN, ...]) sends every training text through the
-seq2seq runs in turn (e.g. en->de, then de->en) with each run's own predict, a sentence at a time (a
-translation model is trained on sentences, and an article would not fit its max_length); the round trip is one
-added copy, unless a sentence came back empty or the whole copy came back unchanged (both counted).
+Back-translation (data.augment.back_translation: [RUN, RUN, ...]) sends every training text augmentation may
+edit (the input side, as above) through the seq2seq runs in turn (e.g. en->de, then de->en) with each run's own
+predict, a sentence at a time (a translation model is trained on sentences, and an article would not fit its
+max_length); the round trip is one added copy, unless a sentence came back empty or the whole copy came back
+unchanged (both counted).
 """
 from __future__ import annotations
 
@@ -294,8 +297,8 @@ def augment_records(records: list[dict], view, cfg, log) -> list[dict]:
     a = cfg.data.augment
     if not (a.copies or a.back_translation) or not records:
         return []
-    if view.rewrite is None:
-        raise ConfigError([f"data.augment: {view.no_rewrite or 'this task cannot rewrite its texts'}; "
+    if view.augment is None:
+        raise ConfigError([f"data.augment: {view.no_augment or 'this task cannot augment its records'}; "
                            "remove data.augment from the config"])
     problems = back_translation_problems(a.back_translation)
     if problems:
@@ -303,7 +306,7 @@ def augment_records(records: list[dict], view, cfg, log) -> list[dict]:
     seed = cfg.train.seed if a.seed is None else a.seed
     added: list[dict] = []
     if a.copies:
-        edited, per_edit, same = edited_copies(records, view.rewrite, copies=a.copies, edits=list(a.edits),
+        edited, per_edit, same = edited_copies(records, view.augment, copies=a.copies, edits=list(a.edits),
                                                rate=a.rate, seed=seed)
         kinds = ", ".join(f"{e} {n}" for e, n in per_edit.items())
         log(f"data.augment: added {len(edited)} edited copies of {len(records)} training records ({kinds}, seed "
@@ -311,7 +314,7 @@ def augment_records(records: list[dict], view, cfg, log) -> list[dict]:
                                          else ""))
         added += edited
     if a.back_translation:
-        added += back_translated(records, view.rewrite, a.back_translation, log)
+        added += back_translated(records, view.augment, a.back_translation, log)
     return added
 
 

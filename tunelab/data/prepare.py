@@ -40,10 +40,18 @@ class DataView:
     label: Callable[[dict], Hashable] | None = None
     """The record's label, for label balance (classification); None = the task has no single label."""
     rewrite: Callable[[dict, Callable[[str], str]], dict] | None = None
-    """rewrite(record, fn) -> a copy of the record with each text t replaced by fn(t) (redaction, augmentation);
-    None = this task's texts cannot be rewritten (e.g. character offsets point into them)."""
+    """rewrite(record, fn) -> a copy of the record with each of its texts t replaced by fn(t), labels and
+    answers included (PII redaction: a value must go wherever it is); None = this task's texts cannot be
+    rewritten (e.g. character offsets point into them)."""
     no_rewrite: str = ""
-    """Why `rewrite` is None, for the error that refuses data.redact_pii / data.augment."""
+    """Why `rewrite` is None, for the error that refuses data.redact_pii."""
+    augment: Callable[[dict, Callable[[str], str]], dict] | None = None
+    """augment(record, fn) -> a copy of the record with fn applied to the texts augmentation may edit: the
+    input side only, never what the model is taught to give back (entities, answer spans, targets, assistant
+    turns, positives), so an edited or back-translated copy keeps its record's label; None = this task's
+    records cannot be augmented."""
+    no_augment: str = ""
+    """Why `augment` is None, for the error that refuses data.augment."""
     turns: Callable[[dict], list[tuple[str, str]] | None] | None = None
     """(role, content) of each turn of a conversation record (causal LMs), for turn checks; None = not chats
     (and a None from the function: this record is no chat, e.g. plain text in a causal LM's data)."""
@@ -86,15 +94,16 @@ def rewrite_fields(record: dict, fields: tuple[str, ...], fn: Callable[[str], st
     return out
 
 
-def rewrite_segments(text: str, cuts: list[int], fn: Callable[[str], str], keep: frozenset[int] = frozenset()
-                     ) -> tuple[str, dict[int, int]]:
+def rewrite_segments(text: str, cuts: list[int], fn: Callable[[str], str], keep: frozenset[int] = frozenset(),
+                     fixed: frozenset[int] = frozenset()) -> tuple[str, dict[int, int]]:
     """(new text, {old offset: new offset} for each cut): `text` cut at the character offsets `cuts`, fn
     applied to each piece between two cuts, the pieces joined again.
 
     This keeps character spans consistent through any rewrite (a span from cut a to cut b covers the rewritten
     pieces between them), which is how answer and entity offsets survive redaction. A piece's white space at
     either end is kept as it is; a piece that starts at an offset in `keep` keeps its text when its rewrite is
-    blank (an answer or an entity must not vanish). A finding that crosses a cut is seen as two pieces.
+    blank (an answer or an entity must not vanish), and one that starts at an offset in `fixed` is not
+    rewritten at all (augmentation leaves answers alone). A finding that crosses a cut is seen as two pieces.
     """
     bounds = sorted({0, len(text), *(c for c in cuts if 0 <= c <= len(text))})
     moved, out, at = {}, [], 0
@@ -102,7 +111,7 @@ def rewrite_segments(text: str, cuts: list[int], fn: Callable[[str], str], keep:
         moved[a] = at
         piece = text[a:b]
         core = piece.strip()
-        if core:
+        if core and a not in fixed:
             lead, trail = piece[:len(piece) - len(piece.lstrip())], piece[len(piece.rstrip()):]
             changed = fn(core)
             piece = lead + (core if a in keep and not changed.strip() else changed) + trail
@@ -113,16 +122,21 @@ def rewrite_segments(text: str, cuts: list[int], fn: Callable[[str], str], keep:
 
 
 def rewrite_problems(cfg, view: DataView) -> list[str]:
-    """data.redact_pii / data.augment set for a task whose texts cannot be rewritten: one problem each."""
-    if view.rewrite is not None:
-        return []
+    """data.redact_pii set for a task whose texts cannot be rewritten, data.augment for one whose records cannot
+    be augmented, and back-translation entries that are no translation runs: one problem each (every task's
+    check_config adds these, so `tunelab validate`, `data check` and `train` refuse them before data loads)."""
+    from tunelab.data.augment import back_translation_problems
+
     d, problems = cfg.data, []
-    if d.redact_pii:
+    if d.redact_pii and view.rewrite is None:
         problems.append(f"data.redact_pii: {cfg.task} cannot rewrite its texts ({view.no_rewrite}); set it to "
                         "false")
-    if d.augment.copies > 0 or d.augment.back_translation:
+    if (d.augment.copies > 0 or d.augment.back_translation) and view.augment is None:
         key = "data.augment.copies" if d.augment.copies > 0 else "data.augment.back_translation"
-        problems.append(f"{key}: {cfg.task} cannot rewrite its texts ({view.no_rewrite}); leave augmentation off")
+        problems.append(f"{key}: {cfg.task} cannot augment its records ({view.no_augment}); leave augmentation "
+                        "off")
+    elif d.augment.back_translation:
+        problems += back_translation_problems(d.augment.back_translation)
     return problems
 
 

@@ -165,12 +165,18 @@ def read_splits(cfg, log) -> dict[str, tuple[list[dict], str]]:
 PLAIN_FIELDS = {"alpaca": ("instruction", "input", "output"), "prompt_completion": ("prompt", "completion"),
                 "rag": ("question", "answer")}
 TURN_FIELDS = {"messages": ("messages", "role", "content"), "sharegpt": ("conversations", "from", "value")}
+# What data.augment may edit in each format: what the model reads, never what it learns to write (assistant
+# turns, output, completion, answer); a rag record's passages stay too, as the evidence its answer quotes.
+INPUT_FIELDS = {"alpaca": ("instruction", "input"), "prompt_completion": ("prompt",), "rag": ("question",)}
+INPUT_ROLE = "user"
 
 
 def data_view(cfg, fmt: str | None = None):
     """Task.data_view: every text content of a record in its format (roles left out), and the turns of chat
-    records. `fmt` is the run's resolved format; without one, data.format, and for auto each record's fields
-    (FORMAT_FIELDS; a record of no known format has no text here, and training names its problem)."""
+    records; redaction rewrites every text, augmentation only the user's (INPUT_FIELDS, user turns), and
+    text-format data, all of it target, is not augmented. `fmt` is the run's resolved format; without one,
+    data.format, and for auto each record's fields (FORMAT_FIELDS; a record of no known format has no text
+    here, and training names its problem)."""
     from tunelab.data.formats import FORMAT_FIELDS
     from tunelab.data.prepare import DataView
 
@@ -192,7 +198,14 @@ def data_view(cfg, fmt: str | None = None):
     def rewrite(record: dict, fn) -> dict:
         return _rewrite(record, format_of(record), d.text_field, fn)
 
-    return DataView(texts=texts, turns=turns, rewrite=rewrite, chunked=fixed == "text")
+    def augment(record: dict, fn) -> dict:
+        return _rewrite(record, format_of(record), d.text_field, fn, inputs_only=True)
+
+    if fixed == "text":
+        return DataView(texts=texts, turns=turns, rewrite=rewrite, chunked=True,
+                        no_augment="text-format records are all target (every token is one the model learns to "
+                                   "write), so an edited copy would teach it the edits")
+    return DataView(texts=texts, turns=turns, rewrite=rewrite, augment=augment)
 
 
 def _contents(record: dict, fmt: str | None, text_field: str) -> list[tuple[str, str]]:
@@ -233,19 +246,28 @@ def _turns(record: dict, fmt: str | None) -> list[tuple[str, str]] | None:
     return None
 
 
-def _rewrite(record: dict, fmt: str | None, text_field: str, fn) -> dict:
-    """A copy of `record` with fn applied to every text _contents finds (roles, ids and the rest kept)."""
+def _rewrite(record: dict, fmt: str | None, text_field: str, fn, inputs_only: bool = False) -> dict:
+    """A copy of `record` with fn applied to every text _contents finds (roles, ids and the rest kept), or with
+    `inputs_only` to the user's texts alone: user turns and INPUT_FIELDS."""
+    from tunelab.data.formats import SHAREGPT_ROLES
+
     out = dict(record)
     if fmt in TURN_FIELDS:
-        key, _, text_key = TURN_FIELDS[fmt]
+        key, role_key, text_key = TURN_FIELDS[fmt]
+        roles = SHAREGPT_ROLES if fmt == "sharegpt" else {}
+
+        def edited(turn) -> bool:
+            return isinstance(turn, dict) and isinstance(turn.get(text_key), str) and (
+                not inputs_only or roles.get(turn.get(role_key), turn.get(role_key)) == INPUT_ROLE)
+
         if isinstance(out.get(key), list):
-            out[key] = [{**t, text_key: fn(t[text_key])} if isinstance(t, dict) and isinstance(t.get(text_key), str)
-                        else t for t in out[key]]
+            out[key] = [{**t, text_key: fn(t[text_key])} if edited(t) else t for t in out[key]]
         return out
-    for name in PLAIN_FIELDS.get(fmt, (text_field,) if fmt == "text" else ()):
+    fields = PLAIN_FIELDS.get(fmt, (text_field,) if fmt == "text" else ())
+    for name in INPUT_FIELDS.get(fmt, ()) if inputs_only else fields:
         if isinstance(out.get(name), str):
             out[name] = fn(out[name])
-    if fmt == "rag" and isinstance(out.get("passages"), list):
+    if fmt == "rag" and not inputs_only and isinstance(out.get("passages"), list):
         out["passages"] = [{**p, "text": fn(p["text"])} if isinstance(p, dict) and isinstance(p.get("text"), str)
                            else fn(p) if isinstance(p, str) else p for p in out["passages"]]
     return out

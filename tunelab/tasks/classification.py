@@ -252,8 +252,11 @@ def data_view(cfg):
         value = record.get(label_field)
         return None if value is None else str(int(value)) if isinstance(value, float) else str(value)
 
+    def rewrite(record: dict, fn) -> dict:  # the text is all input: augmentation edits what redaction does
+        return rewrite_fields(record, (text_field,), fn)
+
     return DataView(texts=lambda r: [r[text_field]] if isinstance(r.get(text_field), str) else [], label=label,
-                    rewrite=lambda r, fn: rewrite_fields(r, (text_field,), fn))
+                    rewrite=rewrite, augment=rewrite)
 
 
 def check_config(cfg) -> list[str]:

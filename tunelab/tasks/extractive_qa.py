@@ -371,24 +371,43 @@ def split_questions(cfg, log) -> dict[str, tuple[list[dict], str]]:
 
 def data_view(cfg):
     """Task.data_view: a question's texts are the question and its context; duplicates and leaks compare
-    questions about one context (SQuAD-style data asks many questions of each context, which is no leak), and
-    a rewrite maps the answers' offsets through it."""
+    questions about one context (SQuAD-style data asks many questions of each context, which is no leak), a
+    rewrite (redaction) maps the answers' offsets through it, and augmentation leaves the answers as they are."""
     from tunelab.data.prepare import DataView
 
     return DataView(texts=lambda r: [r["question"], r["context"]], rewrite=rewrite_question,
-                    duplicate_key=lambda r: (r["context"], r["question"]))
+                    augment=augment_question, duplicate_key=lambda r: (r["context"], r["question"]))
 
 
 def rewrite_question(record: dict, fn) -> dict:
-    """A copy of a QARecord with fn applied to its question and to its context piece by piece between answer
-    boundaries (tunelab.data.prepare.rewrite_segments), so every answer is still the context's text at its
-    start: an answer that was PII becomes its placeholder, and an answer is never rewritten to nothing."""
+    """A copy of a QARecord with fn (PII redaction) applied to its question and to its context piece by piece
+    between answer boundaries (tunelab.data.prepare.rewrite_segments), so every answer is still the context's
+    text at its start: an answer that was PII becomes its placeholder, and an answer is never rewritten to
+    nothing."""
+    return _rewritten(record, _answer_spans(record), fn, answers_too=True)
+
+
+def augment_question(record: dict, fn) -> dict:
+    """A copy of a QARecord with fn (an augmentation edit) applied to its question and to the context around
+    its answers: the answers are the labels, so each keeps its exact text, and its start follows the edits
+    before it."""
+    return _rewritten(record, _answer_spans(record), fn, answers_too=False)
+
+
+def _answer_spans(record: dict) -> list[tuple[int, int]]:
+    """(start, end) of each gold answer in the context."""
+    return [(start, start + len(text)) for text, start in zip(record["answers"] or [], record["starts"] or [])]
+
+
+def _rewritten(record: dict, spans: list[tuple[int, int]], fn, answers_too: bool) -> dict:
+    """The question through fn, the context through fn piece by piece between the ends of `spans`
+    (the answers' pieces too, or left as they are), and the answers read again at their moved offsets."""
     from tunelab.data.prepare import rewrite_segments
 
-    spans = [(start, start + len(text)) for text, start in zip(record["answers"] or [], record["starts"] or [])]
     cuts = sorted({c for span in spans for c in span})
     inside = frozenset(c for c in cuts if any(a <= c < b for a, b in spans))
-    context, moved = rewrite_segments(record["context"], cuts, fn, keep=inside)
+    context, moved = rewrite_segments(record["context"], cuts, fn, keep=inside,
+                                      fixed=frozenset() if answers_too else inside)
     out = {**record, "question": fn(record["question"]), "context": context}
     if record["answers"] is not None:
         out["starts"] = [moved[a] for a, _ in spans]

@@ -202,11 +202,13 @@ def read_splits(cfg, log) -> dict[str, tuple[list[dict], str]]:
 
 
 def data_view(cfg):
-    """Task.data_view: a document is one text, cut into blocks (so its length is no problem)."""
+    """Task.data_view: a document is one text, cut into blocks (so its length is no problem); it is all target
+    (every token is one the model learns to write), so it is never augmented."""
     from tunelab.data.prepare import DataView, rewrite_fields
 
     return DataView(texts=lambda r: [r["text"]], rewrite=lambda r, fn: rewrite_fields(r, ("text",), fn),
-                    chunked=True)
+                    chunked=True, no_augment="pretraining text is what the model learns to write, so an edited "
+                                             "copy would teach it the edits")
 
 
 def config_problems(cfg) -> list[str]:

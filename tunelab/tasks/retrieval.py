@@ -126,13 +126,15 @@ def read_splits(cfg, log) -> dict[str, tuple[list[dict], str]]:
 
 
 def data_view(cfg):
-    """Task.data_view: a record's texts are its query, its positive and (when set) its hard negative."""
+    """Task.data_view: a record's texts are its query, its positive and (when set) its hard negative; redaction
+    rewrites them all, augmentation the query only (the passages are what a query must find)."""
     from tunelab.data.prepare import DataView, rewrite_fields
 
     d = cfg.data
     fields = (d.query_field, d.positive_field, *((d.negative_field,) if d.negative_field else ()))
     return DataView(texts=lambda r: [r[f] for f in fields if isinstance(r.get(f), str)],
-                    rewrite=lambda r, fn: rewrite_fields(r, fields, fn))
+                    rewrite=lambda r, fn: rewrite_fields(r, fields, fn),
+                    augment=lambda r, fn: rewrite_fields(r, (d.query_field,), fn))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -115,11 +115,13 @@ def read_splits(cfg, log) -> dict[str, tuple[list[dict], str]]:
 
 
 def data_view(cfg):
-    """Task.data_view: a pair's texts are its source and its target (the reader names them so)."""
+    """Task.data_view: a pair's texts are its source and its target (the reader names them so); redaction
+    rewrites both, augmentation the source only (the target is what the model learns to write)."""
     from tunelab.data.prepare import DataView, rewrite_fields
 
     return DataView(texts=lambda r: [r["source"], r["target"]],
-                    rewrite=lambda r, fn: rewrite_fields(r, ("source", "target"), fn))
+                    rewrite=lambda r, fn: rewrite_fields(r, ("source", "target"), fn),
+                    augment=lambda r, fn: rewrite_fields(r, ("source",), fn))
 
 
 def read_pairs(ref, d, log) -> list[dict]:

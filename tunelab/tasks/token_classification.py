@@ -345,20 +345,27 @@ def split_sentences(cfg, log) -> dict[str, tuple[list[dict], str]]:
 
 def data_view(cfg):
     """Task.data_view: a sentence's text is its raw text, or its words joined by spaces; a rewrite keeps every
-    word's tag (`rewrite_sentence`)."""
+    word's tag (`rewrite_sentence`), and augmentation edits only the words between entities
+    (`augment_sentence`)."""
     from tunelab.data.prepare import DataView
 
     return DataView(texts=lambda r: [r["text"] if r.get("text") is not None else " ".join(r["tokens"])],
-                    rewrite=rewrite_sentence)
+                    rewrite=rewrite_sentence, augment=augment_sentence)
 
 
-def rewrite_sentence(record: dict, fn) -> dict:
+def augment_sentence(record: dict, fn) -> dict:
+    """A copy of a tagged record with fn applied to each run of words between entities; the entities are the
+    labels, so their words, tags and text stay exactly as they were (`rewrite_sentence`)."""
+    return rewrite_sentence(record, fn, entities=False)
+
+
+def rewrite_sentence(record: dict, fn, entities: bool = True) -> dict:
     """A copy of a tagged record (IOB2 tags: the job converts before tunelab.data.prepare.prepare_splits) with
     fn applied to each entity and to each run of words between entities, apart, so tags follow the words:
     an entity's new words are B-X, I-X ..., the others O. A run's text is its stretch of the raw text (an
     e-mail address that the word rule cut into pieces is whole again) or its words joined by spaces; its new
     words are the raw-text word rule's (tunelab.data.tagging.words_of) or the pieces between spaces. An entity
-    rewritten to nothing keeps its words."""
+    rewritten to nothing keeps its words; with `entities` False every entity keeps its words, tags and text."""
     from tunelab.data.tagging import spans_of, words_of
 
     words, tags, text, offsets = record["tokens"], record["tags"], record.get("text"), record.get("offsets")
@@ -373,20 +380,22 @@ def rewrite_sentence(record: dict, fn) -> dict:
     new_words, new_tags, new_offsets, pieces = [], [], [], []
     done = length = 0  # characters of the old text read, of the new text written
     for start, end, kind in runs:
+        kept = kind is not None and not entities
         if text is not None:
             a, b = offsets[start][0], offsets[end - 1][1]
             pieces.append(text[done:a])
             length += a - done
-            changed = fn(text[a:b])
+            changed = text[a:b] if kept else fn(text[a:b])
             got, spans = words_of(changed)
-            if kind is not None and not got:
-                changed, (got, spans) = text[a:b], words_of(text[a:b])
+            if kept or (kind is not None and not got):  # the entity's own words and offsets, moved
+                changed, got = text[a:b], words[start:end]
+                spans = [(x - a, y - a) for x, y in offsets[start:end]]
             pieces.append(changed)
             new_offsets += [(length + x, length + y) for x, y in spans]
             length += len(changed)
             done = b
         else:
-            got = fn(" ".join(words[start:end])).split()
+            got = words[start:end] if kept else fn(" ".join(words[start:end])).split()
             if kind is not None and not got:
                 got = words[start:end]
         new_words += got
