@@ -14,12 +14,15 @@ splits it read (`Task.splits(cfg, log)`) through `prepare_splits` before encodin
   4. data.augment: edited / back-translated copies of training records are added
      (`tunelab.data.augment.augment_records(records, view, cfg, log)` returns only the added records; they
      go after the training records, after dedup and redaction, so copies are of kept, redacted records).
+     Only what `view.augment` hands over is edited, the input side: a copy keeps its record's label, entities,
+     answers, target, assistant turns.
 Validation and test are never augmented or deduplicated. What was found and changed is kept with the result
 (`PreparedSplits.summary`, a `DataSummary`): the job keeps it as `job.data_summary`, and the run driver puts
 it in eval.json ("data") and in report.html's "Data" section.
 
-A task whose texts cannot be rewritten (view.rewrite None) refuses data.redact_pii and data.augment in its
-`check_config` through `rewrite_problems`, before anything loads.
+A task whose texts cannot be rewritten (view.rewrite None) refuses data.redact_pii, one whose records cannot
+be augmented (view.augment None) data.augment, in its `check_config` through `rewrite_problems`, before
+anything loads; the back-translation runs are checked there too.
 """
 from __future__ import annotations
 

@@ -91,7 +91,8 @@ class Task:
     check` reports on); None = this task's data cannot be checked."""
     data_view: Callable[[Any], Any] | None = None
     """data_view(cfg) -> tunelab.data.prepare.DataView: where a record of this task holds its texts, label and
-    conversation turns, and how its texts are rewritten (PII redaction, augmentation)."""
+    conversation turns, how its texts are rewritten (PII redaction: all of them) and which of them augmentation
+    may edit (the input side only, so a copy keeps its record's label)."""
     probabilities: Callable[..., list] | None = None
     """probabilities(run, records, source, log) -> one numpy array per record (records None: the run's own test
     split), in the order of run.meta["labels"]: [labels] for a text, [words, labels] for a tagged sentence: what
