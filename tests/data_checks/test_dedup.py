@@ -58,6 +58,20 @@ def test_planted_duplicates_and_leaks_are_found_exactly():
     assert jaccard(shingle_set(train[6]), shingle_set(train[13])) < 0.6  # the far copy is no duplicate
 
 
+def test_near_duplicates_just_above_the_threshold_are_all_found():
+    """300 pairs at Jaccard 53/63 = 0.84 (three adjacent words of 60 changed), threshold 0.8: every pair is
+    found, as repeats inside train and as leaks into test (an LSH banded at the threshold itself catches a pair
+    at 0.84 about 6 times in 10)."""
+    rng = random.Random(2)
+    originals = [text(rng) for _ in range(300)]
+    copies = [changed(t, [28, 29, 30], rng) for t in originals]
+    assert {round(jaccard(shingle_set(a), shingle_set(b)), 4) for a, b in zip(originals, copies)} == {
+        round(53 / 63, 4)}
+    found = find_duplicates(keys(originals + copies), {"test": keys(copies)}, 0.8)
+    assert [(m.index, m.other, m.kind) for m in found.repeats] == [(300 + i, i, "near") for i in range(300)]
+    assert [(m.index, m.other) for m in found.leaks["test"] if m.kind == "near"] == [(i, i) for i in range(300)]
+
+
 def test_unrelated_texts_are_not_flagged():
     rng = random.Random(1)
     found = find_duplicates(keys([text(rng) for _ in range(200)]), {"test": keys([text(rng) for _ in range(50)])})
