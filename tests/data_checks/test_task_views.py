@@ -56,6 +56,34 @@ def test_qa_redaction_maps_answer_offsets(tmp_path, helpers):
     assert out.summary.redacted == {"train": {"EMAIL": 4, "IP": 3, "PHONE": 3}}
 
 
+@pytest.mark.parametrize("answer, found", [("example.com", "[EMAIL]"), ("7946 0958", "[PHONE]"),
+                                           ("call +44 20", "call [PHONE]"), ("Write to anna", "Write to [EMAIL]")])
+def test_qa_redaction_widens_an_answer_that_cuts_into_pii(answer, found, tmp_path, helpers):
+    """An answer that ends or starts inside an e-mail address or a phone number (found in the whole context)
+    is widened over it, so the address is redacted whole and the answer is the text that holds its
+    placeholder; the training split and the test split read again for `tunelab eval` agree, and no PII is left."""
+    from extractive_helpers import qa_config
+
+    from tunelab.data.pii import find_pii
+    from tunelab.data.prepare import held_out_as_trained
+    from tunelab.data.squad import check_offsets
+    from tunelab.tasks.extractive_qa import data_view, split_questions
+
+    context = "Write to anna.berg@example.com or call +44 20 7946 0958 before noon."
+    record = {"id": "1", "question": "Which one?", "context": context,
+              "answers": {"text": [answer], "answer_start": [context.index(answer)]}}
+    train = helpers.write_jsonl(tmp_path / "qa.jsonl", [record])
+    cfg = qa_config("unused", train, tmp_path / "run", **{"data.val_fraction": 0.0, "data.test_fraction": 0.0,
+                                                         "data.redact_pii": True})
+    read = split_questions(cfg, lambda _: None)
+    out = prepare_splits(read, data_view(cfg), cfg, lambda _: None)
+    (question,) = out["train"][0]
+    assert question["context"] == "Write to [EMAIL] or call [PHONE] before noon." and not find_pii(question["context"])
+    assert question["answers"] == [found] and check_offsets([question], fix=False) == 0
+    assert out.summary.redacted == {"train": {"EMAIL": 1, "PHONE": 1}}
+    assert held_out_as_trained(read["train"][0], data_view(cfg), cfg) == [question]
+
+
 def test_qa_leakage_is_the_same_question_on_the_same_context(tmp_path, helpers):
     """The synthetic QA data asks "which colour is there ?" of many contexts: no leak; a test file holding a
     training question with its context is one."""
@@ -144,3 +172,4 @@ def test_held_out_split_read_again_as_trained():
         cfg = config_from_dict({"task": "seq2seq", "model": {"name": "builtin:minilm-l6"}, "output_dir": "unused",
                                 "data": {"train": "t.jsonl", "redact_pii": redact_pii}})
         assert held_out_as_trained(pairs, data_view(cfg), cfg) == expected
+

@@ -106,7 +106,8 @@ def rewrite_segments(text: str, cuts: list[int], fn: Callable[[str], str], keep:
     pieces between them), which is how answer and entity offsets survive redaction. A piece's white space at
     either end is kept as it is; a piece that starts at an offset in `keep` keeps its text when its rewrite is
     blank (an answer or an entity must not vanish), and one that starts at an offset in `fixed` is not
-    rewritten at all (augmentation leaves answers alone). A finding that crosses a cut is seen as two pieces.
+    rewritten at all (augmentation leaves answers alone). A finding that crosses a cut is seen as two pieces:
+    widen the spans first (`widened`) where that matters.
     """
     bounds = sorted({0, len(text), *(c for c in cuts if 0 <= c <= len(text))})
     moved, out, at = {}, [], 0
@@ -122,6 +123,19 @@ def rewrite_segments(text: str, cuts: list[int], fn: Callable[[str], str], keep:
         at += len(piece)
     moved[len(text)] = at
     return "".join(out), moved
+
+
+def widened(spans: list[tuple[int, int]], units: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """`spans` (start, end) grown so that none cuts into a unit: a start inside a unit moves to the unit's start,
+    an end inside one to its end. Cutting a text at the widened spans' ends leaves every unit (a PII finding)
+    whole in one piece, so a rewrite of the pieces sees it whole."""
+    def start(at: int) -> int:
+        return next((a for a, b in units if a < at < b), at)
+
+    def end(at: int) -> int:
+        return next((b for a, b in units if a < at < b), at)
+
+    return [(start(a), end(b)) for a, b in spans]
 
 
 def rewrite_problems(cfg, view: DataView) -> list[str]:

@@ -382,9 +382,15 @@ def data_view(cfg):
 def rewrite_question(record: dict, fn) -> dict:
     """A copy of a QARecord with fn (PII redaction) applied to its question and to its context piece by piece
     between answer boundaries (tunelab.data.prepare.rewrite_segments), so every answer is still the context's
-    text at its start: an answer that was PII becomes its placeholder, and an answer is never rewritten to
-    nothing."""
-    return _rewritten(record, _answer_spans(record), fn, answers_too=True)
+    text at its start. An answer that cuts into PII found in the whole context (the domain of an e-mail
+    address, the last digits of a phone number) is widened over it first, so the finding is redacted whole and
+    the answer holds its placeholder; an answer that was PII becomes its placeholder, and an answer is never
+    rewritten to nothing."""
+    from tunelab.data.pii import find_pii
+    from tunelab.data.prepare import widened
+
+    spans = widened(_answer_spans(record), [(f.start, f.end) for f in find_pii(record["context"])])
+    return _rewritten(record, spans, fn, answers_too=True)
 
 
 def augment_question(record: dict, fn) -> dict:
