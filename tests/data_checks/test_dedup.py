@@ -2,6 +2,7 @@
 the planted training records go, validation and test stay as they were."""
 from __future__ import annotations
 
+import copy
 import random
 
 import pytest
@@ -144,9 +145,12 @@ def test_dedup_without_check_finds_the_same():
 
 @pytest.mark.parametrize("check", [True, False])
 def test_defaults_change_no_record(check):
-    """data.check on or off, nothing else set: every split holds the very records it was given."""
+    """data.check on or off, nothing else set: every split holds the very records it was given, unchanged (a
+    check that edited a record in place would pass an identity test alone)."""
     splits = splits_of(*planted())
+    before = copy.deepcopy(splits)
     out = prepare_splits(splits, VIEW, config(check=check), lambda _: None)
     for name, (records, source) in splits.items():
         assert out[name][1] == source and all(a is b for a, b in zip(out[name][0], records))
         assert len(out[name][0]) == len(records)
+    assert {name: out[name] for name in splits} == before
