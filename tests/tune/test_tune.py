@@ -171,6 +171,30 @@ def test_a_killed_search_goes_on_without_repeating_finished_trials(helpers, tiny
     assert rows[2]["interrupted"] is True and rows[2]["retried_as"] == 3 and rows[3]["retry_of"] == 2
 
 
+def test_an_interrupted_trials_log_names_no_checkpoint_or_resume(helpers, tiny_bert, data_dir, tmp_path):
+    """The search removes an interrupted trial's run and queues the trial again: the run's own line naming its
+    checkpoint and `tunelab resume` would point at nothing."""
+    from tunelab.config import load_config
+    from tunelab.tune.trial import run_trial
+
+    base = json.loads(json.dumps(load_config(write_search_config(helpers, tiny_bert, data_dir, tmp_path)).to_dict()))
+    base.pop("output_dir")
+
+    def ctrl_c_at_first_evaluation(k: int, verdict):
+        if k == 1:  # as a Ctrl-C in the terminal: the run stops after this step with a checkpoint
+            os.kill(os.getpid(), signal.SIGINT)
+        return verdict
+
+    folder, lines = tmp_path / "000", []
+    outcome = run_trial(base, {}, folder, "f1_macro", None, show_progress=False, log=lines.append,
+                        share=ctrl_c_at_first_evaluation)
+    assert (outcome.state, outcome.signal) == ("interrupted", "SIGINT")
+    assert (folder / "checkpoints").is_dir()  # the run wrote one, which the search then removes
+    text = "\n".join(lines)
+    assert re.search(r"^SIGINT: stopped after step \d+$", text, re.M)
+    assert str(folder / "checkpoints") not in text and "resume" not in text
+
+
 def test_a_trial_behind_the_median_is_pruned_at_its_first_evaluation(helpers, tiny_bert, data_dir, tmp_path,
                                                                    capsys):
     import optuna

@@ -80,8 +80,12 @@ def run_trial(base: dict, values: dict, folder: Path, metric: str, trial=None, *
     def outcome(state: str, **kwargs) -> Outcome:
         return Outcome(state, evaluations=reporter.evaluations, seconds=time.monotonic() - t0, **kwargs)
 
-    def run_log(text: str) -> None:  # an interrupted trial is queued again, not resumed: drop the run's resume hint
-        log(text.split("\nresume with: ")[0])
+    def run_log(text: str) -> None:
+        # an interrupted trial is queued again and its run removed (tune.study.replace_interrupted): of the run's
+        # "SIGINT: stopped after step N; checkpoint PATH\nresume with: ..." keep what happened, not what is gone
+        if "\nresume with: " in text:
+            text = text.split("; checkpoint ")[0]
+        log(text)
 
     try:
         cfg = trial_config(base, values, folder)
