@@ -173,3 +173,22 @@ def test_held_out_split_read_again_as_trained():
                                 "data": {"train": "t.jsonl", "redact_pii": redact_pii}})
         assert held_out_as_trained(pairs, data_view(cfg), cfg) == expected
 
+
+@pytest.mark.parametrize("fmt", ["auto", "text"])
+def test_causal_lm_text_data_is_judged_alike_by_data_check_and_train(fmt, tmp_path, helpers):
+    """Text-format causal-LM data is cut into blocks, so no record is too long: `data check` resolves
+    data.format auto from data.train as the run does, and gives the train-start check's counts."""
+    from tunelab.config import config_from_dict
+    from tunelab.data.checks import check_splits, data_of
+    from tunelab.tasks.causal_lm import data_view
+
+    long = " ".join(f"word{i % 50}" for i in range(600))  # 600 words: over 8 x max_length 16
+    train = helpers.write_jsonl(tmp_path / "t.jsonl", [{"text": long}] + [{"text": f"line {i} of prose"}
+                                                                          for i in range(9)])
+    cfg = config_from_dict({"task": "causal_lm", "model": {"name": "builtin:smollm2-135m", "max_length": 16},
+                            "data": {"train": str(train), "format": fmt, "val_fraction": 0.0,
+                                     "test_fraction": 0.0}, "output_dir": str(tmp_path / "run")})
+    _, view, splits = data_of(cfg, lambda _: None)
+    at_train = check_splits(splits, data_view(cfg, "text"), cfg).counts()  # the job passes its resolved format
+    assert view.chunked and check_splits(splits, view, cfg).counts() == at_train
+    assert "train.long" not in at_train

@@ -208,6 +208,23 @@ def data_view(cfg, fmt: str | None = None):
     return DataView(texts=texts, turns=turns, rewrite=rewrite, augment=augment)
 
 
+def resolved_data_view(cfg):
+    """Task.data_view: `data_view` with data.format auto resolved from data.train as a run resolves it
+    (`resolve_format`), so `tunelab data check` judges the records as the check at train start does (text-format
+    data is cut into blocks, so no record is too long). It reads data.train for that; `check_config` does not
+    call it."""
+    fmt = None
+    if cfg.data.format == "auto":
+        from tunelab.data.sources import load_records
+
+        def quiet(_line: str) -> None:  # the splits the check reads next log what reading the file found
+            pass
+
+        d = cfg.data
+        fmt = resolve_format("auto", load_records(d.train, quiet), d.train, quiet, d.text_field)
+    return data_view(cfg, fmt)
+
+
 def _contents(record: dict, fmt: str | None, text_field: str) -> list[tuple[str, str]]:
     """(where, text) of each text in a record: a field name, or a turn / passage number."""
     if fmt in TURN_FIELDS:
@@ -744,7 +761,7 @@ def _register() -> None:
         refused_settings={"data.label_field": "a causal_lm run has no labels (its references come from the "
                                               "records' format); leave out --label-field"},
         text_records=text_records, check_records=check_records, route=_route, check_config=check_config,
-        splits=read_splits, data_view=data_view,
+        splits=read_splits, data_view=resolved_data_view,
         verbs={"merge": merge_run, "chat": chat_model}, api=("chat.completions", "completions", "answer")),
         options=("data.format", "data.train_on_prompt", "data.packing",
                  *(f"generate.{f.name}" for f in dataclasses.fields(GenerateConfig))))
