@@ -99,6 +99,26 @@ def test_summary_and_report_say_what_was_found():
         "title": "exact duplicates in train (repeat an earlier training record)"}
 
 
+def test_examples_mask_pii_and_escape_control_characters_once():
+    """Examples that quote a record show its PII masked, as the PII section does (in the printed report and in
+    --json), and a control character as one JSON escape (\\u0007), not an escaped escape."""
+    import json
+
+    odd = ["caf\ufffd mail anna.berg@example.com today", "bell\x07 call +44 20 7946 0958 now",
+           "cafÃ© at 192.168.1.10 and \x85 here"]
+    splits = {"train": (records(LATIN[:3] + odd, ["a"] * 6), "train.jsonl")}
+    report = check_splits(splits, VIEW, config())
+    examples = {f.key: f.examples for f in report.findings if f.examples}
+    assert examples["train.replacement_chars"] == ['train.jsonl:4: "caf\ufffd mail a***@e***.com today"']
+    assert examples["train.control_chars"] == ['train.jsonl:5: "bell\\u0007 call +** ** **** **58 now"',
+                                               'train.jsonl:6: "cafÃ© at 192.*.*.* and \\u0085 here"']
+    assert examples["train.mojibake"] == ['train.jsonl:6: "cafÃ© at 192.*.*.* and \\u0085 here"']
+    printed = report.render(examples=3)
+    for value in ("anna.berg@example.com", "7946 0958", "192.168.1.10"):
+        assert value not in printed and value not in json.dumps(report.to_dict(), ensure_ascii=False)
+    assert "bell\\u0007 call" in printed and "\\\\" not in printed  # one backslash, never two
+
+
 def chats() -> list[dict]:
     """messages records: fine, no assistant turn, an empty answer, one of 2,000 characters (about 514 tokens
     estimated: cut at max_length 256)."""

@@ -25,6 +25,8 @@ What is counted, and from where:
   job's own log line counts the exact truncations once the data is tokenised);
 - PII (tunelab.data.pii): e-mail addresses, phone numbers, card numbers, IP addresses and IBANs per split
   and type, examples masked.
+Every example that quotes a record (short, charset) shows its PII masked too, so neither the printed report
+nor --json holds the personal data it counts.
 """
 from __future__ import annotations
 
@@ -46,6 +48,8 @@ SCRIPT_MAJORITY = 0.9
 SNIPPET = 80  # characters of a record shown in an example
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+_C1 = re.compile(r"[\x7f-\x9f]")
+_SPACE = re.compile(r"[^\S\x0b\x0c\x1c-\x1f\x85]+")  # white space but the control characters \s counts in it
 _MOJIBAKE = re.compile("Ã[\u0080-\u00bf\u0152\u0153\u0160\u0161\u0178\u017d\u017e\u0192\u02c6\u02dc"
                        "\u2013\u2014\u2018-\u201e\u2020-\u2022\u2026\u2030\u2039\u203a\u20ac\u2122]"
                        "|Â[\u0080-\u00bf]|â€")
@@ -218,9 +222,22 @@ def check_splits(splits: Splits, view: DataView, cfg, examples: int = 5) -> Data
 
 
 def _snippet(texts: list[str]) -> str:
-    """The start of a record's texts as one quoted line (texts joined with " | ")."""
-    text = " | ".join(" ".join(t[:4 * SNIPPET].split()) for t in texts if t.strip())
-    return json.dumps(text[:SNIPPET] + ("..." if len(text) > SNIPPET else ""), ensure_ascii=False)
+    """The start of a record's texts as one quoted line (texts joined with " | "): its PII masked as the PII
+    section shows it (a report never prints personal data), white space runs made one space, and control
+    characters as JSON escapes (\\u0007), once: json.dumps escapes C0 characters itself, and the C1 ones
+    (U+007F-U+009F) it leaves raw are escaped the same way."""
+    from tunelab.data.pii import find_pii, mask
+
+    masked = []
+    for t in texts:
+        if not t.strip():
+            continue
+        for f in reversed(find_pii(t)):  # from the end, so earlier offsets stay right
+            t = t[:f.start] + mask(f) + t[f.end:]
+        masked.append(_SPACE.sub(" ", t).strip())
+    text = " | ".join(masked)
+    quoted = json.dumps(text[:SNIPPET] + ("..." if len(text) > SNIPPET else ""), ensure_ascii=False)
+    return _C1.sub(lambda m: f"\\u{ord(m.group()):04x}", quoted)
 
 
 def _duplicate_findings(duplicates, splits: Splits, examples: int) -> list[Finding]:
@@ -309,7 +326,7 @@ def _scan(records: list[dict], source: str, view: DataView, max_length: int, exa
         if "\ufffd" in joined:
             scan.replacement.append(f"{place}: {_snippet(texts)}")
         if _CONTROL.search(joined):
-            scan.control.append(f"{place}: {_snippet([_CONTROL.sub(lambda m: repr(m.group())[1:-1], joined)])}")
+            scan.control.append(f"{place}: {_snippet(texts)}")
         if not joined.isascii() and _MOJIBAKE.search(joined):
             scan.mojibake.append(f"{place}: {_snippet(texts)}")
         signatures.append(_scripts(joined))
