@@ -46,7 +46,7 @@ def write_config(path: Path, tiny_bert: Path, planted: dict, **data) -> Path:
 
 def test_data_check_prints_the_report(tmp_path, tiny_bert, planted, capsys):
     cfg = write_config(tmp_path / "c.yaml", tiny_bert, planted)
-    assert main(["data", "check", str(cfg), "--examples", "1", "--json", str(tmp_path / "r.json")]) == 0
+    assert main(["data", "check", str(cfg), "--examples", "1", "--json", str(tmp_path / "out" / "r.json")]) == 0
     out = capsys.readouterr().out
     assert out.startswith("classification data: train 29, validation 4, test 3 records (checked in ")
     assert "  exact duplicates in train (repeat an earlier training record): 2\n" \
@@ -56,7 +56,8 @@ def test_data_check_prints_the_report(tmp_path, tiny_bert, planted, capsys):
     assert "  EMAIL: train 1, validation 0, test 0\n" not in out  # PII lines name only the splits with findings
     assert f"  EMAIL: train 1\n    train: {planted['train']}:28: a***@e***.com\n" in out
     assert "anna@example.com" not in out and "7946 0958" not in out
-    report = json.loads((tmp_path / "r.json").read_text())
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["r.json"]  # written whole: no temp file beside it
+    report = json.loads((tmp_path / "out" / "r.json").read_text())
     assert report["records"] == {"train": 29, "validation": 4, "test": 3}
     assert report["pii"] == {"train": {"EMAIL": 1, "PHONE": 1}, "validation": {}, "test": {}}
     assert report["labels"]["counts"]["validation"] == {"tech": 2, "food": 1, "sport": 1}

@@ -428,9 +428,11 @@ def run_check(args) -> int:
     report = check_splits(splits, view, cfg, examples=max(args.examples, 1))
     print(report.render(args.examples))
     if args.json:
+        from tunelab.io import atomic_write_text
+
         path = Path(args.json)
-        try:
-            path.write_text(json.dumps(report.to_dict(), indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+        try:  # whole or not at all: a report cut short by a full disk or a Ctrl-C would read as valid data
+            atomic_write_text(path, json.dumps(report.to_dict(), indent=1, ensure_ascii=False) + "\n")
         except OSError as e:
             raise TunelabError(f"--json: cannot write {path} ({e.strerror or e}); choose another file") from None
         print(f"report written to {path}", file=sys.stderr)
