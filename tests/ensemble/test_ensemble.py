@@ -354,6 +354,18 @@ def test_bad_runs_are_refused_in_one_line(cls_run_dir, ner_run_dir, llama_run_di
     assert not out.exists()
 
 
+def test_members_that_read_the_test_split_redacted_and_not_are_refused(cls_run_dir, tmp_path, capsys):
+    """The ensemble reads its test split once, with its config's data.redact_pii: members that differ there
+    were tested on different texts, and the order of the runs would decide the ensemble's scores."""
+    redacted = edited_config(cls_run_dir, tmp_path / "redacted", **{"data.redact_pii": True})
+    out = tmp_path / "ens"
+    for runs, (a, b) in (((cls_run_dir, redacted), ("false", "true")), ((redacted, cls_run_dir), ("true", "false"))):
+        assert refused(capsys, *runs, "--output", out) == (
+            f"error: ensemble: data.redact_pii is {a} in {runs[0]} and {b} in {runs[1]}; an ensemble reads its test "
+            "split once for all its members, redacted or not: combine runs trained with the same data.redact_pii")
+    assert not out.exists()
+
+
 def test_bad_weights_and_outputs_are_refused_in_one_line(cls_run_dir, twice, tmp_path, capsys):
     runs = (cls_run_dir, cls_run_dir)
     out = tmp_path / "ens"
@@ -380,3 +392,29 @@ def test_overwrite_replaces_an_ensemble_whole(cls_run_dir, scratch_run, tmp_path
     spec = json.loads((out / "model" / "ensemble.json").read_text())
     assert [m["absolute"] for m in spec["members"]] == [str(cls_run_dir.resolve()), str(scratch_run.resolve())]
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no staging folder left
+
+
+def test_the_cost_compares_warm_members_with_the_warm_ensemble(cls_run_dir, scratch_run, tmp_path, capsys,
+                                                                 monkeypatch):
+    """A stand-in clock: a model's first evaluation costs 10 s (first-call costs), every later one 1 s, and the
+    ensemble costs its members' sum. Members timed cold beside a warm ensemble gave 2 / 10 = 0.2x; timed warm,
+    two members cost 2x one."""
+    import tunelab.ensemble as E
+
+    ran: set[Path] = set()
+
+    def fake_timed_evaluate(run, log):
+        dirs = [m.run.dir for m in run.model.members] if isinstance(run.model, E.Ensemble) else [run.dir]
+        seconds = sum(1.0 if d in ran else 10.0 for d in dirs)
+        ran.update(dirs)
+        return E.Scored(run.task.evaluate(run, None, "", log), seconds, 1000 * len(dirs))
+
+    monkeypatch.setattr(E, "timed_evaluate", fake_timed_evaluate)
+    code, lines, err = build(capsys, cls_run_dir, scratch_run, "--output", tmp_path / "ens")
+    assert code == 0, err
+    summary = json.loads((tmp_path / "ens" / "eval.json").read_text())
+    assert [m["eval_seconds"] for m in summary["members"]] == [1.0, 1.0]
+    assert summary["cost"] == {"members": 2, "eval_seconds": 2.0, "member_eval_seconds_mean": 1.0,
+                               "time_multiple": 2.0, "parameters": 2000, "parameter_multiple": 2.0}
+    assert lines[3] == ("inference cost: 2 members: 2.0x the time of one member (2.00 s against 1.00 s for one "
+                        "evaluation of the test split), 2,000 parameters (2.0x one member's)")
