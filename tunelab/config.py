@@ -51,7 +51,7 @@ class ModelConfig:
 class AugmentConfig:
     copies: int = 0
     """EDA-style edited copies added per training record (0 = none); the training split only, never validation
-    or test."""
+    or test, and only a record's input side: labels, entities, answers, targets and assistant turns stay."""
     edits: List[Literal["synonym", "insert", "swap", "delete"]] = field(
         default_factory=lambda: ["synonym", "insert", "swap", "delete"])
     """The edits a copy draws from: synonym (replace words by synonyms from tunelab's bundled list), insert (a
@@ -59,8 +59,8 @@ class AugmentConfig:
     rate: float = 0.1
     """Share of a text's words one edit changes (at least one word); in (0, 1)."""
     back_translation: List[str] = field(default_factory=list)
-    """seq2seq runs a training text is translated through in turn (e.g. [runs/en-de, runs/de-en]); each
-    training record then also gets its round-trip copy. [] = none."""
+    """seq2seq runs the input side of a training record is translated through in turn (e.g. [runs/en-de,
+    runs/de-en]); each training record then also gets its round-trip copy. [] = none."""
     seed: Optional[int] = None
     """Seeds the edits; null = train.seed."""
 
