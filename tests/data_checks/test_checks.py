@@ -89,7 +89,7 @@ def test_summary_and_report_say_what_was_found():
         "  labels: 2 in train, largest / smallest class 4.6x; 1 not in validation; 1 test labels not in train",
         "  records (all splits): 1 empty, 1 short, 1 long, 1 replacement chars, 2 control chars, 1 mojibake, "
         "1 unusual script",
-        "  PII: train 1 EMAIL (data.redact_pii: true replaces them with placeholders)",
+        "  PII: 1 EMAIL in train (data.redact_pii: true replaces them with placeholders)",
         "  examples: tunelab data check CONFIG"]
     text = report.render(examples=1)
     assert "  records with no text: train 1, validation 0, test 0\n    train: train.jsonl:21" in text

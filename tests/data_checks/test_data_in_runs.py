@@ -111,9 +111,9 @@ def test_run_logs_the_check_summary_and_the_changes(cleaned_run, planted):
         "  duplicates: train repeats 2 exact + 0 near duplicates; 1 training records also in validation (0 near) "
         "(data.dedup: true drops them from train)",
         "  labels: 3 in train, largest / smallest class 1.1x",  # 10 : 10 : 9
-        "  PII: train 1 EMAIL, 1 PHONE (data.redact_pii: true replaces them with placeholders)"]
+        "  PII: 1 EMAIL, 1 PHONE in train (data.redact_pii: true replaces them with placeholders)"]
     assert "data.dedup: dropped 3 of 29 training records (2 repeats in train, 1 also in validation)" in lines
-    assert "data.redact_pii: replaced train: 1 EMAIL, 1 PHONE" in lines
+    assert "data.redact_pii: replaced 1 EMAIL, 1 PHONE in train" in lines
     assert any(line.startswith("train: 26 examples, ") for line in lines)  # the job encodes what is left
 
 
@@ -127,5 +127,5 @@ def test_run_keeps_the_counts_in_eval_json_and_the_report(cleaned_run):
     page = (run_dir / "report.html").read_text()
     section = page[page.index("<h2>Data</h2>"):page.index("<h2>Config</h2>")]
     assert "<th>data.dedup dropped from train</th><td>2 repeats in train, 1 also in validation</td>" in section
-    assert "<th>data.redact_pii replaced</th><td>train: 1 EMAIL, 1 PHONE</td>" in section
+    assert "<th>data.redact_pii replaced</th><td>1 EMAIL, 1 PHONE in train</td>" in section
     assert "data check: train 29, validation 4, test 3 records" in section

@@ -24,7 +24,8 @@ What is counted, and from where:
   the chat template (no tokenizer is loaded: the check runs before the model, at every training start; the
   job's own log line counts the exact truncations once the data is tokenised);
 - PII (tunelab.data.pii): e-mail addresses, phone numbers, card numbers, IP addresses and IBANs per split
-  and type, examples masked.
+  and type, examples masked; a text many records share (extractive QA's context) counts once per split
+  (`tunelab.data.prepare.pii_of_record`, which data.redact_pii counts through too).
 Every example that quotes a record (short, charset) shows its PII masked too, so neither the printed report
 nor --json holds the personal data it counts.
 """
@@ -37,7 +38,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tunelab.data.prepare import DataView, Splits, where
+from tunelab.data.prepare import DataView, Splits, counts_text, pii_of_record, pii_text, where
 
 LONG_FACTOR = 8
 SHORT_CHARS = 3
@@ -118,9 +119,8 @@ class DataReport:
             if f.section in ("records", "charset", "chats"):
                 odd[f.key.split(".", 1)[1].replace("_", " ")] += f.count
         if any(odd.values()):
-            lines.append("  records (all splits): " + ", ".join(f"{n:,} {what}" for what, n in odd.items() if n))
-        pii = "; ".join(f"{split} " + ", ".join(f"{n:,} {kind}" for kind, n in kinds.items())
-                        for split, kinds in self.pii.items() if kinds)
+            lines.append("  records (all splits): " + counts_text({what: n for what, n in odd.items() if n}))
+        pii = pii_text(self.pii)
         if pii:
             lines.append(f"  PII: {pii} (data.redact_pii: true replaces them with placeholders)")
         if len(lines) > 1:
@@ -306,9 +306,10 @@ class _Scan:
 
 def _scan(records: list[dict], source: str, view: DataView, max_length: int, examples: int) -> _Scan:
     """Lengths, charset, chat turns and PII of every record of one split."""
-    from tunelab.data.pii import find_pii, mask
+    from tunelab.data.pii import mask
 
     scan = _Scan(chunked=view.chunked)
+    shared: dict[str, bool] = {}  # texts many records share (QA contexts): their PII counts once
     signatures: list[frozenset] = []
     long_words = LONG_FACTOR * max_length if not view.chunked else float("inf")
     for i, r in enumerate(records):
@@ -330,12 +331,11 @@ def _scan(records: list[dict], source: str, view: DataView, max_length: int, exa
         if not joined.isascii() and _MOJIBAKE.search(joined):
             scan.mojibake.append(f"{place}: {_snippet(texts)}")
         signatures.append(_scripts(joined))
-        for text in texts:
-            for f in find_pii(text):
-                scan.pii[f.kind] += 1
-                scan.pii_examples.setdefault(f.kind, [])
-                if len(scan.pii_examples[f.kind]) < examples:
-                    scan.pii_examples[f.kind].append(f"{place}: {mask(f)}")
+        for f in pii_of_record(r, view, shared)[0]:
+            scan.pii[f.kind] += 1
+            scan.pii_examples.setdefault(f.kind, [])
+            if len(scan.pii_examples[f.kind]) < examples:
+                scan.pii_examples[f.kind].append(f"{place}: {mask(f)}")
         if view.turns is not None:
             _check_turns(view.turns(r), place, max_length, scan)
     scan.script = _unusual_scripts(signatures, records, source)

@@ -168,6 +168,33 @@ def held_out_as_trained(records: list[dict], view: DataView, cfg) -> list[dict]:
     return [view.rewrite(r, redact) for r in records]
 
 
+def pii_of_record(record: dict, view: DataView, shared: dict[str, bool]) -> tuple[list, bool]:
+    """(the PII findings of `record` that count, whether any of its texts holds PII at all).
+
+    A text that many records share counts once per split: the group text of `view.duplicate_key` (extractive
+    QA's context, which each of its questions carries) counts with the first record of that group; `shared`
+    (one dict per split, group text -> holds PII) remembers the groups seen, so a shared text is also scanned
+    once. The data check and data.redact_pii count through here, so their counts agree.
+    """
+    from tunelab.data.pii import find_pii
+
+    group = view.duplicate_key(record)[0] if view.duplicate_key is not None else None
+    counted: list = []
+    holds = False
+    for text in view.texts(record):
+        if not isinstance(text, str):
+            continue
+        if text == group and group in shared:
+            holds = holds or shared[group]
+            continue
+        findings = find_pii(text)
+        if text == group:
+            shared[group] = bool(findings)
+        counted += findings
+        holds = holds or bool(findings)
+    return counted, holds
+
+
 # ---------------------------------------------------------------------------------------------
 # What was found and changed, for the log, eval.json and report.html
 
@@ -183,7 +210,8 @@ class DataSummary:
     dropped: dict[str, int] = field(default_factory=dict)
     """data.dedup: training records dropped, by reason (repeats, leaked into validation / test)."""
     redacted: dict[str, dict[str, int]] = field(default_factory=dict)
-    """data.redact_pii: split -> PII type -> placeholders put in."""
+    """data.redact_pii: split -> PII type -> findings replaced, counted as the check counts them (`pii_of_record`:
+    a context several questions share counts once)."""
     added: int = 0
     """data.augment: training records added."""
 
@@ -203,18 +231,27 @@ class DataSummary:
         """report.html's "Data" section: the check's summary and what dedup / redaction / augmentation did."""
         rows = [("records", ", ".join(f"{name} {n:,}" for name, n in self.records.items()))]
         if self.dropped:
-            rows.append(("data.dedup dropped from train", ", ".join(f"{n:,} {why}" for why, n in
-                                                                     self.dropped.items())))
+            rows.append(("data.dedup dropped from train", counts_text(self.dropped)))
         if self.redacted:
-            rows.append(("data.redact_pii replaced", "; ".join(
-                f"{split}: " + ", ".join(f"{n:,} {kind}" for kind, n in counts.items())
-                for split, counts in self.redacted.items() if counts) or "nothing found"))
+            rows.append(("data.redact_pii replaced", pii_text(self.redacted) or "nothing found"))
         if self.added:
             rows.append(("data.augment added to train", f"{self.added:,} records"))
         table = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in rows)
         check = ("<p>data.check is off: the data was not checked</p>" if self.check is None else
                  "<pre>" + html.escape("\n".join(self.check.summary())) + "</pre>")
         return f"<table>{table}</table>{check}"
+
+
+def counts_text(counts: dict[str, int]) -> str:
+    """'2 repeats in train, 1 also in validation': counts by what they count, as the log, the check summary and
+    report.html write them."""
+    return ", ".join(f"{n:,} {what}" for what, n in counts.items())
+
+
+def pii_text(per_split: dict[str, dict[str, int]]) -> str:
+    """'1 EMAIL, 1 PHONE in train; 2 IP in test' (splits without PII left out; '' when none has any): PII per
+    split and type in the log, the check summary and report.html."""
+    return "; ".join(f"{counts_text(kinds)} in {split}" for split, kinds in per_split.items() if kinds)
 
 
 class PreparedSplits(dict):
@@ -253,13 +290,11 @@ def prepare_splits(splits: Splits, view: DataView, cfg, log) -> PreparedSplits:
         summary.dropped = _dedup_counts(duplicates)
         records, src = out["train"]
         out["train"] = ([records[i] for i in keep_indices(len(records), duplicates.dropped())], src)
-        log(f"data.dedup: dropped {len(records) - len(out['train'][0]):,} of {len(records):,} training records ("
-            + ", ".join(f"{n:,} {why}" for why, n in summary.dropped.items()) + ")")
+        log(f"data.dedup: dropped {len(records) - len(out['train'][0]):,} of {len(records):,} training records "
+            f"({counts_text(summary.dropped)})")
     if d.redact_pii:
         summary.redacted = _redact(out, view)
-        found = "; ".join(f"{split}: " + ", ".join(f"{n:,} {kind}" for kind, n in counts.items())
-                          for split, counts in summary.redacted.items() if counts)
-        log(f"data.redact_pii: replaced {found or 'nothing (no PII found)'}")
+        log(f"data.redact_pii: replaced {pii_text(summary.redacted) or 'nothing (no PII found)'}")
     if d.augment.copies > 0 or d.augment.back_translation:
         from tunelab.data.augment import augment_records
 
@@ -285,17 +320,19 @@ def _dedup_counts(duplicates) -> dict[str, int]:
 
 
 def _redact(splits: PreparedSplits, view: DataView) -> dict[str, dict[str, int]]:
-    """Redact every split in place of its record lists (copies of the records that hold PII); counts per type."""
-    from tunelab.data.pii import find_pii, redact
+    """Redact every split in place of its record lists (copies of the records that hold PII); counts per type,
+    as the check counts them (`pii_of_record`)."""
+    from tunelab.data.pii import redact
 
     counts: dict[str, dict[str, int]] = {}
     for name, (records, src) in list(splits.items()):
         found: Counter = Counter()
+        shared: dict[str, bool] = {}
         out = []
         for r in records:
-            if any(find_pii(t) for t in view.texts(r)):
-                r = view.rewrite(r, lambda text: redact(text, found))
-            out.append(r)
+            counted, holds = pii_of_record(r, view, shared)
+            found.update(f.kind for f in counted)
+            out.append(view.rewrite(r, redact) if holds else r)
         splits[name] = (out, src)
         counts[name] = {kind: found[kind] for kind in sorted(found)}
     return counts
