@@ -372,12 +372,12 @@ def label_difference(a: Candidate, b: Candidate) -> str:
 
 def check_output(output: Path, members: list[Path], overwrite: bool) -> None:
     """--output: a new or empty folder, or an ensemble with --overwrite; never a member or a folder holding one."""
-    from tunelab.io import nearest_existing
+    from tunelab.io import nearest_existing, not_a_folder
 
+    why = not_a_folder(output)
+    if why:
+        raise TunelabError(f"ensemble --output {output} {why}; give a folder")
     existing = nearest_existing(output)
-    if not existing.is_dir():
-        where = "is a file" if existing == output.absolute() else f"is under {existing}, which is a file"
-        raise TunelabError(f"ensemble --output {output} {where}; give a folder")
     target = output.resolve()
     for m in members:
         if m.resolve() == target or target in m.resolve().parents:

@@ -41,6 +41,15 @@ def nearest_existing(path: str | Path) -> Path:
     return next(p for p in (path, *path.parents) if p.exists())
 
 
+def not_a_folder(path: str | Path) -> str | None:
+    """Why `path` cannot be (or become) a folder, in the words of an error after the path: "is a file", or "is
+    under X, which is a file" when a file stands on the way; None when it is a folder or can be made as one."""
+    existing = nearest_existing(path)
+    if existing.is_dir():
+        return None
+    return "is a file" if existing == Path(path).absolute() else f"is under {existing}, which is a file"
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write `data` to a temp file beside `path`, fsync it, then rename it over `path`."""
     path = Path(path)

@@ -14,7 +14,7 @@ import torch
 from tunelab.config import RunConfig, dump_config
 from tunelab.errors import TunelabError
 from tunelab.io import atomic_replace_dir, atomic_write_json, atomic_write_text, current_umask, \
-    follow_umask, nearest_existing, staging_dir
+    follow_umask, nearest_existing, not_a_folder, staging_dir
 from tunelab.resume import RUN_MARKER, marker_status  # RUN_MARKER says "training" until the run finished
 from tunelab.train.logging import progress_shown
 
@@ -82,10 +82,10 @@ def _is_run_config(path: Path) -> bool:
 
 def check_output_dir(run_dir: Path, overwrite: bool) -> None:
     """Refuse an output_dir that cannot take this run, before any data or model is loaded."""
+    why = not_a_folder(run_dir)
+    if why:
+        raise TunelabError(f"output_dir {run_dir} {why}, not a folder; choose another --output-dir")
     existing = nearest_existing(run_dir)
-    if not existing.is_dir():
-        where = "is an existing file" if existing == run_dir else f"is under {existing}, which is a file"
-        raise TunelabError(f"output_dir {run_dir} {where}, not a folder; choose another --output-dir")
     if existing == run_dir and any(run_dir.iterdir()):
         if not is_tunelab_run(run_dir):
             raise TunelabError(f"output_dir {run_dir} is not empty and is not a tunelab run (a run holds "

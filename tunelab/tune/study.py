@@ -152,14 +152,13 @@ def read_marker(run_dir: Path) -> dict | None:
 
 def check_folder(run_dir: Path) -> dict | None:
     """Refuse a RUN_DIR that cannot hold a search; the marker of the search it holds, or None for a new one."""
-    from tunelab.io import nearest_existing
+    from tunelab.io import not_a_folder
     from tunelab.run import is_tunelab_run
 
-    existing = nearest_existing(run_dir)
-    if not existing.is_dir():
-        where = "is a file" if existing == run_dir.absolute() else f"is under {existing}, which is a file"
-        raise TunelabError(f"--output-dir {run_dir} {where}; choose another --output-dir")
-    if existing != run_dir.absolute() or not any(run_dir.iterdir()):
+    why = not_a_folder(run_dir)
+    if why:
+        raise TunelabError(f"--output-dir {run_dir} {why}; choose another --output-dir")
+    if not run_dir.is_dir() or not any(run_dir.iterdir()):
         return None
     marker = read_marker(run_dir)
     if marker is not None:
