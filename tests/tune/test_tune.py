@@ -18,7 +18,7 @@ import yaml
 
 from tunelab.cli import main
 
-from .tune_helpers import study_of, tune_args, tunelab_process, write_search_config
+from .tune_helpers import queued_search, study_of, tune_args, tunelab_process, write_search_config
 
 
 def counted(study) -> dict:
@@ -197,19 +197,11 @@ def test_an_interrupted_trials_log_names_no_checkpoint_or_resume(helpers, tiny_b
 
 def test_a_trial_behind_the_median_is_pruned_at_its_first_evaluation(helpers, tiny_bert, data_dir, tmp_path,
                                                                    capsys):
-    import optuna
-
-    config = write_search_config(helpers, tiny_bert, data_dir, tmp_path, **{"train.early_stopping.metric": "loss"})
-    (tmp_path / "space.yaml").write_text("train.lr: {type: float, low: 1.0e-3, high: 3.0e-2, log: true}\n")
-    storage = f"sqlite:///{tmp_path / 'shared.db'}"
-    # a study made beforehand in a shared database, with two trials queued: lr 0.01 learns (validation loss 1.108
-    # at its first evaluation, 0.609 at the end); lr 0.03 starts worse (1.364 at its first evaluation)
-    made = optuna.create_study(study_name="search", storage=storage, direction="minimize")
-    made.enqueue_trial({"train.lr": 0.01})
-    made.enqueue_trial({"train.lr": 0.03})
+    # lr 0.01 learns (validation loss 1.108 at its first evaluation, 0.609 at the end); lr 0.03 starts worse
+    # (1.364 at its first evaluation)
+    config, storage, queued = queued_search(helpers, tiny_bert, data_dir, tmp_path)
     run_dir = tmp_path / "search"
-    assert main(tune_args(config, run_dir, 2, "--storage", storage, "--startup-trials", "1",
-                          "--warmup-evals", "0")) == 0
+    assert main(tune_args(config, run_dir, 2, *queued)) == 0
     out = capsys.readouterr().out
     good, bad = study_of(run_dir, storage).trials
     assert (good.state.name, bad.state.name) == ("COMPLETE", "PRUNED")

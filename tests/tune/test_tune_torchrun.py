@@ -13,27 +13,19 @@ from pathlib import Path
 import pytest
 import yaml
 
-from .tune_helpers import ENV, study_of, tune_args, write_search_config
+from .tune_helpers import ENV, queued_search, study_of, tune_args
 
 HERE = Path(__file__).resolve().parent
 
 
 def test_every_rank_trains_the_trial_rank_0_asked_for(helpers, tiny_bert, data_dir, tmp_path):
-    import optuna
-
-    config = write_search_config(helpers, tiny_bert, data_dir, tmp_path, **{"train.early_stopping.metric": "loss"})
-    (tmp_path / "space.yaml").write_text("train.lr: {type: float, low: 1.0e-3, high: 3.0e-2, log: true}\n")
-    storage = f"sqlite:///{tmp_path / 'shared.db'}"
-    # two queued trials, so the second is behind the first at its first evaluation (validation loss 1.19 against
-    # 1.10 with two processes of batch 8): pruned there, on both ranks
-    made = optuna.create_study(study_name="search", storage=storage, direction="minimize")
-    made.enqueue_trial({"train.lr": 0.01})
-    made.enqueue_trial({"train.lr": 0.03})
+    # the second queued trial is behind the first at its first evaluation (validation loss 1.19 against 1.10 with
+    # two processes of batch 8): pruned there, on both ranks
+    config, storage, queued = queued_search(helpers, tiny_bert, data_dir, tmp_path)
     run_dir, noted = tmp_path / "search", tmp_path / "noted"
     noted.mkdir()
     launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-              str(HERE / "torchrun_tune.py"), str(noted),
-              *tune_args(config, run_dir, 2, "--storage", storage, "--startup-trials", "1", "--warmup-evals", "0")]
+              str(HERE / "torchrun_tune.py"), str(noted), *tune_args(config, run_dir, 2, *queued)]
     proc = subprocess.Popen(launch, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
     try:

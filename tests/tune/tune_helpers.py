@@ -31,6 +31,22 @@ def write_search_config(helpers, tiny_bert: Path, data_dir: Path, folder: Path, 
     return path
 
 
+def queued_search(helpers, tiny_bert: Path, data_dir: Path, folder: Path) -> tuple[Path, str, list[str]]:
+    """A search on validation loss over train.lr whose study is made beforehand in a shared database (as a team
+    would), with two trials queued: lr 0.01, which learns, then lr 0.03, which starts worse; with one complete
+    trial enough to prune and no warm-up, the second is pruned at its first evaluation.
+    (config, storage URL, the options that say so)."""
+    import optuna
+
+    config = write_search_config(helpers, tiny_bert, data_dir, folder, **{"train.early_stopping.metric": "loss"})
+    (folder / "space.yaml").write_text("train.lr: {type: float, low: 1.0e-3, high: 3.0e-2, log: true}\n")
+    storage = f"sqlite:///{folder / 'shared.db'}"
+    made = optuna.create_study(study_name="search", storage=storage, direction="minimize")
+    made.enqueue_trial({"train.lr": 0.01})
+    made.enqueue_trial({"train.lr": 0.03})
+    return config, storage, ["--storage", storage, "--startup-trials", "1", "--warmup-evals", "0"]
+
+
 def tune_args(config: Path, run_dir: Path, trials: int, *more: str) -> list[str]:
     return ["tune", str(config), "--space", str(config.parent / "space.yaml"), "--trials", str(trials),
             "--output-dir", str(run_dir), "--no-progress", *more]
