@@ -688,8 +688,8 @@ def field_docs(cls: type) -> dict[str, str]:
     return docs
 
 
-SECTIONS = (("model", ModelConfig), ("data", DataConfig), ("data.augment", AugmentConfig), ("method", MethodConfig), ("train", TrainConfig),
-            ("train.early_stopping", EarlyStoppingConfig), ("generate", GenerateConfig),
+SECTIONS = (("model", ModelConfig), ("data", DataConfig), ("data.augment", AugmentConfig), ("method", MethodConfig),
+            ("train", TrainConfig), ("train.early_stopping", EarlyStoppingConfig), ("generate", GenerateConfig),
             ("qa", QAConfig), ("retrieval", RetrievalConfig), ("predict", PredictConfig))
 
 
