@@ -510,6 +510,8 @@ def score_columns(task, metrics: dict) -> list[str]:
 
 def report_page(output: Path, task, cands: list[Candidate], summary: dict) -> str:
     """report.html: members' test scores beside the ensemble's, and the inference cost."""
+    from tunelab.evaluate.report import html_page
+
     columns = score_columns(task, summary["test"])
 
     def cells(metrics: dict) -> str:
@@ -523,8 +525,6 @@ def report_page(output: Path, task, cands: list[Candidate], summary: dict) -> st
     member_cost = "".join(f"<li>{html.escape(m['run'])}: {m['eval_seconds']:.2f} s, {m['parameters']:,} parameters"
                           "</li>" for m in summary["members"])
     title = f"tunelab ensemble: {output.name}"
-    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
-             "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}")
     body = (f"<h1>{html.escape(title)}</h1><p>{task.name}: the weighted mean of {len(cands)} runs' probabilities, "
             "scored on their common test split</p><h2>Test scores</h2>"
             f"<table><tr>{head}</tr>{rows}</table><h2>Inference cost</h2>"
@@ -532,8 +532,7 @@ def report_page(output: Path, task, cands: list[Candidate], summary: dict) -> st
             "<p>times: one evaluation of the test split each, after loading and after each member's first, "
             "untimed evaluation (so no time includes first-call costs); the ensemble runs every member of "
             "positive weight</p>")
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-            f"<style>{style}</style></head><body>{body}</body></html>")
+    return html_page(title, body)
 
 
 def build_ensemble_cli(args) -> int:

@@ -224,6 +224,7 @@ def test_best_yaml_counts_the_trials_that_ended_and_a_dot_run_dir_has_its_name(b
     from optuna.trial import TrialState, create_trial
 
     from tunelab.config import load_config
+    from tunelab.evaluate.report import PAGE_STYLE
     from tunelab.tune.report import SearchInfo, write_outputs
     from tunelab.tune.space import load_space
 
@@ -243,7 +244,9 @@ def test_best_yaml_counts_the_trials_that_ended_and_a_dot_run_dir_has_its_name(b
     best = (run_dir / "best.yaml").read_text()
     assert best.startswith("# The best of 4 trials of the search in .: trial 2, validation f1_macro 0.7000.\n")
     assert load_config(run_dir / "best.yaml").output_dir == str(tmp_path / "my-search-best")  # not "-best"
-    assert "<title>tunelab search: my-search</title>" in (run_dir / "report.html").read_text()
+    page = (run_dir / "report.html").read_text()
+    assert "<title>tunelab search: my-search</title>" in page
+    assert f"<style>{PAGE_STYLE}body{{max-width:1200px}}" in page  # the style of every tunelab page, then its own
 
 
 # method.r without method.name lora: every trial fails at its config, before any model loads, so these searches

@@ -1,10 +1,21 @@
-"""report.html: one self-contained page (figures inlined as PNG) with curves and test results."""
+"""report.html: one self-contained page (figures inlined as PNG) with curves and test results; `html_page`, the
+page every tunelab report is (a run's, a search's, an ensemble's), so that they look alike."""
 from __future__ import annotations
 
 import base64
 import html
 import io
 
+PAGE_STYLE = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
+              "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}"
+              "img{max-width:100%}pre{background:#f5f5f5;padding:1em}")
+
+
+def html_page(title: str, body: str, style: str = "") -> str:
+    """A self-contained page: `title` (escaped here), `body` (HTML), PAGE_STYLE and then `style`, the rules
+    only this page needs (later rules win, so it may also widen the page)."""
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{PAGE_STYLE}{style}</style></head><body>{body}</body></html>")
 
 
 def _png(fig) -> str:
@@ -114,11 +125,6 @@ def write_report(path, *, title: str, config_text: str, history: list[dict], met
     for heading, content in sections:
         body += [f"<h2>{html.escape(heading)}</h2>", content]
     body += ["<h2>Config</h2>", f"<pre>{html.escape(config_text)}</pre>"]
-    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
-             "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}"
-             "img{max-width:100%}pre{background:#f5f5f5;padding:1em}")
-    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-            f"<style>{style}</style></head><body>{''.join(body)}</body></html>")
-    atomic_write_text(path, page)
+    atomic_write_text(path, html_page(title, "".join(body)))
 
 

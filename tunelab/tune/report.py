@@ -105,6 +105,7 @@ def best_folder(run_dir: Path) -> Path:
 def write_page(study, rows: list[dict], best: dict | None, counts, info: SearchInfo) -> None:
     import yaml
 
+    from tunelab.evaluate.report import html_page
     from tunelab.tune.study import search_name
 
     direction = "minimised" if info.minimise else "maximised"
@@ -128,13 +129,10 @@ def write_page(study, rows: list[dict], best: dict | None, counts, info: SearchI
             "<h2>Search space</h2>", f"<pre>{html.escape(yaml.safe_dump(shown, sort_keys=False))}</pre>",
             "<details><summary>Base config (every trial's config before the searched keys are set)</summary>",
             f"<pre>{html.escape(yaml.safe_dump(info.base, sort_keys=False))}</pre></details>"]
-    style = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;color:#222}"
-             "table{border-collapse:collapse;font-size:14px}td,th{border:1px solid #ccc;padding:3px 8px;"
-             "text-align:left}tr.best{background:#e8f5e9}td.n{text-align:right}img{max-width:100%}"
-             "pre{background:#f5f5f5;padding:1em}summary{cursor:pointer;margin:1em 0;font-weight:bold}")
-    atomic_write_text(info.run_dir / "report.html",
-                      f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-                      f"<style>{style}</style></head><body>{''.join(body)}</body></html>")
+    # wider, smaller table text: the trials table has a column per searched key
+    style = ("body{max-width:1200px}table{font-size:14px}tr.best{background:#e8f5e9}td.n{text-align:right}"
+             "summary{cursor:pointer;margin:1em 0;font-weight:bold}")
+    atomic_write_text(info.run_dir / "report.html", html_page(title, "".join(body), style))
 
 
 def _cell(value) -> str:
