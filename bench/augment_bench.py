@@ -25,7 +25,7 @@ torch threads) that runs the points one after another, the two sides of each poi
 order alternating), so a neighbour's load falls on both alike. Stored as bench/out/augment-<stamp>.json
 (+ .png, the curve); `markdown()` renders results.md's section from that file alone.
 
-    python bench/run.py --part augment            # the measurement (about 23 minutes on 2 idle cores)
+    python bench/run.py --part augment            # the measurement (about 16 minutes on 2 idle cores)
     python bench/run.py --part augment --smoke    # a tiny job that checks the part end to end
 """
 from __future__ import annotations
@@ -51,9 +51,10 @@ from run import MARKER  # noqa: E402
 
 THREADS = 2  # the machine's 2 cores
 # 3 seeds at 50 and 100 articles, 2 at 200 and 400: a point's runs cost in proportion to its articles, and the
-# spread over seeds is widest where the few articles drawn matter most. On this machine's 2 cores MiniLM trains
-# about 3,300 tokens/s in bf16 (the classification part, 2026-11-26), 0.04 s per 128-token article, so the 24
-# runs' 33,000 article passes take about 21 minutes, with model loads and test passes about 23.
+# spread over seeds is widest where the few articles drawn matter most. On 2 idle cores (AMD EPYC, AVX-512 bf16)
+# MiniLM took 85 s for 250 steps of 16 x 128 tokens (6,000 tokens/s), so the 20 runs' 2,080 steps take about 12
+# minutes, about 16 with model loads and test passes; the first measurement took 37 because the machine was
+# shared (load up to 6).
 JOB = dict(points=[{"n": 50, "seeds": [42, 1, 2]}, {"n": 100, "seeds": [42, 1, 2]},
                    {"n": 200, "seeds": [42, 1]}, {"n": 400, "seeds": [42, 1]}],
            copies=4, rate=0.1, edits=["synonym", "insert", "swap", "delete"], augmented_epochs=2,
@@ -270,7 +271,8 @@ def table(rec: dict) -> list[str]:
         acc = [a["accuracy"] - b["accuracy"] for b, a in zip(plain, aug)]
         f1 = [a["f1_macro"] - b["f1_macro"] for b, a in zip(plain, aug)]
         lines.append(
-            f"| {p['n']} | {len(plain)} | {plain[0]['steps']} | {mean_range([r['train_examples'] for r in aug], '.0f')} "
+            f"| {p['n']} | {len(plain)} | {plain[0]['steps']} "
+            f"| {mean_range([r['train_examples'] for r in aug], '.0f')} "
             f"| {mean_range([r['accuracy'] for r in plain])} | {mean_range([r['accuracy'] for r in aug])} "
             f"| {statistics.fmean(acc):+.4f} ({', '.join(f'{d:+.3f}' for d in acc)}) | {article_se(plain, aug):.4f} "
             f"| {mean_range([r['f1_macro'] for r in plain])} | {mean_range([r['f1_macro'] for r in aug])} "
@@ -286,8 +288,12 @@ def reading(rec: dict) -> list[str]:
         diffs = [a["accuracy"] - b["accuracy"] for b, a in zip(plain, aug)]
         d, se = statistics.fmean(diffs), article_se(plain, aug)
         same_sign = all(x > 0 for x in diffs) or all(x < 0 for x in diffs)
-        verdict = ("resolved: every seed moved the same way and the mean is over 2 SE" if same_sign and abs(d) > 2 * se
-                   else "not resolved: no claim either way")
+        if len(diffs) < 3:  # two seeds agree in sign half the time by chance alone
+            verdict = "too few seeds to call either way"
+        elif same_sign and abs(d) > 2 * se:
+            verdict = "resolved: every seed moved the same way and the mean is over 2 SE"
+        else:
+            verdict = "not resolved: no claim either way"
         out.append(f"- {p['n']} articles: augmentation {'+' if d >= 0 else '-'}{abs(d) * 100:.1f} points of test "
                    f"accuracy over {len(diffs)} seed(s), {verdict}.")
     return out
@@ -309,6 +315,7 @@ def plot_curve(rec: dict, png: Path) -> None:
         ax.errorbar(ns, means, yerr=err, marker="o", capsize=3, label=label)
     ax.set_xscale("log")
     ax.set_xticks(ns, [str(n) for n in ns])
+    ax.minorticks_off()  # the log axis's own 6x10^1 ... between the sizes
     ax.set(xlabel="training articles", ylabel="test accuracy (223 articles)" if not rec.get("smoke") else
            "test accuracy", title="MiniLM on BBC News: same steps with and without augmentation")
     ax.title.set_fontsize(10)

@@ -53,18 +53,20 @@ def result(n, seed, augmented, correct, f1, examples=None, steps=32):
             "f1_macro": f1, "augment_log": [], "added": added, "test_correct": correct}
 
 
-RUNS = [result(50, 42, False, [1, 0, 0, 0, 1, 0, 1, 0], 0.30), result(50, 42, True, [1, 1, 1, 1, 1, 1, 1, 0], 0.85, 250),
+RUNS = [result(50, 42, False, [1, 0, 0, 0, 1, 0, 1, 0], 0.30),
+        result(50, 42, True, [1, 1, 1, 1, 1, 1, 1, 0], 0.85, 250),
         result(50, 1, False, [0, 0, 0, 0, 1, 1, 0, 0], 0.20), result(50, 1, True, [1, 1, 1, 1, 1, 1, 0, 1], 0.80, 248),
+        result(50, 2, False, [0, 1, 0, 0, 1, 0, 1, 0], 0.35), result(50, 2, True, [1, 1, 1, 1, 1, 1, 1, 1], 0.95, 250),
         result(100, 42, False, [1, 1, 1, 1, 0, 1, 1, 0], 0.70, steps=63),
         result(100, 42, True, [1, 1, 1, 0, 1, 1, 1, 0], 0.72, 500, steps=63)]
 
 
 def test_a_point_whose_sides_differ_stops_the_part():
     augment_bench.check_pairs(RUNS)
-    other_steps = [*RUNS[:5], {**RUNS[5], "steps": 64}]
+    other_steps = [*RUNS[:7], {**RUNS[7], "steps": 64}]
     with pytest.raises(SystemExit, match="the sides of n=100 seed=42 differ in steps or test articles: 63/8 vs 64/8"):
         augment_bench.check_pairs(other_steps)
-    unaugmented = [*RUNS[:5], {**RUNS[5], "added": {}, "train_examples": 100}]
+    unaugmented = [*RUNS[:7], {**RUNS[7], "added": {}, "train_examples": 100}]
     with pytest.raises(SystemExit, match="n=100 seed=42 augmented=True: trained on 100 examples, expected 100"):
         augment_bench.check_pairs(unaugmented)
 
@@ -72,7 +74,7 @@ def test_a_point_whose_sides_differ_stops_the_part():
 def augment_record() -> dict:
     machine = {"cpu": "Test CPU", "cores": 2, "threads": 2, "avx512_bf16": True, "amx": False, "fast_bf16": True,
                "torch": "2.13.0", "python": "3.11"}
-    j = {**augment_bench.job(False, True), "points": [{"n": 50, "seeds": [42, 1]}, {"n": 100, "seeds": [42]}]}
+    j = {**augment_bench.job(False, True), "points": [{"n": 50, "seeds": [42, 1, 2]}, {"n": 100, "seeds": [42]}]}
     return {"part": "augment", "smoke": False, "job": j, "started": "2026-11-26T22:00:00Z",
             "finished": "2026-11-26T22:20:00Z", "load_before": [0.1, 0, 0], "load_after": [2.0, 0, 0],
             "machine": machine, "cpu_flags": {"avx2": True, "avx512_bf16": True, "amx_bf16": False},
@@ -82,21 +84,26 @@ def augment_record() -> dict:
 
 def test_the_section_renders_the_stored_figures():
     text = "\n".join(augment_bench.markdown(augment_record()))
-    # 50 articles: accuracy 0.375 / 0.25 plain, 0.875 / 0.875 augmented: +0.5 and +0.625. Per article, the
-    # seeds' mean difference is .5 1 1 1 0 .5 0 .5: SD 0.4173 / sqrt(8) = 0.1475; both seeds up, 0.5625 > 2 SE
-    assert ("| 50 | 2 | 32 | 249 (248-250) | 0.3125 (0.2500-0.3750) | 0.8750 | +0.5625 (+0.500, +0.625) | 0.1475 "
-            "| 0.2500 (0.2000-0.3000) | 0.8250 (0.8000-0.8500) | +0.5750 |") in text
+    # 50 articles: accuracy .375 / .25 / .375 plain, .875 / .875 / 1 augmented: +0.5, +0.625, +0.625. Per article,
+    # the seeds' mean difference is 2/3 2/3 1 1 0 2/3 0 2/3: SD 0.3883 / sqrt(8) = 0.1373; all up, 0.5833 > 2 SE
+    assert ("| 50 | 3 | 32 | 249 (248-250) | 0.3333 (0.2500-0.3750) | 0.9167 (0.8750-1.0000) | +0.5833 (+0.500, "
+            "+0.625, +0.625) | 0.1373 | 0.2833 (0.2000-0.3500) | 0.8667 (0.8000-0.9500) | +0.5833 |") in text
     # 100 articles, one seed: 0.75 both; per article 0 0 0 -1 1 0 0 0: SD 0.5345 / sqrt(8) = 0.1890
     assert "| 100 | 1 | 63 | 500 | 0.7500 | 0.7500 | +0.0000 (+0.000) | 0.1890 | 0.7000 | 0.7200 | +0.0200 |" in text
-    assert ("- 50 articles: augmentation +56.2 points of test accuracy over 2 seed(s), resolved: every seed moved "
+    assert ("- 50 articles: augmentation +58.3 points of test accuracy over 3 seed(s), resolved: every seed moved "
             "the same way and the mean is over 2 SE.") in text
-    assert "- 100 articles: augmentation +0.0 points of test accuracy over 1 seed(s), not resolved" in text
+    assert ("- 100 articles: augmentation +0.0 points of test accuracy over 1 seed(s), too few seeds to call either "
+            "way.") in text
+    # the same figures with seed 2's difference turned around: not resolved
+    flipped = [*RUNS[:4], {**RUNS[4], "accuracy": 0.5}, {**RUNS[5], "accuracy": 0.25}, *RUNS[6:]]
+    assert "over 3 seed(s), not resolved: no claim either way." in "\n".join(
+        augment_bench.markdown({**augment_record(), "runs": flipped}))
     assert "a pool of 1,780; tested on the same 223 articles" in text and "its 222 validation articles" in text
     assert "passes 10 times over its articles" in text and "`data.augment.copies: 4`, rate 0.1" in text
-    assert "Copies: 798 of the 800 asked for were added (synonym 798, insert 0, swap 0, delete 0)" in text
+    assert "Copies: 998 of the 1,000 asked for were added (synonym 998, insert 0, swap 0, delete 0)" in text
     assert "CPU flags: avx2, avx512_bf16." in text and "Test CPU, 2 cores" in text and "22:00:00Z" in text
     assert "![test accuracy against training articles](out/augment-x.png)" in text
-    assert "Wall time of the 6 runs: 3.0 minutes." in text
+    assert "Wall time of the 8 runs: 4.0 minutes." in text
 
 
 def test_the_section_is_rendered_into_results(tmp_path, monkeypatch):
