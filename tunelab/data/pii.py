@@ -59,9 +59,10 @@ _EMAIL = re.compile(r"(?<![\w.%+-])[A-Za-z0-9_%+-](?:[A-Za-z0-9._%+-]{0,62}[A-Za
 # dots or a word (ISBNs such as 978-3-16-148410-0 and dates such as 2024-01-15 never offer a full match), or
 # right after a digit and a ':' (the minutes of a time: 09:00 0930 1000; "Phone:(401) 278-9186" and
 # "tel:123-456-7890" are phone numbers).
-# Each expression starts with what its match must start with (a literal, or a lookahead for a digit), so
-# the regular expression engine skips ahead to candidates instead of trying the lookbehinds at every character
-# (4x faster on ShareGPT's 37 MB); _edge_l(literal) is the left edge checked after that literal.
+# The phone, card and IPv4 expressions start with what a match must start with (a literal, or a lookahead for
+# a digit), so the regular expression engine skips ahead to candidates instead of trying the lookbehinds at
+# every character (find_pii over ShareGPT's 17,293 chats: 6.9 s instead of 10.4); _edge_l(literal) is the left
+# edge checked after that literal.
 _EDGE_L, _EDGE_R = r"(?=[\d(])(?<![\w+.\-/])(?<!\d[ .\-:])", r"(?![\w/]|[ .\-]\d)"
 
 
