@@ -99,6 +99,13 @@ def test_a_config_without_validation_data_is_refused(config, tmp_path, capsys):
                     "data.validation to a file, or data.val_fraction > 0")
 
 
+def test_a_config_the_task_refuses_is_refused_before_any_trial(config, tmp_path, capsys):
+    line = refusal(capsys, config, tmp_path / "search", "data.augment.back_translation=[nowhere]",
+                   space="train.lr: {type: float, low: 1.0e-3, high: 1.0e-2}")
+    assert line.startswith("error: ") and "data.augment.back_translation" in line and "nowhere" in line, line
+    assert not (tmp_path / "search" / "trials").exists()
+
+
 @pytest.mark.parametrize("more, message", [
     (("--workers", "0"), "--workers: got 0; must be >= 1"),
     (("--timeout", "0"), "--timeout: got 0; must be a finite number of seconds > 0 (leave it out for no limit)"),

@@ -66,11 +66,15 @@ def base_config(args):
     """(RunConfig, the same as plain data without output_dir, the objective's metric, minimise?) of CONFIG with
     its overrides; refuses a config that gives the trials nothing to be compared on."""
     from tunelab.cli.common import run_config_of
+    from tunelab.errors import ConfigError
     from tunelab.tasks import task_for
     from tunelab.train.stopping import is_minimised
 
     cfg = run_config_of(args)
     task = task_for(cfg)
+    problems = task.check_config(cfg)  # the task's own checks (e.g. data.augment.back_translation runs), as train's
+    if problems:
+        raise ConfigError(problems)
     metric = cfg.train.early_stopping.metric or task.job.default_metric
     if metric not in task.metrics:
         raise TunelabError(f"train.early_stopping.metric: {metric!r} is not a {task.name} validation metric; known: "
