@@ -8,7 +8,7 @@ import io
 
 PAGE_STYLE = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
               "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}"
-              "img{max-width:100%}pre{background:#f5f5f5;padding:1em}")
+              "img{max-width:100%}pre{background:#f5f5f5;padding:1em;white-space:pre-wrap}")
 
 
 def html_page(title: str, body: str, style: str = "") -> str:
