@@ -398,3 +398,15 @@ def test_a_lora_run_copies_the_base_weights_where_links_are_refused(tiny_bert, d
     shutil.rmtree(Path(moved) / "base")
     with pytest.raises(TunelabError, match="base model .* is missing; copy or move the whole run folder"):
         run_logits(Path(moved))
+
+
+def test_validate_flags_a_relative_output_dir_that_is_a_folder_of_other_files(tmp_path, monkeypatch):
+    # a relative output_dir was compared with the absolute nearest existing path, so its contents went unchecked
+    from tunelab.check import check_output
+
+    (tmp_path / "project").mkdir()
+    (tmp_path / "project" / "notes.txt").write_text("mine")
+    monkeypatch.chdir(tmp_path)
+    problems = check_output("project")
+    assert len(problems) == 1 and problems[0].startswith("output_dir project is not empty and is not a tunelab run")
+    assert check_output("new-run") == []

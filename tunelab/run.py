@@ -86,7 +86,7 @@ def check_output_dir(run_dir: Path, overwrite: bool) -> None:
     if why:
         raise TunelabError(f"output_dir {run_dir} {why}, not a folder; choose another --output-dir")
     existing = nearest_existing(run_dir)
-    if existing == run_dir and any(run_dir.iterdir()):
+    if existing == run_dir.absolute() and any(run_dir.iterdir()):  # run_dir may be relative (validate)
         if not is_tunelab_run(run_dir):
             raise TunelabError(f"output_dir {run_dir} is not empty and is not a tunelab run (a run holds "
                                f"{RUN_MARKER}, or, from earlier versions, a run's config.yaml and only run "
