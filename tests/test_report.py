@@ -12,7 +12,7 @@ from tunelab.evaluate import report
 def drawn(monkeypatch):
     """Figures `curves_figure` draws, kept open instead of turned into PNG tags."""
     figures = []
-    monkeypatch.setattr(report, "_png", lambda fig: figures.append(fig) or "<img>")
+    monkeypatch.setattr(report, "inline_png", lambda fig: figures.append(fig) or "<img>")
     yield figures
     import matplotlib.pyplot as plt
 

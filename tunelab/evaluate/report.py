@@ -18,7 +18,8 @@ def html_page(title: str, body: str, style: str = "") -> str:
             f"<style>{PAGE_STYLE}{style}</style></head><body>{body}</body></html>")
 
 
-def _png(fig) -> str:
+def inline_png(fig) -> str:
+    """A figure as an <img> with the PNG inline (a report page is one self-contained file); closes it."""
     import matplotlib.pyplot as plt
 
     buf = io.BytesIO()
@@ -27,7 +28,8 @@ def _png(fig) -> str:
     return f'<img src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
 
 
-def _plt():
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (no display: reports are written on servers too)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -49,7 +51,7 @@ def curves_figure(history: list[dict], metric: str) -> str:
     """Training loss, validation loss and the validation metric against optimizer steps (an <img> tag)."""
     from matplotlib.ticker import MaxNLocator
 
-    plt = _plt()
+    plt = pyplot()
     train = [(h["step"], h["loss"]) for h in history if h["kind"] == "train" and "loss" in h]
     evals = [h for h in history if h["kind"] == "eval"]
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
@@ -73,11 +75,11 @@ def curves_figure(history: list[dict], metric: str) -> str:
             ax.xaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 5, 10]))  # whole steps: 10, 20, 30
             if max(steps) - min(steps) < 2:  # one step: give it room, as matplotlib would otherwise zoom in
                 ax.set_xlim(min(steps) - 1, max(steps) + 1)
-    return _png(fig)
+    return inline_png(fig)
 
 
 def confusion_figure(matrix: list[list[int]], labels: list[str]) -> str:
-    plt = _plt()
+    plt = pyplot()
     n = len(labels)
     fig, ax = plt.subplots(figsize=(1.2 + 0.7 * n, 1.0 + 0.6 * n))
     ax.imshow(matrix, cmap="Blues")
@@ -88,17 +90,17 @@ def confusion_figure(matrix: list[list[int]], labels: list[str]) -> str:
         for j in range(n):
             ax.text(j, i, matrix[i][j], ha="center", va="center",
                     color="white" if matrix[i][j] > top / 2 else "black")
-    return _png(fig)
+    return inline_png(fig)
 
 
 def roc_figure(curves: dict[str, tuple[list, list, float]]) -> str:
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 4.2))
     for label, (fpr, tpr, auc) in curves.items():
         ax.plot(fpr, tpr, label=f"{label} (AUC {auc:.3f})")
     ax.plot([0, 1], [0, 1], "k--", lw=0.8)
     ax.set_xlabel("false positive rate"), ax.set_ylabel("true positive rate"), ax.legend(fontsize=8)
-    return _png(fig)
+    return inline_png(fig)
 
 
 def _metrics_table(metrics: dict) -> str:

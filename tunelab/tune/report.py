@@ -173,9 +173,9 @@ def history_figure(rows: list[dict], metric: str, minimise: bool) -> str:
     evaluation of every trial, pruned ones dashed."""
     from matplotlib.ticker import MaxNLocator
 
-    from tunelab.evaluate.report import _plt, _png
+    from tunelab.evaluate.report import inline_png, pyplot
 
-    plt = _plt()
+    plt = pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.6))
     complete = [(r["number"], r["value"]) for r in rows if r["state"] == "COMPLETE"]
     pruned = [(r["number"], r["value"]) for r in rows if r["state"] == "PRUNED" and r["value"] is not None]
@@ -203,7 +203,7 @@ def history_figure(rows: list[dict], metric: str, minimise: bool) -> str:
     right.set_xlabel("evaluation"), right.set_title(f"validation {metric} at each evaluation (pruned: dashed)")
     for ax in (left, right):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    return _png(fig)
+    return inline_png(fig)
 
 
 def importances(study, info: SearchInfo) -> tuple[dict | None, str]:
@@ -227,13 +227,13 @@ def importances(study, info: SearchInfo) -> tuple[dict | None, str]:
 
 
 def importance_figure(weights: dict[str, float]) -> str:
-    from tunelab.evaluate.report import _plt, _png
+    from tunelab.evaluate.report import inline_png, pyplot
 
-    plt = _plt()
+    plt = pyplot()
     names = list(weights)[::-1]  # the most important on top
     fig, ax = plt.subplots(figsize=(7, 0.5 + 0.45 * len(names)))
     ax.barh(names, [weights[n] for n in names], color="tab:blue")
     for i, n in enumerate(names):
         ax.text(weights[n], i, f" {weights[n]:.2f}", va="center")
     ax.set_xlim(0, 1.1), ax.set_xlabel("share of the variance of the value (fANOVA)")
-    return _png(fig)
+    return inline_png(fig)
