@@ -162,3 +162,13 @@ def test_causal_lm_view_reads_every_format():
     assert rag["question"] == "Who?"  # a copy: the record itself is not changed
     assert view.rewrite(share, str.lower)["conversations"] == [{"from": "human", "value": "q"},
                                                                {"from": "gpt", "value": "a"}]
+
+
+def test_duplicate_examples_quote_records_their_places_do_not_tell_apart():
+    # gettext pairs carry only their catalog: "de/apt.mo repeats de/apt.mo" would not say which message
+    train = [{"text": t, "label": "a", "_file": "de/apt.mo"} for t in (LATIN[0], LATIN[1], LATIN[0])]
+    train.append({"text": LATIN[2], "label": "a", "_file": "folder/one.txt"})
+    train.append({"text": LATIN[2], "label": "a", "_file": "folder/two.txt"})
+    report = check_splits({"train": (train, "builtin:gettext")}, VIEW, config())
+    examples = next(f.examples for f in report.findings if f.key == "train.exact_duplicates")
+    assert examples == [f'de/apt.mo repeats de/apt.mo: "{LATIN[0]}"', "folder/two.txt repeats folder/one.txt"]

@@ -205,7 +205,7 @@ def check_splits(splits: Splits, view: DataView, cfg, examples: int = 5) -> Data
     keys = {n: [view.key(r) for r in splits[n][0]] for n in order}
     duplicates = find_duplicates(keys["train"], {n: keys[n] for n in order if n != "train"},
                                  d.near_duplicate_threshold)
-    findings = _duplicate_findings(duplicates, splits, examples)
+    findings = _duplicate_findings(duplicates, splits, view, examples)
     pii: dict[str, dict[str, int]] = {}
     for name in order:
         records, source = splits[name]
@@ -240,16 +240,22 @@ def _snippet(texts: list[str]) -> str:
     return _C1.sub(lambda m: f"\\u{ord(m.group()):04x}", quoted)
 
 
-def _duplicate_findings(duplicates, splits: Splits, examples: int) -> list[Finding]:
-    """Findings for repeats inside train and leaks into each held-out split, exact and near apart."""
+def _duplicate_findings(duplicates, splits: Splits, view: DataView, examples: int) -> list[Finding]:
+    """Findings for repeats inside train and leaks into each held-out split, exact and near apart. An example
+    whose places do not tell the records apart (no line, and a file many records share, e.g. a gettext catalog)
+    quotes the training record's text."""
     train, train_src = splits["train"]
+    files = Counter(r.get("_file") for r in train)
 
     def described(m) -> str:
         other_records, other_src = splits[m.other_split]
         sim = "" if m.kind == "exact" else f" (Jaccard {m.similarity:.2f})"
         verb = "repeats" if m.other_split == "train" else "equals" if m.kind == "exact" else "is near"
-        return (f"{where(train[m.index], train_src, m.index)} {verb} "
-                f"{where(other_records[m.other], other_src, m.other)}{sim}")
+        record = train[m.index]
+        vague = record.get("_line") is None and record.get("_where") is None and files[record.get("_file")] > 1
+        quote = f": {_snippet([t for t in view.texts(record) if isinstance(t, str)])}" if vague else ""
+        return (f"{where(record, train_src, m.index)} {verb} "
+                f"{where(other_records[m.other], other_src, m.other)}{sim}{quote}")
 
     out = []
     for kind in ("exact", "near"):
