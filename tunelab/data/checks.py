@@ -311,14 +311,16 @@ class _Scan:
 
 
 def _scan(records: list[dict], source: str, view: DataView, max_length: int, examples: int) -> _Scan:
-    """Lengths, charset, chat turns and PII of every record of one split."""
+    """Lengths, charset, chat turns and PII of every record of one split (a progress display where it takes long:
+    all of ShareGPT takes seconds, mostly in the PII expressions)."""
     from tunelab.data.pii import mask
+    from tunelab.train.logging import progress
 
     scan = _Scan(chunked=view.chunked)
     shared: dict[str, bool] = {}  # texts many records share (QA contexts): their PII counts once
     signatures: list[frozenset] = []
     long_words = LONG_FACTOR * max_length if not view.chunked else float("inf")
-    for i, r in enumerate(records):
+    for i, r in enumerate(progress(records, len(records), f"data check {source}", "records")):
         texts = [t for t in view.texts(r) if isinstance(t, str)]
         place = where(r, source, i)
         if not any(t.strip() for t in texts):

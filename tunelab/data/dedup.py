@@ -144,10 +144,12 @@ class _Signatures:
     def __init__(self, keys: list[tuple[str, str] | None], hasher: _Hasher, permutations: np.ndarray):
         from datasketch import MinHash
 
+        from tunelab.train.logging import progress
+
         a, b = permutations
         self.groups = [normalise(k[0]) if k else None for k in keys]
         self.minhashes: list = []
-        for k in keys:
+        for k in progress(keys, len(keys), "near duplicates: MinHash", "records"):  # seconds on 17k chats
             hashes = hasher(k[1]) if k else None
             if hashes is None or not len(hashes):
                 self.minhashes.append(None)
